@@ -1,0 +1,159 @@
+"""The ``vqa`` command line. Thin: parses arguments, calls flows and jobs, prints results."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from . import prefect_env  # noqa: F401  (before anything imports prefect)
+
+EXIT_USAGE = 2
+
+
+def _extract(args) -> int:
+    from .extract import extract_flow, parse_weights_option
+
+    weights = parse_weights_option(args.weights or [], args.extractor)
+    summary = extract_flow(
+        manifest=args.manifest, store=args.store, extractors=args.extractor, weights=weights,
+        sampling=args.sampling, device=args.device, batch_size=args.batch_size, progress=not args.quiet,
+    )
+    print(f"done {summary['done']}  skipped {summary['skipped']}  failed {summary['failed']}  "
+          f"({summary['frames']} frames in {summary['seconds']} s, {summary['frames_per_second']} frames/s)")
+    for video_id, reason in summary["failures"].items():
+        print(f"  failed {video_id}: {reason}")
+    return 1 if summary["failed"] else 0
+
+
+def _extractors(args) -> int:
+    from pipeline.extractors import list_extractors
+
+    rows = [(e.name, str(e.dims), e.default_weights, ", ".join(e.weights_choices), e.description)
+            for e in list_extractors()]
+    header = ("name", "dims", "default", "weights", "description")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    for row in [header] + rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _store_info(args) -> int:
+    from feature_store import FeatureStore, format_store_info
+
+    print(format_store_info(FeatureStore(args.store, create=False).info()))
+    return 0
+
+
+def _fit(args) -> int:
+    from regressors.report import format_metrics_table
+
+    from .fit import fit_job
+
+    metrics = fit_job(store=args.store, manifest=args.manifest, features=args.features, out=args.out,
+                      head=args.head, protocol=args.protocol, pooling=args.pooling, n_repeats=args.repeats,
+                      seed=args.seed, progress=not args.quiet)
+    print(format_metrics_table(metrics))
+    print(f"report: {args.out}")
+    return 0
+
+
+def _predict(args) -> int:
+    from .fit import predict_job
+
+    print(predict_job(model=args.model, store=args.store, manifest=args.manifest, out=args.out))
+    return 0
+
+
+def _demo(args) -> int:
+    from regressors.report import format_metrics_table
+
+    from .demo import run_demo
+
+    result = run_demo(out=args.out, weights=args.weights, n_sources=args.sources, progress=not args.quiet)
+    ex = result["extraction"]
+    print(f"\nextraction: done {ex['done']}, skipped {ex['skipped']}, failed {ex['failed']}, "
+          f"{ex['frames_per_second']} frames/s  (weights: {result['weights']})")
+    print(format_metrics_table(result["metrics"]))
+    print(f"report folder: {result['report']}  (metrics.json, predictions.csv, scatter.png)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vqa", description="Video quality assessment feature-store pipeline")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library and Prefect logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("extract", help="extract features for a manifest into a store (Prefect flow)")
+    p.add_argument("manifest", help="CSV with video_id,path[,mos][,group]")
+    p.add_argument("--store", required=True, help="feature store directory (created if missing)")
+    p.add_argument("--extractor", action="append", required=True, help="registered extractor name (repeatable)")
+    p.add_argument("--weights", action="append",
+                   help="imagenet | random[:SEED] | PATH, or NAME=CHOICE for one extractor (repeatable)")
+    p.add_argument("--sampling", default="all", help="all | uniform:N | fps:K (default all)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--batch-size", type=int, default=16, help="frames per forward pass (default 16)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_extract)
+
+    p = sub.add_parser("extractors", help="list registered extractors")
+    p.set_defaults(func=_extractors)
+
+    p = sub.add_parser("store", help="inspect a feature store")
+    store_sub = p.add_subparsers(dest="store_command", required=True)
+    q = store_sub.add_parser("info", help="feature sets with video counts, dims, bytes and provenance")
+    q.add_argument("store")
+    q.set_defaults(func=_store_info)
+
+    p = sub.add_parser("fit", help="fit and evaluate a head on stored features")
+    p.add_argument("--store", required=True)
+    p.add_argument("--manifest", required=True, help="manifest with mos (and optional group)")
+    p.add_argument("--features", action="append", required=True,
+                   help="feature set id or extractor name (repeatable: sets are concatenated)")
+    p.add_argument("--head", default="svr", help="svr (default)")
+    p.add_argument("--protocol", default="fmc", help="fmc (20x5-fold, default) | a2inet (10x 80/20)")
+    p.add_argument("--pooling", default="mean", help="temporal pooling: mean | max | meanmax")
+    p.add_argument("--repeats", type=int, help="override the protocol's number of repeats")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_fit)
+
+    p = sub.add_parser("predict", help="score videos with a saved head")
+    p.add_argument("--model", required=True, help="the model folder written by vqa fit (REPORT/model)")
+    p.add_argument("--store", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", required=True, help="CSV to write")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("demo", help="synthetic dataset -> extract -> fit -> report")
+    p.add_argument("--out", default="demo-output", help="folder for data, store and report (default demo-output)")
+    p.add_argument("--weights", help="imagenet | random | PATH (default: imagenet, else random with a warning)")
+    p.add_argument("--sources", type=int, default=6, help="number of source photographs (default 6)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from feature_store.errors import FeatureStoreError
+    from pipeline.errors import PipelineError
+    from regressors.errors import RegressorError
+
+    from .errors import FlowError
+
+    try:
+        return args.func(args)
+    except (PipelineError, FeatureStoreError, RegressorError, FlowError) as exc:
+        print(f"vqa {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Exceptions raised by stage-1 code. Each subclasses the matching builtin."""
+
+
+class PipelineError(Exception):
+    """Base class for every error raised by ``pipeline``."""
+
+
+class VideoDecodeError(PipelineError, ValueError):
+    """A video cannot be read: missing, empty, truncated, not a video, or no frames.
+
+    ``path`` names the file and ``cause`` says what is wrong with it.
+    """
+
+    def __init__(self, path, cause: str):
+        self.path = str(path)
+        self.cause = cause
+        super().__init__(f"{self.path}: {cause}")
+
+
+class SamplingError(PipelineError, ValueError):
+    """A sampling specification is malformed or cannot be applied to a video."""
+
+
+class UnknownExtractorError(PipelineError, KeyError):
+    """No extractor is registered under the requested name."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class WeightsError(PipelineError, RuntimeError):
+    """Weights cannot be resolved or do not fit the model they are meant for."""
+
+
+class WeightsUnavailableError(WeightsError):
+    """Pretrained weights are not available locally and cannot be downloaded."""

@@ -1,0 +1,13 @@
+"""Frozen-backbone feature extractors and their registry.
+
+Importing this package registers every built-in extractor (registration only; no models are
+built and nothing is downloaded at import time).
+"""
+from . import resnet  # noqa: F401  (registers resnet50, resnet50-vsfa)
+from .base import Extractor, ExtractorEntry, ExtractorSpec
+from .registry import create_extractor, get_entry, list_extractors, register_extractor
+
+__all__ = [
+    "Extractor", "ExtractorEntry", "ExtractorSpec",
+    "create_extractor", "get_entry", "list_extractors", "register_extractor",
+]

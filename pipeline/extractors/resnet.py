@@ -1,0 +1,57 @@
+"""ResNet-50 semantic features (A2INet spatial semantic-aware branch; VSFA).
+
+Per frame and tapped stage: spatial mean and unbiased std, concatenated stage by stage.
+A2INet (default): layer1..layer4 -> (256+512+1024+2048) x 2 = 7680 dims.
+VSFA: layer4 only -> 2048 means then 2048 stds = 4096 dims. Both at native resolution.
+"""
+from __future__ import annotations
+
+import torch
+from torchvision.models import ResNet50_Weights, resnet50
+
+from .backbones import build_backbone
+from .base import Extractor, ExtractorSpec, tapped_model
+from .pooling import mean_std_features
+from .registry import register_extractor
+
+# torchvision's V1 weights are what pretrained=True gave the VSFA reference code.
+RESNET50_PRETRAINED = {"imagenet": ResNet50_Weights.IMAGENET1K_V1}
+WEIGHT_CHOICES = ("imagenet", "random[:SEED]", "PATH")
+
+
+class TappedMeanStdExtractor(Extractor):
+    """A frozen CNN whose named stages are pooled to ``[mean, std]`` per channel."""
+
+    def __init__(self, spec: ExtractorSpec, backbone: torch.nn.Module, *, device="cpu"):
+        super().__init__(spec, device=device)
+        self.model = tapped_model(backbone, spec.taps).to(self.device).eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` -> ``[B, dims]``."""
+        maps = self.model(x)
+        return mean_std_features([maps[tap] for tap in self.spec.taps])
+
+
+def _resnet50(name: str, taps: tuple[str, ...], dims: int, *, weights: str, device: str) -> Extractor:
+    backbone, identity = build_backbone(resnet50, weights=weights, pretrained=RESNET50_PRETRAINED)
+    spec = ExtractorSpec(
+        name=name, version="1", dims=dims, backbone="resnet50", taps=taps,
+        pooling="spatial mean+std (unbiased) per stage", weights=identity,
+    )
+    return TappedMeanStdExtractor(spec, backbone, device=device)
+
+
+@register_extractor(
+    "resnet50", dims=7680, weights_choices=WEIGHT_CHOICES, default_weights="imagenet",
+    description="ResNet-50 layer1..4 mean+std (A2INet semantic branch)",
+)
+def build_resnet50(*, weights: str, device: str = "cpu") -> Extractor:
+    return _resnet50("resnet50", ("layer1", "layer2", "layer3", "layer4"), 7680, weights=weights, device=device)
+
+
+@register_extractor(
+    "resnet50-vsfa", dims=4096, weights_choices=WEIGHT_CHOICES, default_weights="imagenet",
+    description="ResNet-50 layer4 mean+std (VSFA content-aware features)",
+)
+def build_resnet50_vsfa(*, weights: str, device: str = "cpu") -> Extractor:
+    return _resnet50("resnet50-vsfa", ("layer4",), 4096, weights=weights, device=device)

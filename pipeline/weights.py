@@ -1,0 +1,156 @@
+"""Resolving model weights: explicit file > torch hub cache > download > refuse.
+
+Weights are never replaced by random ones behind the user's back: ``random`` must be asked
+for, and its identity says so loudly in every provenance record.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .errors import WeightsError, WeightsUnavailableError
+
+log = logging.getLogger(__name__)
+
+RANDOM_WARNING = "RANDOM WEIGHTS: features carry no learned meaning; use only for tests and demos"
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """A loaded state dict (``None`` for random init) and its identity for provenance."""
+
+    state_dict: Mapping[str, torch.Tensor] | None
+    identity: Mapping[str, Any]
+
+    @property
+    def is_random(self) -> bool:
+        return self.identity.get("source") == "random"
+
+
+def offline() -> bool:
+    """True when ``VQA_OFFLINE`` is set: never try the network (tests, air-gapped clusters)."""
+    return os.environ.get("VQA_OFFLINE", "").lower() not in ("", "0", "false", "no")
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_checkpoint(path: str | Path) -> Any:
+    """Load a checkpoint file safely (tensors and plain containers only, never pickled code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsUnavailableError(f"weights file {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or unsafe files
+        raise WeightsError(
+            f"cannot load weights file {path}: {exc}. Only plain state dicts "
+            "(torch.save(model.state_dict(), path)) are accepted; pickled objects are refused."
+        ) from exc
+
+
+def torchvision_weights(enum_member, *, allow_download: bool | None = None) -> ResolvedWeights:
+    """Resolve a torchvision ``Weights`` enum member from the torch hub cache or by download.
+
+    The file is verified against the hash prefix in its published file name (torchvision's
+    convention) whether it was downloaded now or found in the cache.
+    """
+    url = enum_member.url
+    filename = url.rsplit("/", 1)[-1]
+    hash_prefix = filename.rsplit("-", 1)[-1].split(".")[0]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    name = f"{type(enum_member).__name__}.{enum_member.name}"
+    if allow_download is None:
+        allow_download = not offline()
+    if not cached.is_file():
+        how = (
+            f"Download {url} on a machine with internet access and copy it to {cached} "
+            f"(or set TORCH_HOME), or pass the file with --weights /path/to/{filename}. "
+            "For a test run only, --weights random."
+        )
+        if not allow_download:
+            raise WeightsUnavailableError(f"{name} is not in the torch cache ({cached}) and downloads are disabled. {how}")
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        log.info("downloading %s to %s", url, cached)
+        try:
+            torch.hub.download_url_to_file(url, str(cached), hash_prefix=hash_prefix, progress=True)
+        except (urllib.error.URLError, OSError, RuntimeError) as exc:
+            raise WeightsUnavailableError(f"cannot download {name} from {url}: {exc}. {how}") from exc
+    digest = file_sha256(cached)
+    if not digest.startswith(hash_prefix):
+        raise WeightsError(
+            f"{cached} does not match its published checksum prefix {hash_prefix} "
+            f"(sha256 {digest[:16]}...): the file is corrupt or not what its name says. Delete it and retry."
+        )
+    return ResolvedWeights(
+        state_dict=load_checkpoint(cached),
+        identity={"source": "torchvision", "name": name, "url": url, "sha256": digest},
+    )
+
+
+def file_weights(path: str | Path) -> tuple[Any, dict]:
+    """Load a local checkpoint; returns ``(raw checkpoint object, identity)``."""
+    path = Path(path).expanduser().resolve()
+    checkpoint = load_checkpoint(path)
+    return checkpoint, {"source": "file", "path": str(path), "sha256": file_sha256(path)}
+
+
+def random_weights(seed: int = 0) -> ResolvedWeights:
+    log.warning("%s (seed %d)", RANDOM_WARNING, seed)
+    return ResolvedWeights(state_dict=None, identity={"source": "random", "seed": seed, "warning": RANDOM_WARNING})
+
+
+def parse_random(choice: str) -> int | None:
+    """``"random"`` -> 0, ``"random:7"`` -> 7, anything else -> None."""
+    if choice == "random":
+        return 0
+    if choice.startswith("random:"):
+        try:
+            return int(choice.split(":", 1)[1])
+        except ValueError:
+            raise WeightsError(f"bad weights choice {choice!r}: expected random or random:SEED") from None
+    return None
+
+
+def unwrap_state_dict(checkpoint: Any, *, path: str | Path = "<checkpoint>") -> dict:
+    """Return the state dict inside common checkpoint containers.
+
+    Accepts a bare state dict, or one under ``model_state`` (pytorchvideo), ``state_dict``
+    (Lightning, TCSVT-2022) or ``model``.
+    """
+    if isinstance(checkpoint, Mapping):
+        for key in ("model_state", "state_dict", "model"):
+            inner = checkpoint.get(key)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                return dict(inner)
+        if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+            return dict(checkpoint)
+    raise WeightsError(f"{path}: no state dict found (expected tensors, or a dict under model_state/state_dict/model)")
+
+
+def load_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """Strict load with a readable error listing the first missing and unexpected keys."""
+    result_missing = sorted(set(model.state_dict()) - set(state_dict))
+    result_unexpected = sorted(set(state_dict) - set(model.state_dict()))
+    if result_missing or result_unexpected:
+        raise WeightsError(
+            f"{source} does not fit {type(model).__name__}: "
+            f"{len(result_missing)} missing keys {result_missing[:5]}, "
+            f"{len(result_unexpected)} unexpected keys {result_unexpected[:5]}"
+        )
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:  # shape mismatches
+        raise WeightsError(f"{source} does not fit {type(model).__name__}: {exc}") from exc

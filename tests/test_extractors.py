@@ -1,0 +1,141 @@
+"""Registry, pooling, the ResNet-50 extractors and weight resolution (random weights, no network)."""
+import numpy as np
+import pytest
+import torch
+from torchvision.models import resnet50
+
+from pipeline.errors import UnknownExtractorError, WeightsError, WeightsUnavailableError
+from pipeline.extractors import create_extractor, get_entry, list_extractors
+from pipeline.extractors.base import resize_and_crop
+from pipeline.extractors.pooling import mean_std_features, spatial_mean_std
+from pipeline.weights import file_sha256, torchvision_weights
+from torchvision.models import ResNet50_Weights
+
+FRAMES = np.random.default_rng(0).integers(0, 256, size=(2, 64, 80, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("entry", list_extractors(), ids=lambda e: e.name)
+def test_every_registered_extractor_gives_its_declared_dims(entry):
+    extractor = create_extractor(entry.name, weights="random")
+    out = extractor(FRAMES)
+    assert out.shape[1] == entry.dims == extractor.spec.dims
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    assert extractor.spec.weights["source"] == "random" and "RANDOM" in extractor.spec.weights["warning"]
+
+
+def test_unknown_extractor_suggests_close_names():
+    with pytest.raises(UnknownExtractorError, match="Did you mean resnet50"):
+        get_entry("resnet-50")
+
+
+def test_spatial_mean_std_is_unbiased_and_1x1_maps_have_zero_std():
+    fmap = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
+    mean, std = spatial_mean_std(fmap)
+    flat = fmap.numpy().reshape(2, 3, -1)
+    np.testing.assert_allclose(mean.numpy(), flat.mean(-1), rtol=1e-6)
+    np.testing.assert_allclose(std.numpy(), flat.std(-1, ddof=1), rtol=1e-6)
+    assert torch.equal(spatial_mean_std(torch.ones(1, 4, 1, 1))[1], torch.zeros(1, 4))
+
+
+def test_mean_std_features_order_is_stage_by_stage():
+    a, b = torch.randn(1, 2, 3, 3), torch.randn(1, 4, 2, 2)
+    out = mean_std_features([a, b])
+    expected = torch.cat([a.mean((2, 3)), a.flatten(2).std(2), b.mean((2, 3)), b.flatten(2).std(2)], 1)
+    torch.testing.assert_close(out, expected)
+
+
+def _vsfa_style_reference(model, x):
+    """VSFA's CNNfeatures.py ResNet50 pooling, written out: run the children up to layer4, then
+    adaptive_avg_pool2d mean and torch.std over the flattened map, means then stds."""
+    for name, module in model.named_children():
+        x = module(x)
+        if name == "layer4":
+            mean = torch.nn.functional.adaptive_avg_pool2d(x, 1)
+            std = torch.std(x.view(x.size(0), x.size(1), -1, 1), dim=2, keepdim=True)
+            return torch.cat((mean, std), 1).squeeze(-1).squeeze(-1)
+
+
+def test_resnet50_vsfa_matches_vsfa_pooling_on_the_same_weights(tmp_path):
+    torch.manual_seed(3)
+    reference = resnet50(weights=None).eval()
+    path = tmp_path / "r50.pth"
+    torch.save(reference.state_dict(), path)
+    ours = create_extractor("resnet50-vsfa", weights=str(path))
+    assert ours.spec.weights == {"source": "file", "path": str(path.resolve()), "sha256": file_sha256(path)}
+    got = ours(FRAMES)
+    with torch.no_grad():
+        want = _vsfa_style_reference(reference, ours.preprocess(FRAMES)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_resnet50_default_taps_all_four_stages(tmp_path):
+    extractor = create_extractor("resnet50", weights="random:1")
+    assert extractor.spec.taps == ("layer1", "layer2", "layer3", "layer4")
+    out = extractor(FRAMES)
+    # stage boundaries: 256, 512, 1024, 2048 channels, each [mean, std]
+    x = extractor.preprocess(FRAMES)
+    with torch.no_grad():
+        l1 = extractor.model(x)["layer1"]
+    np.testing.assert_allclose(out[:, :256], l1.mean((2, 3)).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[:, 256:512], l1.flatten(2).std(2).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_random_weights_are_seeded_and_distinct_per_seed():
+    a = create_extractor("resnet50-vsfa", weights="random:5")(FRAMES)
+    b = create_extractor("resnet50-vsfa", weights="random:5")(FRAMES)
+    c = create_extractor("resnet50-vsfa", weights="random:6")(FRAMES)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_imagenet_weights_missing_offline_says_how_to_provide_them():
+    with pytest.raises(WeightsUnavailableError, match=r"resnet50-0676ba61\.pth.*--weights"):
+        create_extractor("resnet50", weights="imagenet")
+
+
+def test_cached_imagenet_file_is_checked_against_its_published_hash(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cached = tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
+    cached.parent.mkdir(parents=True)
+    torch.save(resnet50(weights=None).state_dict(), cached)
+    with pytest.raises(WeightsError, match="does not match its published checksum"):
+        torchvision_weights(ResNet50_Weights.IMAGENET1K_V1, allow_download=False)
+
+
+def test_cached_file_with_matching_hash_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    state = resnet50(weights=None).state_dict()
+    staging = tmp_path / "x.pth"
+    torch.save(state, staging)
+    prefix = file_sha256(staging)[:8]
+    # a weights enum stand-in whose published name carries this file's hash prefix
+    fake = type("FakeWeights", (), {"url": f"https://example.invalid/resnet50-{prefix}.pth", "name": "FAKE"})()
+    cached = tmp_path / "hub" / "checkpoints" / f"resnet50-{prefix}.pth"
+    cached.parent.mkdir(parents=True)
+    staging.rename(cached)
+    resolved = torchvision_weights(fake, allow_download=False)
+    assert resolved.identity["sha256"].startswith(prefix) and resolved.identity["source"] == "torchvision"
+    assert set(resolved.state_dict) == set(state)
+
+
+def test_mismatched_state_dict_fails_clearly(tmp_path):
+    state = resnet50(weights=None).state_dict()
+    state["layer1.0.conv1.weightx"] = state.pop("layer1.0.conv1.weight")
+    path = tmp_path / "bad.pth"
+    torch.save(state, path)
+    with pytest.raises(WeightsError, match=r"1 missing keys \['layer1.0.conv1.weight'\]"):
+        create_extractor("resnet50", weights=str(path))
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    path = tmp_path / "model.pth"
+    torch.save(resnet50(weights=None), path)  # a whole pickled module, not a state dict
+    with pytest.raises(WeightsError, match="pickled objects are refused"):
+        create_extractor("resnet50", weights=str(path))
+
+
+def test_resize_and_crop_short_side_and_centre():
+    x = torch.arange(1 * 1 * 4 * 8, dtype=torch.float32).reshape(1, 1, 4, 8)
+    assert resize_and_crop(x, short_side=8, crop=None).shape[-2:] == (8, 16)
+    crop = resize_and_crop(x, short_side=None, crop=4)
+    torch.testing.assert_close(crop, x[..., :, 2:6])
