@@ -81,7 +81,8 @@ def extract_video_task(video_id: str, path: str, store_path: str, config: Extrac
         return {"video_id": video_id, "status": "skipped"}
     sampling = parse_sampling(config.sampling)
     started = time.perf_counter()
-    features, info = extract_video(path, [extractors[i] for i in todo], sampling=sampling, batch_size=config.batch_size)
+    features, info = extract_video(path, [extractors[i] for i in todo], sampling=sampling,
+                                    batch_size=config.batch_size, video_key=video_id)
     seconds = time.perf_counter() - started
     video_provenance = {
         "source": info.to_dict(),

@@ -86,8 +86,39 @@ class Extractor:
         feats = self.forward(self.preprocess(frames))
         return feats.float().cpu().numpy()
 
+    def accumulator(self, *, video_key: str = "") -> "FeatureAccumulator":
+        """Per-video state: how per-step outputs combine (default: keep every row).
+
+        ``video_key`` identifies the video (its id) for extractors that draw per-video
+        randomness from a seeded generator (A2INet's crop positions)."""
+        return StackAccumulator()
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec.name!r}, dims={self.spec.dims}, device={self.device})"
+
+
+class FeatureAccumulator:
+    """Collects an extractor's outputs for one video, batch by batch."""
+
+    def add(self, rows: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def result(self) -> np.ndarray:
+        """float32 ``[steps, dims]`` for the whole video."""
+        raise NotImplementedError
+
+
+class StackAccumulator(FeatureAccumulator):
+    """Keeps every step: the result is all rows in order."""
+
+    def __init__(self):
+        self._rows: list[np.ndarray] = []
+
+    def add(self, rows: np.ndarray) -> None:
+        self._rows.append(rows)
+
+    def result(self) -> np.ndarray:
+        return np.concatenate(self._rows, axis=0).astype(np.float32, copy=False)
 
 
 def resize_and_crop(x: torch.Tensor, *, short_side: int | None, crop: int | None) -> torch.Tensor:
