@@ -95,7 +95,7 @@ def extract_video_task(video_id: str, path: str, store_path: str, config: Extrac
         "host": platform.node(),
     }
     for i, feats in zip(todo, features):
-        set_provenance = {"extractor": extractors[i].spec.to_dict(), "sampling": sampling.to_dict()}
+        set_provenance = {"spec": extractors[i].spec.to_dict(), "sampling": sampling.to_dict()}
         store.write_video(set_ids[i], video_id, feats,
                           provenance={"set": set_provenance, "video": video_provenance})
     return {"video_id": video_id, "status": "done", "frames": int(features[0].shape[0]), "seconds": seconds}
