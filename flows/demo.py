@@ -31,7 +31,11 @@ def run_demo(*, out: str | Path, weights: str | None = None, n_sources: int = 6,
     ``out/report``. ``weights=None`` tries ImageNet weights and falls back to random ones with
     a loud banner (the one place a fallback is allowed: it is a demo, and it says so)."""
     out = Path(out)
-    manifest = make_demo_dataset(out / "data", n_sources=n_sources, progress=progress)
+    manifest = out / "data" / "manifest.csv"
+    if manifest.exists():  # a re-run reuses the dataset; extraction then skips finished videos
+        log.warning("reusing the demo dataset in %s", manifest.parent)
+    else:
+        manifest = make_demo_dataset(out / "data", n_sources=n_sources, progress=progress)
     if weights is None:
         try:
             build_extractors(ExtractionConfig((DEMO_EXTRACTOR,), {DEMO_EXTRACTOR: "imagenet"}, device="cpu"))

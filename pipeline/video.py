@@ -1,0 +1,488 @@
+"""Video decoding with decord, with one clear error for every unreadable input.
+
+Data flow::
+
+    path --stat/sniff--> decord.VideoReader --get_batch--> (indices [B], frames [B, H, W, 3] uint8 RGB)
+                '--PyAV (container metadata: declared duration, why decord failed)
+
+decord reports most failures as ``RuntimeError("Error reading <path>...")`` with the real
+cause only on stderr, some as ``DECORDError``, and a zero-frame stream as an
+``AssertionError``; a truncated Matroska file even opens silently with fewer frames. This
+module turns each of those into ``VideoDecodeError(path, cause)`` with a cause a person can
+act on: it checks existence and size itself, walks MP4 boxes to spot truncation, asks PyAV
+for the container's declared duration, and diagnoses failed opens with PyAV.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import av
+import decord
+import numpy as np
+from decord._ffi.base import DECORDError
+
+from .errors import VideoDecodeError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["VideoInfo", "Video", "probe_video", "open_video"]
+
+# A decoded video may fall short of the container's declared duration by this much before it
+# counts as truncated: rounding of the last frame's duration and muxer padding are normal.
+_TRUNCATION_TOLERANCE_FRAMES = 2.0
+_TRUNCATION_TOLERANCE_FRACTION = 0.02
+
+# First bytes read for sniffing the container type.
+_SNIFF_BYTES = 16
+# Box types that may open an ISO-BMFF (MP4/MOV/3GP) file.
+_MP4_FIRST_BOXES = {b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip"}
+# Guard against looping on a pathological file of tiny boxes.
+_MAX_TOP_LEVEL_BOXES = 100_000
+# decord prefixes messages with "[hh:mm:ss] /path/file.cc:123: "; people do not need that.
+_DECORD_PREFIX = re.compile(r"\[\d{2}:\d{2}:\d{2}\] \S+:\d+: ")
+_MAX_CAUSE_CHARS = 240
+# decord keeps timestamps as float32; rounding to whole microseconds drops the float32 noise
+# (1.2000000476837158 -> 1.2) without losing anything float32 could represent.
+_TIME_DECIMALS = 6
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What ``probe_video`` learns about a video file (as decord decodes it).
+
+    ``num_frames``: frames decord can index. ``fps``: decord's average frame rate (the nominal
+    rate for variable-frame-rate files, see ``Video.timestamps``). ``duration``: seconds from
+    the start of the first frame to the end of the last one (from frame timestamps, so it is
+    right for variable frame rate too). ``width``/``height``: of decoded frames, rotation
+    metadata applied. ``size_bytes``/``mtime``: from ``os.stat``, for provenance.
+    """
+
+    path: str
+    num_frames: int
+    fps: float
+    duration: float
+    width: int
+    height: int
+    size_bytes: int
+    mtime: float
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready dict of every field."""
+        return asdict(self)
+
+
+class Video:
+    """An open video: one decord reader, released on ``close()`` (or leaving a ``with`` block).
+
+    decord keeps decoding ahead in the background once a reader has been used (about 1 GB
+    for a 720p file), so keep one ``Video`` open at a time per worker and close it promptly.
+
+    Opening validates the file and decodes its first frame (to learn the decoded frame size
+    and prove that frames can be decoded). Raises ``VideoDecodeError`` for a missing, empty,
+    non-video, audio-only, truncated or frameless file.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, num_threads: int = 0):
+        self.path = os.fspath(path)
+        stat = _check_file(self.path)
+        mp4_problem = _mp4_truncation(self.path, stat.st_size)
+        if mp4_problem is not None:
+            raise VideoDecodeError(self.path, mp4_problem)
+
+        self._reader: decord.VideoReader | None = _open_reader(self.path, num_threads)
+        try:
+            self.info = self._read_info(stat)
+            self._check_declared_duration()
+        except BaseException:
+            self.close()  # do not leave a decoding reader behind on a failed open
+            raise
+        logger.debug(
+            "opened %s: %d frames, %.3f fps, %.3f s, %dx%d",
+            self.path, self.info.num_frames, self.info.fps, self.info.duration,
+            self.info.width, self.info.height,
+        )
+
+    # -- context manager -------------------------------------------------------------------
+    def __enter__(self) -> Video:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._reader is None else "open"
+        return f"<Video {self.path!r} {state}>"
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` has been called."""
+        return self._reader is None
+
+    def close(self) -> None:
+        """Release the decord reader (and its decode-ahead buffers) now. Idempotent."""
+        reader, self._reader = self._reader, None
+        # Dropping the last reference runs decord's __del__, which frees the native reader.
+        del reader
+
+    # -- reading ---------------------------------------------------------------------------
+    def frames(
+        self, indices=None, *, batch_size: int = 16
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Decode frames in batches.
+
+        ``indices``: 1-D integer frame indices in ``[0, num_frames)``, read in the given order
+        (pass them sorted, as ``Sampling.indices`` returns them, so that runs of consecutive
+        frames decode sequentially without seeking); ``None`` means every frame.
+
+        Yields ``(frame_indices, frames)``: int64 ``[B]`` and uint8 RGB ``[B, H, W, 3]``, with
+        ``B <= batch_size``; only one batch is held at a time, so memory does not grow with
+        the length of the video. Bad arguments raise ``ValueError``/``IndexError`` at once; a
+        decoding failure raises ``VideoDecodeError`` naming the frame (at or a few frames
+        before the damage: decord's threaded decoder reads ahead).
+        """
+        self._require_open()
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        idx = self._check_indices(indices)
+        return self._iter_batches(idx, int(batch_size))
+
+    def timestamps(self) -> np.ndarray:
+        """Start time in seconds of every frame, float64 ``[num_frames]``.
+
+        From decord's ``get_frame_timestamp`` (presentation times as stored in the container,
+        not re-based to zero). Use these, not ``fps``, when timing matters: for a
+        variable-frame-rate file ``info.fps`` is only the nominal rate.
+        """
+        reader = self._require_open()
+        return _frame_timestamps(reader, self.info.num_frames)[:, 0]
+
+    # -- internals -------------------------------------------------------------------------
+    def _require_open(self) -> decord.VideoReader:
+        if self._reader is None:
+            raise ValueError(f"video {self.path} is closed")
+        return self._reader
+
+    def _check_indices(self, indices) -> np.ndarray:
+        n = self.info.num_frames
+        if indices is None:
+            return np.arange(n, dtype=np.int64)
+        arr = np.asarray(indices)
+        if arr.ndim != 1:
+            raise ValueError(f"frame indices must be 1-D, got shape {arr.shape}")
+        if arr.size == 0:
+            return np.empty(0, dtype=np.int64)
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"frame indices must be integers, got dtype {arr.dtype}")
+        idx = arr.astype(np.int64)
+        low, high = int(idx.min()), int(idx.max())
+        if low < 0 or high >= n:
+            raise IndexError(f"frame indices must lie in [0, {n}) for {self.path}; got {low}..{high}")
+        return idx
+
+    def _iter_batches(self, idx: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start:start + batch_size].copy()
+            yield chunk, self._decode(chunk)
+
+    def _decode(self, chunk: np.ndarray) -> np.ndarray:
+        """Decode ``chunk`` (int64 ``[B]``) to uint8 ``[B, H, W, 3]``."""
+        reader = self._require_open()  # the caller may close between batches
+        try:
+            batch = _to_numpy(reader.get_batch(chunk.tolist()))
+        except (RuntimeError, DECORDError) as err:
+            failed = _first_failing_frame(reader, chunk)
+            raise VideoDecodeError(
+                self.path,
+                f"corrupt or truncated: decoding failed at frame {failed} of "
+                f"{self.info.num_frames}: {_decord_cause(err)}",
+            ) from err
+        _check_batch(self.path, batch, len(chunk), (self.info.height, self.info.width))
+        return batch
+
+    def _read_info(self, stat: os.stat_result) -> VideoInfo:
+        reader = self._reader
+        num_frames = len(reader)
+        if num_frames <= 0:  # decord asserts this, but asserts vanish under `python -O`
+            raise VideoDecodeError(self.path, "the video stream has no frames")
+        try:
+            first = _to_numpy(reader.get_batch([0]))
+        except (RuntimeError, DECORDError) as err:
+            raise VideoDecodeError(
+                self.path, f"the first frame cannot be decoded: {_decord_cause(err)}"
+            ) from err
+        _check_batch(self.path, first, 1, None)
+        height, width = int(first.shape[1]), int(first.shape[2])
+        stamps = _frame_timestamps(reader, num_frames)
+        fps = float(reader.get_avg_fps())
+        duration = round(float(stamps[-1, 1] - stamps[0, 0]), _TIME_DECIMALS)
+        if not (math.isfinite(duration) and duration > 0):
+            # Timestamps unusable (seen with broken edit lists): fall back to the nominal rate.
+            duration = num_frames / fps if fps > 0 and math.isfinite(fps) else 0.0
+        if not (math.isfinite(fps) and fps > 0) and duration > 0:
+            fps = num_frames / duration
+        return VideoInfo(
+            path=self.path, num_frames=num_frames, fps=fps, duration=duration,
+            width=width, height=height, size_bytes=int(stat.st_size), mtime=float(stat.st_mtime),
+        )
+
+    def _check_declared_duration(self) -> None:
+        """Raise if decord sees much less video than the container declares.
+
+        A truncated Matroska file opens without error and simply reports fewer frames;
+        the header still declares the full duration.
+        """
+        declared = _declared_video_duration(self.path)
+        if declared is None:
+            return
+        info = self.info
+        missing = declared - info.duration
+        frame_time = 1.0 / info.fps if info.fps > 0 else 0.0
+        tolerance = max(_TRUNCATION_TOLERANCE_FRAMES * frame_time, _TRUNCATION_TOLERANCE_FRACTION * declared)
+        if missing > tolerance:
+            raise VideoDecodeError(
+                self.path,
+                f"truncated: only {info.num_frames} frames ({info.duration:.2f} s) can be read "
+                f"but the container declares {declared:.2f} s of video",
+            )
+
+
+def open_video(path: str | os.PathLike, **kw) -> Video:
+    """Open ``path`` for decoding; keyword arguments go to ``Video`` (``num_threads``)."""
+    return Video(path, **kw)
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+    """Open ``path``, read its metadata (decoding one frame), close it, return ``VideoInfo``.
+
+    Raises ``VideoDecodeError`` exactly as ``Video`` does.
+    """
+    with Video(path) as video:
+        return video.info
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+def _check_file(path: str) -> os.stat_result:
+    """Existence, type, size and readability, checked before decord (which hides the cause)."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        raise VideoDecodeError(path, "file does not exist") from None
+    except OSError as err:
+        raise VideoDecodeError(path, f"cannot access file: {err.strerror or err}") from err
+    if not Path(path).is_file():
+        raise VideoDecodeError(path, "not a regular file")
+    if stat.st_size == 0:
+        raise VideoDecodeError(path, "file is empty (0 bytes)")
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError as err:
+        raise VideoDecodeError(path, f"cannot read file: {err.strerror or err}") from err
+    return stat
+
+
+def _sniff(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(_SNIFF_BYTES)
+
+
+def _container_kind(head: bytes) -> str | None:
+    """Name of the container family recognised from the first bytes, or None."""
+    if len(head) >= 8 and head[4:8] in _MP4_FIRST_BOXES:
+        return "MP4/MOV"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "Matroska/WebM"
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "AVI"
+    if head.startswith(b"FLV"):
+        return "FLV"
+    return None
+
+
+def _mp4_truncation(path: str, size: int) -> str | None:
+    """Walk the top-level boxes of an MP4/MOV file; describe the truncation if there is one.
+
+    Catches both flavours: index at the end (``moov`` missing; decord says only "Error
+    reading") and index at the front (``mdat`` runs past the end; decord would open it and
+    fail part-way). Returns None for non-MP4 files and for walks that hit unparseable bytes
+    (decord then gets its say).
+    """
+    if _container_kind(_sniff(path)) != "MP4/MOV":
+        return None
+    seen: set[bytes] = set()
+    offset = 0
+    with open(path, "rb") as handle:
+        for _ in range(_MAX_TOP_LEVEL_BOXES):
+            if offset + 8 > size:
+                break
+            handle.seek(offset)
+            header = handle.read(16)
+            box_size = int.from_bytes(header[0:4], "big")
+            box_type = header[4:8]
+            if not all(32 <= c < 127 for c in box_type):
+                logger.debug("%s: unparseable bytes at offset %d; box walk stopped", path, offset)
+                return None
+            header_len = 8
+            if box_size == 1:  # 64-bit size follows the type
+                if len(header) < 16:
+                    return f"truncated: the file ends inside the header of its '{box_type.decode()}' box"
+                box_size = int.from_bytes(header[8:16], "big")
+                header_len = 16
+            elif box_size == 0:  # box extends to the end of the file
+                box_size = size - offset
+            if box_size < header_len:
+                logger.debug("%s: invalid box size %d at offset %d", path, box_size, offset)
+                return None
+            seen.add(box_type)
+            if offset + box_size > size:
+                missing = offset + box_size - size
+                hint = "" if b"moov" in seen else "; its index ('moov' box) is missing"
+                return (
+                    f"truncated: the file ends {missing} bytes before the end of its "
+                    f"'{box_type.decode()}' box{hint}"
+                )
+            offset += box_size
+    if b"moov" not in seen:
+        return "truncated or incomplete MP4: it has no index ('moov' box)"
+    return None
+
+
+def _open_reader(path: str, num_threads: int) -> decord.VideoReader:
+    try:
+        return decord.VideoReader(path, num_threads=num_threads)
+    except (RuntimeError, DECORDError) as err:
+        raise VideoDecodeError(path, _diagnose_open_failure(path, err)) from err
+    except AssertionError as err:
+        # decord's constructor asserts a positive frame count: that is how it reports 0 frames.
+        raise VideoDecodeError(path, "the video stream has no frames") from err
+
+
+def _diagnose_open_failure(path: str, err: Exception) -> str:
+    """Why decord could not open ``path``, found out with PyAV (decord's reason is on stderr)."""
+    kind = _container_kind(_sniff(path))
+    try:
+        container = av.open(path)
+    except (av.error.FFmpegError, OSError) as av_err:
+        reason = getattr(av_err, "strerror", None) or str(av_err)
+        if kind is not None:
+            return f"truncated or corrupt {kind} file: {reason}"
+        return f"not a video or unsupported container: {reason}"
+    with container:
+        if not container.streams.video:
+            others = [s.type for s in container.streams]
+            if "audio" in others:
+                return f"no video stream (audio-only file with {others.count('audio')} audio stream(s))"
+            if not others:
+                return "no video stream (the container holds no streams at all)"
+            return f"no video stream (streams: {', '.join(others)})"
+        declared = _declared_duration_of(container)
+        try:
+            has_frame = next(iter(container.decode(video=0)), None) is not None
+        except (av.error.FFmpegError, OSError) as av_err:
+            return f"the first video frame cannot be decoded: {av_err}"
+    if not has_frame:
+        cause = "the video stream has no decodable frames"
+        if declared:
+            cause += f" although the container declares {declared:.2f} s (truncated?)"
+        return cause
+    return f"decord cannot read it: {_decord_cause(err)}"
+
+
+def _declared_video_duration(path: str) -> float | None:
+    """Duration in seconds the container declares for its video, or None if unknown."""
+    try:
+        container = av.open(path)
+    except (av.error.FFmpegError, OSError) as err:
+        logger.debug("PyAV cannot open %s (%s); declared duration unknown", path, err)
+        return None
+    with container:
+        return _declared_duration_of(container)
+
+
+def _declared_duration_of(container) -> float | None:
+    """Video stream duration, else the Matroska DURATION tag, else the container's duration.
+
+    The container's duration covers every stream, so it is only the last resort (audio that
+    outlasts video would look like missing video).
+    """
+    if not container.streams.video:
+        return None
+    stream = container.streams.best("video")
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    tag = stream.metadata.get("DURATION") or stream.metadata.get("duration")
+    parsed = _parse_hms(tag) if tag else None
+    if parsed is not None:
+        return parsed
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def _parse_hms(text: str) -> float | None:
+    """'HH:MM:SS.fffffffff' (Matroska DURATION tag) -> seconds; None if it does not parse."""
+    match = re.fullmatch(r"\s*(\d+):(\d{1,2}):(\d{1,2}(?:\.\d*)?)\s*", text)
+    if match is None:
+        return None
+    hours, minutes, seconds = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def _frame_timestamps(reader: decord.VideoReader, num_frames: int) -> np.ndarray:
+    """decord's (start, end) seconds per frame, float64 ``[num_frames, 2]``, rounded to 1 us."""
+    stamps = np.asarray(reader.get_frame_timestamp(np.arange(num_frames)), dtype=np.float64)
+    return np.round(stamps.reshape(num_frames, 2), _TIME_DECIMALS)
+
+
+def _to_numpy(batch) -> np.ndarray:
+    """decord output -> uint8 numpy ``[B, H, W, 3]`` whatever decord bridge is set globally."""
+    if hasattr(batch, "asnumpy"):
+        return batch.asnumpy()
+    return np.asarray(batch)  # torch/tf bridges: a CPU tensor
+
+
+def _check_batch(path: str, batch: np.ndarray, length: int, size: tuple[int, int] | None) -> None:
+    """Refuse decord output that is not uint8 ``[length, H, W, 3]`` (with ``(H, W) == size``).
+
+    Seen with decord 0.6.0: a 64x48 clip with 90-degree rotation metadata decodes to
+    4-channel frames with wrong values; better an error than silently wrong pixels.
+    """
+    shape = tuple(batch.shape)
+    ok = batch.dtype == np.uint8 and len(shape) == 4 and shape[0] == length and shape[3] == 3
+    if ok and size is not None:
+        ok = shape[1:3] == size
+    if not ok:
+        expected = f"[{length}, {size[0]}, {size[1]}, 3]" if size else f"[{length}, H, W, 3]"
+        raise VideoDecodeError(
+            path, f"decord returned frames of shape {list(shape)} {batch.dtype}, expected {expected} uint8"
+        )
+
+
+def _first_failing_frame(reader: decord.VideoReader, chunk: np.ndarray) -> int:
+    """Re-read ``chunk`` one frame at a time to name the frame that fails (error path only).
+
+    decord's threaded decoder sends packets ahead, so the frame named is at or a few frames
+    before the damaged one (timing-dependent). Falls back to the first index of the chunk.
+    """
+    for index in chunk.tolist():
+        try:
+            reader.get_batch([index])
+        except (RuntimeError, DECORDError):
+            return index
+    return int(chunk[0])
+
+
+def _decord_cause(err: BaseException) -> str:
+    """decord's message without its timestamps, source paths and stack trace."""
+    text = str(err).strip().split("\n")[0]
+    text = _DECORD_PREFIX.sub("", text).strip()
+    if len(text) > _MAX_CAUSE_CHARS:
+        text = text[:_MAX_CAUSE_CHARS] + "..."
+    return text or type(err).__name__
