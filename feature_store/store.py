@@ -946,6 +946,13 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested mappings as ``("a.b", leaf)`` pairs, in key order, for one-line-per-field display."""
+    if isinstance(value, Mapping) and value:
+        return [pair for k, v in value.items() for pair in _flatten(v, f"{prefix}.{k}" if prefix else str(k))]
+    return [(prefix, value)]
+
+
 def format_store_info(infos: Sequence[dict]) -> str:
     """Human-readable listing of :meth:`FeatureStore.info` for ``vqa store info``."""
     if not infos:
@@ -957,15 +964,14 @@ def format_store_info(infos: Sequence[dict]) -> str:
             f"  videos: {info['n_videos']}   dims: {info['dims']}   steps: {info['total_steps']}"
             f"   {info['dtype']}   on disk: {_human_bytes(info['bytes_on_disk'])}"
         )
-        lines.append(
-            f"  spec: {_short(info['spec'])}   sampling: {_short(info['sampling'])}"
-            f"   created: {info.get('created')}"
-        )
+        lines.append(f"  created: {info.get('created')}")
+        for key, value in _flatten({"sampling": info["sampling"], "spec": info["spec"]}):
+            lines.append(f"  {key}: {_short(value, 90)}")
         prov = info["provenance"]
         if prov["n_distinct"] == 0:
             lines.append("  provenance: (no videos)")
         elif prov["consistent"]:
-            lines.append(f"  provenance: consistent  {_short(prov['set'], 90)}")
+            lines.append("  provenance: consistent across all videos")
         else:
             groups = prov["groups"]
             keys = _diff_keys(groups[0]["set"], groups[1]["set"])

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -53,7 +52,7 @@ def _fit(args) -> int:
 
     metrics = fit_job(store=args.store, manifest=args.manifest, features=args.features, out=args.out,
                       head=args.head, protocol=args.protocol, pooling=args.pooling, n_repeats=args.repeats,
-                      seed=args.seed, progress=not args.quiet)
+                      seed=args.seed, progress=not args.quiet, overwrite=args.overwrite)
     print(format_metrics_table(metrics))
     print(f"report: {args.out}")
     return 0
@@ -117,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, help="override the protocol's number of repeats")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--overwrite", action="store_true", help="replace a report and model already in --out")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_fit)
 

@@ -49,6 +49,6 @@ def run_demo(*, out: str | Path, weights: str | None = None, n_sources: int = 6,
     )
     metrics = fit_job(
         store=out / "store", manifest=manifest, features=[DEMO_EXTRACTOR], out=out / "report",
-        head="svr", protocol="fmc", pooling="mean", progress=progress,
+        head="svr", protocol="fmc", pooling="mean", progress=progress, overwrite=True,
     )
     return {"extraction": summary, "metrics": metrics, "weights": weights, "report": str(out / "report")}

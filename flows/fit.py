@@ -68,6 +68,7 @@ def fit_job(
     n_repeats: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Evaluate ``head`` with ``protocol`` (grouped when the manifest has ``group``), write the
     report to ``out`` and save the head refitted on all videos to ``out/model``.
@@ -76,6 +77,8 @@ def fit_job(
         raise FlowError(f"unknown head {head!r}; choose from {', '.join(HEADS)}")
     if protocol not in PROTOCOLS:
         raise FlowError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+    if (Path(out) / "model").exists() and not overwrite:
+        raise FlowError(f"{out} already holds a fitted model; choose another --out or pass --overwrite")
     entries = read_manifest(manifest, require_mos=True)
     feature_store = FeatureStore(store, create=False)
     X, feature_sets = load_features(feature_store, entries, features)
@@ -95,7 +98,7 @@ def fit_job(
     out = Path(out)
     paths = write_report(out, result, video_ids=ids, mos=y, settings=settings)
     final = HEADS[head](**estimator.get_params()).fit(X, y)
-    save_head(final, out / "model", feature_info={"feature_sets": feature_sets})
+    save_head(final, out / "model", feature_info={"feature_sets": feature_sets}, overwrite=overwrite)
     log.info("report written to %s", ", ".join(str(p) for p in paths.values()))
     return result.median
 

@@ -1,0 +1,293 @@
+"""Saving and loading fitted heads without pickle.
+
+A saved head is a directory with two files::
+
+    head.json   {"format": "vqa-head", "format_version": 1,
+                 "type": "svr", "version": 1,          # registered head type and its version
+                 "params": {...},                      # get_params()-style constructor args
+                 "state": {...},                       # learned scalars (JSON)
+                 "feature_info": {...},                # what the head was trained on
+                 "arrays": {"name": {"shape": [...], "dtype": "float64"}, ...}}
+    head.npz    the learned arrays (np.savez), read back with allow_pickle=False
+
+Heads join through a registry keyed by type name. A head class provides::
+
+    head._state() -> (meta: dict, arrays: dict[str, np.ndarray])   # meta has "params"
+    cls._from_state(meta, arrays) -> head                          # inverse of _state
+
+and is registered with ``@register_head("name", version=1)``. ``head.npz`` is written
+before ``head.json``, so a directory with a ``head.json`` is complete.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import json
+import logging
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from regressors.errors import HeadExistsError, ModelFormatError, RegressorError
+
+__all__ = [
+    "ARRAYS_FILE",
+    "FORMAT_VERSION",
+    "META_FILE",
+    "list_heads",
+    "load_head",
+    "register_head",
+    "save_head",
+    "to_json",
+]
+
+logger = logging.getLogger(__name__)
+
+META_FILE = "head.json"
+ARRAYS_FILE = "head.npz"
+FORMAT_NAME = "vqa-head"
+FORMAT_VERSION = 1
+
+_REGISTRY: dict[str, type] = {}
+# Modules that register built-in heads; imported on load so that ``load_head`` works
+# without the caller importing the head class first.
+_BUILTIN_MODULES = ("regressors.svr",)
+
+
+def register_head(name: str, *, version: int):
+    """Class decorator: register a head class under ``name`` with a format ``version``.
+
+    The class must implement ``_state()`` and the classmethod ``_from_state(meta,
+    arrays)``. Bump ``version`` whenever the saved state changes meaning; files of
+    another version are refused on load.
+    """
+
+    def decorator(cls):
+        for method in ("_state", "_from_state"):
+            if not callable(getattr(cls, method, None)):
+                raise TypeError(f"{cls.__name__} cannot be registered: it lacks {method}()")
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            existing = _REGISTRY[name]
+            raise ValueError(f"head type {name!r} is already registered by {existing.__qualname__}")
+        cls._head_type = name
+        cls._head_version = int(version)
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def _import_builtins() -> None:
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+
+
+def list_heads() -> list[str]:
+    """Names of the registered head types."""
+    _import_builtins()
+    return sorted(_REGISTRY)
+
+
+def to_json(value, *, where: str = "value", strict: bool = True):
+    """Convert ``value`` to plain JSON types (numpy scalars and arrays, paths included).
+
+    ``strict`` (saved heads): refuse NaN/inf and any other type with a
+    :class:`RegressorError` naming ``where``. Lenient (reports): NaN/inf become None and
+    other objects their ``str()``.
+    """
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        if not np.isfinite(value):
+            if strict:
+                raise RegressorError(f"{where}: non-finite float {value!r} cannot be saved in JSON")
+            return None
+        return float(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.ndarray):
+        return to_json(value.tolist(), where=where, strict=strict)
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                if strict:
+                    raise RegressorError(f"{where}: JSON keys must be strings, got {k!r}")
+                k = str(k)
+            out[k] = to_json(v, where=f"{where}.{k}", strict=strict)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [to_json(v, where=f"{where}[{i}]", strict=strict) for i, v in enumerate(value)]
+    if strict:
+        raise RegressorError(f"{where}: {type(value).__name__} value {value!r} cannot be saved in JSON")
+    return str(value)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same directory, then rename over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_head(head, directory, *, feature_info: dict, overwrite: bool = False) -> Path:
+    """Save a fitted, registered head to ``directory`` (created if needed).
+
+    Parameters
+    ----------
+    head
+        A fitted head whose class is registered with :func:`register_head`.
+    directory : path
+        Target directory; receives ``head.json`` and ``head.npz``.
+    feature_info : dict
+        JSON-serialisable description of the training features (feature set name,
+        dims, pooling, provenance ...), returned again by :func:`load_head`.
+    overwrite : bool
+        Replace an existing saved head; otherwise :class:`HeadExistsError`.
+
+    Returns
+    -------
+    The directory, as a :class:`~pathlib.Path`.
+    """
+    cls = type(head)
+    name = getattr(cls, "_head_type", None)
+    if name is None or _REGISTRY.get(name) is not cls:
+        raise RegressorError(
+            f"{cls.__qualname__} is not a registered head type; known: {sorted(_REGISTRY)}"
+        )
+    if not isinstance(feature_info, dict):
+        raise RegressorError(f"feature_info must be a dict, got {type(feature_info).__name__}")
+    directory = Path(directory)
+    meta_path = directory / META_FILE
+    if meta_path.exists() and not overwrite:
+        raise HeadExistsError(f"{meta_path} already exists (pass overwrite=True to replace it)")
+
+    meta, arrays = head._state()  # raises NotFittedError for an unfitted head
+    meta = dict(meta)
+    params = meta.pop("params", None)
+    if not isinstance(params, dict):
+        raise RegressorError(f"{cls.__qualname__}._state() must return meta with a 'params' dict")
+    array_info = {}
+    clean_arrays = {}
+    for key, arr in arrays.items():
+        arr = np.asarray(arr)
+        if arr.dtype.hasobject or arr.dtype.kind not in "biuf":
+            # Object arrays would need pickle; only plain numbers are allowed.
+            raise RegressorError(f"array {key!r} has dtype {arr.dtype}; only numeric arrays can be saved")
+        clean_arrays[key] = arr
+        array_info[key] = {"shape": list(arr.shape), "dtype": arr.dtype.str}
+    doc = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "type": name,
+        "version": cls._head_version,
+        "params": to_json(params, where="params"),
+        "state": to_json(meta, where="state"),
+        "feature_info": to_json(feature_info, where="feature_info"),
+        "arrays": array_info,
+    }
+    text = json.dumps(doc, indent=2, allow_nan=False, sort_keys=False) + "\n"
+
+    directory.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        # Remove the marker first: a crash between the two writes leaves no half head.
+        meta_path.unlink(missing_ok=True)
+    _atomic_write(directory / ARRAYS_FILE, lambda fh: np.savez(fh, **clean_arrays))
+    _atomic_write(meta_path, lambda fh: fh.write(text.encode("utf-8")))
+    logger.info("saved %s head to %s", name, directory)
+    return directory
+
+
+def _read_meta(meta_path: Path) -> dict:
+    if not meta_path.is_file():
+        raise ModelFormatError(f"{meta_path}: no saved head here (file missing)")
+    try:
+        doc = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFormatError(f"{meta_path}: not a readable JSON file ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
+        raise ModelFormatError(f"{meta_path}: not a saved head (format is not {FORMAT_NAME!r})")
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise ModelFormatError(
+            f"{meta_path}: format version {doc.get('format_version')!r} is not supported "
+            f"(this code reads version {FORMAT_VERSION})"
+        )
+    for key, kind in (("type", str), ("version", int), ("params", dict), ("state", dict),
+                      ("feature_info", dict), ("arrays", dict)):
+        if not isinstance(doc.get(key), kind):
+            raise ModelFormatError(f"{meta_path}: field {key!r} is missing or not a {kind.__name__}")
+    return doc
+
+
+def _read_arrays(npz_path: Path, expected: dict) -> dict[str, np.ndarray]:
+    if not npz_path.is_file():
+        raise ModelFormatError(f"{npz_path}: array file missing")
+    try:
+        with np.load(npz_path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        # ValueError also covers an object array, which would need pickle.
+        raise ModelFormatError(f"{npz_path}: unreadable array file ({exc})") from exc
+    if set(arrays) != set(expected):
+        raise ModelFormatError(
+            f"{npz_path}: arrays {sorted(arrays)} do not match those declared in "
+            f"{META_FILE}: {sorted(expected)}"
+        )
+    for key, info in expected.items():
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if shape is None or list(arrays[key].shape) != list(shape):
+            raise ModelFormatError(
+                f"{npz_path}: array {key!r} has shape {list(arrays[key].shape)}, "
+                f"declared {shape}"
+            )
+    return arrays
+
+
+def load_head(directory):
+    """Load a head saved by :func:`save_head`.
+
+    Returns
+    -------
+    ``(head, feature_info)``: the fitted head and the ``feature_info`` dict it was saved with.
+
+    Raises :class:`~regressors.errors.ModelFormatError` (naming the offending file) when
+    a file is missing or corrupt, or the type or version is unknown.
+    """
+    directory = Path(directory)
+    meta_path = directory / META_FILE
+    doc = _read_meta(meta_path)
+    _import_builtins()
+    name = doc["type"]
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        hint = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        suffix = f"; did you mean {hint[0]!r}?" if hint else ""
+        raise ModelFormatError(
+            f"{meta_path}: unknown head type {name!r}; registered: {sorted(_REGISTRY)}{suffix}"
+        )
+    if doc["version"] != cls._head_version:
+        raise ModelFormatError(
+            f"{meta_path}: {name} head version {doc['version']} cannot be read by this code, "
+            f"which reads version {cls._head_version}"
+        )
+    arrays = _read_arrays(directory / ARRAYS_FILE, doc["arrays"])
+    meta = {"params": doc["params"], **doc["state"]}
+    try:
+        head = cls._from_state(meta, arrays)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFormatError(f"{meta_path}: inconsistent {name} head state ({exc})") from exc
+    logger.info("loaded %s head from %s", name, directory)
+    return head, doc["feature_info"]

@@ -1,0 +1,119 @@
+"""Tests for regressors.report: files exist, parse, and the plot is a real PNG."""
+
+import csv
+import json
+from pathlib import Path
+
+import matplotlib
+import matplotlib.image
+import numpy as np
+import pytest
+
+from regressors.errors import InvalidInputError
+from regressors.protocols import EvaluationResult
+from regressors.report import format_metrics_table, write_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+METRICS = ("srcc", "krcc", "plcc", "plcc_raw", "rmse")
+
+
+def _result(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    mos = rng.uniform(1, 5, n)
+    pred = mos + rng.normal(0, 0.4, n)
+    pred[3] = np.nan  # never tested
+    n_tested = np.full(n, 2)
+    n_tested[3] = 0
+    per_split = [
+        {"srcc": 0.8 + i / 100, "krcc": 0.6, "plcc": 0.82, "plcc_raw": 0.81, "rmse": 0.4 - i / 100,
+         "split": i, "n_train": 32, "n_test": 8}
+        for i in range(3)
+    ]
+    median = {k: float(np.median([m[k] for m in per_split])) for k in METRICS}
+    return EvaluationResult(per_split=per_split, median=median, predictions=pred, n_tested=n_tested), mos
+
+
+def test_write_report_files_exist_and_parse(tmp_path):
+    result, mos = _result()
+    ids = [f"vid_{i:03d}" for i in range(40)]
+    settings = {"head": "svr", "C": np.float64(1.0), "features": Path("/data/f.zarr"), "seed": np.int64(0),
+                "missing": float("nan"), "ids": (1, 2), 3: object}
+    backend = matplotlib.get_backend()
+    paths = write_report(tmp_path / "out", result, video_ids=ids, mos=mos, settings=settings)
+    assert set(paths) == {"metrics", "predictions", "scatter"}
+    assert all(p.is_file() and p.parent == tmp_path / "out" for p in paths.values())
+    assert matplotlib.get_backend() == backend  # no global backend switch
+
+    doc = json.loads(paths["metrics"].read_text())
+    for key in METRICS:
+        assert doc[key] == pytest.approx(result.median[key])
+    assert doc["srcc"] == pytest.approx(0.81)
+    assert doc["n_splits"] == 3 and len(doc["per_split"]) == 3
+    assert doc["settings"] == {"head": "svr", "C": 1.0, "features": "/data/f.zarr", "seed": 0,
+                               "missing": None, "ids": [1, 2], "3": "<class 'object'>"}
+
+    with paths["predictions"].open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["video_id", "mos", "prediction", "n_tested"]
+    assert len(rows) == 40 and rows[5]["video_id"] == "vid_005"
+    assert float(rows[5]["mos"]) == mos[5]  # full precision
+    assert float(rows[5]["prediction"]) == result.predictions[5]
+    assert rows[3]["prediction"] == "" and rows[3]["n_tested"] == "0"
+
+    data = paths["scatter"].read_bytes()
+    assert data.startswith(PNG_SIGNATURE)
+    image = matplotlib.image.imread(paths["scatter"])
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    assert image[..., :3].std() > 0.01  # not a blank canvas
+
+
+def test_write_report_overwrites_and_handles_tiny_results(tmp_path):
+    result, mos = _result(n=6)
+    ids = list(range(6))
+    write_report(tmp_path, result, video_ids=ids, mos=mos, settings={})
+    # Fewer than 3 tested videos: no logistic curve, but still a plot.
+    result.predictions[:] = np.nan
+    result.predictions[:2] = [1.0, 2.0]
+    paths = write_report(tmp_path, result, video_ids=ids, mos=mos, settings={})
+    assert paths["scatter"].read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_write_report_length_mismatch(tmp_path):
+    result, mos = _result()
+    with pytest.raises(InvalidInputError, match="lengths disagree"):
+        write_report(tmp_path, result, video_ids=["a"], mos=mos, settings={})
+
+
+def test_format_metrics_table():
+    table = format_metrics_table(
+        {"rmse": 0.41234, "srcc": 0.8123456, "krcc": 0.6, "plcc": 0.82, "plcc_raw": 0.8,
+         "n_splits": 100, "per_split": [{}], "settings": {"a": 1}, "head": "svr"}
+    )
+    lines = table.splitlines()
+    assert lines[0].split() == ["metric", "value"]
+    assert [line.split("  ")[0].strip() for line in lines[2:]] == [
+        "SRCC", "KRCC", "PLCC", "PLCC (raw)", "RMSE", "n_splits", "head"
+    ]
+    assert "0.8123" in lines[2] and lines[-2].endswith("100") and lines[-1].endswith("svr")
+    assert len({len(line) for line in lines}) == 1  # aligned
+    assert "per_split" not in table and "settings" not in table
+
+
+def test_no_heavy_imports_at_module_level():
+    # matplotlib (report) and torch (temporal_pooling) are imported inside functions only,
+    # so importing the library neither picks a backend nor pays for torch. A static check
+    # on the source: a subprocess import test would cost seconds.
+    import ast
+
+    import regressors.report
+    import regressors.temporal_pooling
+
+    for module in (regressors.report, regressors.temporal_pooling):
+        tree = ast.parse(Path(module.__file__).read_text())
+        top = set()
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                top.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                top.add(node.module.split(".")[0])
+        assert not top & {"matplotlib", "torch"}, module.__name__
