@@ -197,7 +197,7 @@ def test_variant_layouts_are_slices_of_the_full_layout(checkpoint, ours, rows, f
         _close(part, full_parts[tap], tap)
 
 
-def test_imagenet_path_loads_torchvision_layout_strictly(monkeypatch, checkpoint, mixed5b_hw, frames, tmp_path):
+def test_imagenet_path_loads_torchvision_layout_strictly(monkeypatch, checkpoint, mixed5b_hw, frames):
     # torchvision's file holds AuxLogits and the 1000-class fc, as the fixture checkpoint does. A
     # stand-in enum member whose published name carries that file's hash prefix takes its place.
     prefix = file_sha256(checkpoint)[:8]

@@ -4,6 +4,9 @@ Importing this package registers every built-in extractor (registration only; no
 built and nothing is downloaded at import time).
 """
 from . import resnet  # noqa: F401  (registers resnet50, resnet50-vsfa)
+from . import quality  # noqa: F401  (registers unique, unique-pr, quality-resnet50)
+from . import gram  # noqa: F401  (registers inception-gram and its layer-subset variants)
+from . import slowfast  # noqa: F401  (registers slowfast, slowfast-fast, slowfast-tokens)
 from .base import Extractor, ExtractorEntry, ExtractorSpec
 from .registry import create_extractor, get_entry, list_extractors, register_extractor
 
