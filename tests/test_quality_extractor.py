@@ -26,9 +26,10 @@ from pipeline.weights import file_sha256
 FIXTURES = Path(__file__).parent / "fixtures"
 # Same ops in the same order as the reference: bit-identical with the same torch and thread
 # count. Another thread count reorders conv reductions; the float32 error then scales with
-# the activations (|max| ~110 at layer4), hence an absolute tolerance relative to that scale.
+# the activations (|max| ~110 at layer4; measured 1 vs 2 threads: 1.4e-5 on ResNet-50's |max| 40),
+# hence an absolute tolerance relative to that scale.
 RTOL, ATOL_OF_SCALE = 1e-4, 1e-5
-TINY = np.random.default_rng(5).integers(0, 256, size=(3, 40, 56, 3), dtype=np.uint8)
+TINY = np.random.default_rng(5).integers(0, 256, size=(2, 40, 56, 3), dtype=np.uint8)
 
 
 def _load_fixture_lib():
@@ -156,6 +157,24 @@ def test_imagenet_weights_offline_raise_and_name_resnet34():
         create_extractor("unique", weights="imagenet")
 
 
+@pytest.mark.parametrize("name, enum_name", [
+    ("unique", "ResNet34_Weights.IMAGENET1K_V1"), ("quality-resnet50", "ResNet50_Weights.IMAGENET1K_V1"),
+])
+def test_imagenet_choice_is_recorded_as_torchvision_weights(name, enum_name, monkeypatch):
+    from pipeline.extractors import backbones
+    from pipeline.weights import ResolvedWeights
+    from torchvision.models import resnet34, resnet50
+
+    def cached(member):  # stands in for the hub cache: the real file's hash cannot be faked
+        with torch.random.fork_rng(devices=[]):
+            state = (resnet34 if "34" in type(member).__name__ else resnet50)(weights=None).state_dict()
+        return ResolvedWeights(state, {"source": "torchvision", "name": f"{type(member).__name__}.{member.name}"})
+
+    monkeypatch.setattr(backbones, "torchvision_weights", cached)
+    weights = create_extractor(name, weights="imagenet").spec.weights
+    assert weights == {"source": "torchvision", "name": enum_name}
+
+
 def test_adaptive_resize_only_when_both_sides_reach_768(unique_model):
     def shape(h, w):
         return tuple(unique_model.preprocess(np.zeros((1, h, w, 3), np.uint8)).shape[-2:])
@@ -239,19 +258,19 @@ def test_small_frames_get_the_largest_square_crop_that_fits():
 
 def test_pr_features_are_the_mean_over_the_videos_crops(pr_model, unique_model):
     boxes = pr_model.crop_plan("clip-1").boxes(40, 56, size=24)
-    want = np.mean([unique_model(np.ascontiguousarray(TINY[:, t:t + s, l:l + s])) for t, l, s in boxes], axis=0)
+    crops = np.concatenate([TINY[:, t:t + s, l:l + s] for t, l, s in boxes])  # [4 * B, 24, 24, 3]
+    want = unique_model(crops).reshape(len(boxes), len(TINY), -1).mean(axis=0)
     np.testing.assert_allclose(pr_model(TINY, video_key="clip-1"), want, rtol=1e-5, atol=1e-5)
 
 
 def test_pr_crops_are_identical_across_frames_and_batches_of_one_video(pr_model):
-    same = np.repeat(TINY[:1], 3, axis=0)  # one picture three times: rows must agree exactly
+    same = np.repeat(TINY[:1], 2, axis=0)  # one picture twice: rows must agree exactly
     accumulator = pr_model.accumulator(video_key="clip-1")
-    for start in range(3):  # the runner calls batch by batch, after creating the accumulator
+    for start in range(2):  # the runner calls batch by batch, after creating the accumulator
         accumulator.add(pr_model(same[start:start + 1]))
     rows = accumulator.result()
-    assert rows.shape == (3, 1920)
+    assert rows.shape == (2, 1920)
     np.testing.assert_array_equal(rows[0], rows[1])
-    np.testing.assert_array_equal(rows[0], rows[2])
     np.testing.assert_allclose(rows, pr_model(same, video_key="clip-1"), rtol=1e-5, atol=1e-5)
 
 
@@ -263,12 +282,13 @@ def test_pr_features_differ_between_videos_and_repeat_across_instances(pr_model,
 
 
 def test_pr_binding_follows_the_accumulator_and_refuses_interleaving(pr_model):
+    one = TINY[:1]
     first = pr_model.accumulator(video_key="clip-1")
-    np.testing.assert_array_equal(pr_model(TINY), pr_model(TINY, video_key="clip-1"))
+    np.testing.assert_array_equal(pr_model(one), pr_model(one, video_key="clip-1"))
     second = pr_model.accumulator(video_key="clip-2")
     with pytest.raises(PipelineError, match="'clip-1' are no longer bound"):
-        first.add(pr_model(TINY))
-    second.add(pr_model(TINY))
+        first.add(pr_model(one))
+    second.add(pr_model(one))
     second.result()  # releases the binding: plain calls are video "" again
     assert pr_model.bound_plan() == pr_model.crop_plan("")
 
