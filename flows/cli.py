@@ -38,6 +38,24 @@ def _extractors(args) -> int:
     return 0
 
 
+def _weights(args) -> int:
+    from pipeline.extractors import list_extractors
+    from pipeline.weights import known_checkpoints
+
+    print("extractor weights choices (default first):")
+    for e in list_extractors():
+        others = [c for c in e.weights_choices if c != e.default_weights]
+        print(f"  {e.name:<32} {e.default_weights}  |  {', '.join(others)}")
+    rows = known_checkpoints()
+    missing = [r for r in rows if not r["present"]]
+    print(f"\npublished checkpoints ({len(rows) - len(missing)} of {len(rows)} available locally):")
+    for r in rows:
+        print(f"  [{'x' if r['present'] else ' '}] {r['title']}  ->  {r['path']}\n      used by {', '.join(r['used_by'])}")
+        if not r["present"]:
+            print(f"      how to get it: {r['how_to_get']}")
+    return 0
+
+
 def _store_info(args) -> int:
     from feature_store import FeatureStore, format_store_info
 
@@ -98,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("extractors", help="list registered extractors")
     p.set_defaults(func=_extractors)
+
+    p = sub.add_parser("weights", help="which published weights are available locally, and how to get the rest")
+    p.set_defaults(func=_weights)
 
     p = sub.add_parser("store", help="inspect a feature store")
     store_sub = p.add_subparsers(dest="store_command", required=True)

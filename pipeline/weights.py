@@ -61,42 +61,95 @@ def load_checkpoint(path: str | Path) -> Any:
         ) from exc
 
 
-def torchvision_weights(enum_member, *, allow_download: bool | None = None) -> ResolvedWeights:
-    """Resolve a torchvision ``Weights`` enum member from the torch hub cache or by download.
+@dataclass(frozen=True)
+class HubCheckpoint:
+    """A published checkpoint kept in the torch hub cache (``$TORCH_HOME/hub/checkpoints/``).
 
-    The file is verified against the hash prefix in its published file name (torchvision's
-    convention) whether it was downloaded now or found in the cache.
+    ``url``: where it is downloaded from (``None`` when it must be fetched by hand, e.g. from
+    Google Drive). ``sha256_prefix``: the published checksum prefix (torchvision puts it in the
+    file name); when known, the file is verified whether downloaded now or found in the cache.
     """
-    url = enum_member.url
-    filename = url.rsplit("/", 1)[-1]
-    hash_prefix = filename.rsplit("-", 1)[-1].split(".")[0]
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
-    name = f"{type(enum_member).__name__}.{enum_member.name}"
-    if allow_download is None:
-        allow_download = not offline()
-    if not cached.is_file():
-        how = (
-            f"Download {url} on a machine with internet access and copy it to {cached} "
-            f"(or set TORCH_HOME), or pass the file with --weights /path/to/{filename}. "
-            "For a test run only, --weights random."
+
+    title: str
+    filename: str
+    url: str | None = None
+    sha256_prefix: str | None = None
+    how_to_get: str = ""
+    alternative: str = ""
+
+    @classmethod
+    def from_torchvision(cls, enum_member) -> "HubCheckpoint":
+        url = enum_member.url
+        filename = url.rsplit("/", 1)[-1]
+        return cls(
+            title=f"{type(enum_member).__name__}.{enum_member.name}", filename=filename, url=url,
+            sha256_prefix=filename.rsplit("-", 1)[-1].split(".")[0],
         )
-        if not allow_download:
-            raise WeightsUnavailableError(f"{name} is not in the torch cache ({cached}) and downloads are disabled. {how}")
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        log.info("downloading %s to %s", url, cached)
-        try:
-            torch.hub.download_url_to_file(url, str(cached), hash_prefix=hash_prefix, progress=True)
-        except (urllib.error.URLError, OSError, RuntimeError) as exc:
-            raise WeightsUnavailableError(f"cannot download {name} from {url}: {exc}. {how}") from exc
-    digest = file_sha256(cached)
-    if not digest.startswith(hash_prefix):
-        raise WeightsError(
-            f"{cached} does not match its published checksum prefix {hash_prefix} "
-            f"(sha256 {digest[:16]}...): the file is corrupt or not what its name says. Delete it and retry."
-        )
+
+    @property
+    def path(self) -> Path:
+        return Path(torch.hub.get_dir()) / "checkpoints" / self.filename
+
+    def instructions(self) -> str:
+        source = self.how_to_get or f"Download {self.url} on a machine with internet access"
+        return (f"{source.rstrip('.')}. Save it as {self.path} (or set TORCH_HOME), or pass the file "
+                f"with --weights /path/to/{self.filename}. {self.alternative}For a test run only, --weights random.")
+
+    def resolve(self, *, allow_download: bool | None = None) -> Path:
+        """The verified local file; downloads it first when allowed and a URL is known."""
+        cached = self.path
+        if allow_download is None:
+            allow_download = not offline()
+        if not cached.is_file():
+            if self.url is None or not allow_download:
+                why = "cannot be downloaded automatically" if self.url is None else "downloads are disabled (VQA_OFFLINE)"
+                raise WeightsUnavailableError(f"{self.title} is not at {cached} and {why}. {self.instructions()}")
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            log.info("downloading %s to %s", self.url, cached)
+            try:
+                torch.hub.download_url_to_file(self.url, str(cached), hash_prefix=self.sha256_prefix, progress=True)
+            except (urllib.error.URLError, OSError, RuntimeError) as exc:
+                raise WeightsUnavailableError(f"cannot download {self.title} from {self.url}: {exc}. {self.instructions()}") from exc
+        if self.sha256_prefix and not file_sha256(cached).startswith(self.sha256_prefix):
+            raise WeightsError(
+                f"{cached} does not match its published checksum prefix {self.sha256_prefix}: the file is "
+                "corrupt or not what its name says. Delete it and retry."
+            )
+        return cached
+
+
+_KNOWN_CHECKPOINTS: dict[str, HubCheckpoint] = {}
+
+
+def register_checkpoint(checkpoint: HubCheckpoint, *, used_by: str) -> HubCheckpoint:
+    """Record a published checkpoint so ``vqa weights`` can report whether it is available."""
+    _KNOWN_CHECKPOINTS.setdefault(checkpoint.filename, checkpoint)
+    _USED_BY.setdefault(checkpoint.filename, []).append(used_by)
+    return checkpoint
+
+
+_USED_BY: dict[str, list[str]] = {}
+
+
+def known_checkpoints() -> list[dict]:
+    """Every registered checkpoint: title, local path, whether present, who uses it, how to get it."""
+    rows = []
+    for filename, ckpt in sorted(_KNOWN_CHECKPOINTS.items()):
+        rows.append({
+            "title": ckpt.title, "path": str(ckpt.path), "present": ckpt.path.is_file(),
+            "used_by": sorted(set(_USED_BY[filename])), "url": ckpt.url, "how_to_get": ckpt.instructions(),
+        })
+    return rows
+
+
+def torchvision_weights(enum_member, *, allow_download: bool | None = None) -> ResolvedWeights:
+    """Resolve a torchvision ``Weights`` enum member from the torch hub cache or by download."""
+    checkpoint = HubCheckpoint.from_torchvision(enum_member)
+    cached = checkpoint.resolve(allow_download=allow_download)
     return ResolvedWeights(
         state_dict=load_checkpoint(cached),
-        identity={"source": "torchvision", "name": name, "url": url, "sha256": digest},
+        identity={"source": "torchvision", "name": checkpoint.title, "url": checkpoint.url,
+                  "sha256": file_sha256(cached)},
     )
 
 

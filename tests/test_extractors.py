@@ -139,3 +139,17 @@ def test_resize_and_crop_short_side_and_centre():
     assert resize_and_crop(x, short_side=8, crop=None).shape[-2:] == (8, 16)
     crop = resize_and_crop(x, short_side=None, crop=4)
     torch.testing.assert_close(crop, x[..., :, 2:6])
+
+
+def test_vqa_weights_lists_missing_checkpoints_and_marks_present_ones(tmp_path, monkeypatch, capsys):
+    from flows.cli import main
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    assert main(["weights"]) == 0
+    out = capsys.readouterr().out
+    assert "[ ] ResNet50_Weights.IMAGENET1K_V1" in out and "how to get it" in out
+    assert "resnet50-vsfa" in out and "unique_model.pt" in out
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "hub" / "checkpoints" / "unique_model.pt").write_bytes(b"x")
+    assert main(["weights"]) == 0
+    assert "[x] UNIQUE's pretrained model.pt" in capsys.readouterr().out

@@ -134,7 +134,7 @@ def test_mixed_prefixes_are_refused(unique_state, tmp_path):
 
 def test_default_weights_come_from_the_torch_cache(unique_file, monkeypatch, tmp_path, frames, golden):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    cached = UNIQUE_CHECKPOINT.path()
+    cached = UNIQUE_CHECKPOINT.path
     assert cached == tmp_path / "hub" / "checkpoints" / "unique_model.pt"
     cached.parent.mkdir(parents=True)
     cached.symlink_to(unique_file)
@@ -148,8 +148,8 @@ def test_default_weights_missing_say_where_to_get_and_put_them():
     with pytest.raises(WeightsUnavailableError) as info:
         create_extractor("unique")
     message = str(info.value)
-    assert "github.com/zwx8981/UNIQUE" in message and str(UNIQUE_CHECKPOINT.path()) in message
-    assert "--weights imagenet" in message and "--weights /path/to/file" in message
+    assert "github.com/zwx8981/UNIQUE" in message and str(UNIQUE_CHECKPOINT.path) in message
+    assert "--weights imagenet" in message and "--weights /path/to/unique_model.pt" in message
 
 
 def test_imagenet_weights_offline_raise_and_name_resnet34():

@@ -37,12 +37,13 @@ from torch import nn
 from torchvision.models import Inception_V3_Weights, inception_v3
 
 from ..errors import PipelineError
-from ..weights import unwrap_state_dict
+from ..weights import HubCheckpoint, register_checkpoint, unwrap_state_dict
 from .backbones import build_backbone
 from .base import Extractor, ExtractorSpec, FeatureAccumulator, StackAccumulator, tapped_model
 from .registry import register_extractor
 
 INCEPTION_PRETRAINED = {"imagenet": Inception_V3_Weights.IMAGENET1K_V1}
+register_checkpoint(HubCheckpoint.from_torchvision(INCEPTION_PRETRAINED["imagenet"]), used_by="inception-gram*")
 WEIGHT_CHOICES = ("imagenet", "random[:SEED]", "PATH")
 RESIZE_SHORT_SIDE, CROP = 338, 299  # FMC's frame_size, center_crop for inceptionv3
 

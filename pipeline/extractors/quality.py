@@ -32,7 +32,7 @@ import torch
 from torchvision.models import ResNet34_Weights, ResNet50_Weights, resnet34, resnet50
 
 from ..errors import PipelineError, WeightsError, WeightsUnavailableError
-from ..weights import unwrap_state_dict
+from ..weights import HubCheckpoint, register_checkpoint, unwrap_state_dict
 from .backbones import build_backbone
 from .base import ExtractorSpec, StackAccumulator, resize_and_crop
 from .registry import register_extractor
@@ -49,35 +49,8 @@ PR_CROP_SEED = 20240501  # fixed, so crop positions depend on the video id only
 HEAD_KEYS = ("fc.weight", "fc.bias")
 
 
-@dataclass(frozen=True)
-class NamedCheckpoint:
-    """A published checkpoint that must be fetched by hand: where it goes and where it comes from."""
-
-    choice: str
-    filename: str
-    title: str
-    how_to_get: str
-
-    def path(self) -> Path:
-        """``<torch hub dir>/checkpoints/<filename>`` (``$TORCH_HOME/hub/checkpoints/...``)."""
-        return Path(torch.hub.get_dir()) / "checkpoints" / self.filename
-
-    def resolve(self) -> str:
-        """The local file, or :class:`WeightsUnavailableError` saying how to get it."""
-        path = self.path()
-        if not path.is_file():
-            raise WeightsUnavailableError(
-                f"{self.title} is not at {path} and cannot be downloaded automatically. "
-                f"{self.how_to_get} Save it as {path} (set TORCH_HOME to use another cache), or pass "
-                f"the file with --weights /path/to/file. For ImageNet weights instead (not "
-                f"quality-aware features, recorded as such), --weights imagenet; for a test run "
-                f"only, --weights random."
-            )
-        return str(path)
-
-
-UNIQUE_CHECKPOINT = NamedCheckpoint(
-    choice="unique",
+IMAGENET_ALTERNATIVE = "For ImageNet weights instead (not quality-aware; provenance records it), --weights imagenet. "
+UNIQUE_CHECKPOINT = HubCheckpoint(
     filename="unique_model.pt",
     title="UNIQUE's pretrained model.pt",
     how_to_get=(
@@ -85,20 +58,27 @@ UNIQUE_CHECKPOINT = NamedCheckpoint(
         "'Pre-trained weights': Google Drive "
         "https://drive.google.com/file/d/18oPH4lALm8mSdZh3fWK97MVq9w3BbEua/view, or Baidu "
         "https://pan.baidu.com/s/1KKncQIoQcbxj7fQlSKUBIQ code yyev); pyiqa's UNIQUE.pt "
-        "(the same weights without the 'module.' prefix) works too."
+        "(the same weights without the 'module.' prefix) works too"
     ),
+    alternative=IMAGENET_ALTERNATIVE,
 )
-LI_CHECKPOINT = NamedCheckpoint(
-    choice="tcsvt2022",
+LI_CHECKPOINT = HubCheckpoint(
     filename="tcsvt2022_spatial.pt",
     title="Li et al.'s spatial extractor DataParallel-00008.pt",
     how_to_get=(
         "Download DataParallel-00008.pt from the links in "
         "https://github.com/zwx8981/TCSVT-2022-BVQA (README, 'Feature extraction': Google Drive "
         "https://drive.google.com/file/d/1AyMrcPvSb53eEBMUJiXSNCw2nYiKy0TK/view, or Baidu "
-        "https://pan.baidu.com/s/1fakwlrv2pqRbMZLeRFRz9g code wk9r)."
+        "https://pan.baidu.com/s/1fakwlrv2pqRbMZLeRFRz9g code wk9r)"
     ),
+    alternative=IMAGENET_ALTERNATIVE,
 )
+
+UNIQUE_CHOICE, LI_CHOICE = "unique", "tcsvt2022"  # --weights names of the two checkpoints
+register_checkpoint(UNIQUE_CHECKPOINT, used_by="unique, unique-pr")
+register_checkpoint(LI_CHECKPOINT, used_by="quality-resnet50")
+register_checkpoint(HubCheckpoint.from_torchvision(ResNet34_Weights.IMAGENET1K_V1), used_by="unique, unique-pr (--weights imagenet)")
+register_checkpoint(HubCheckpoint.from_torchvision(ResNet50_Weights.IMAGENET1K_V1), used_by="quality-resnet50 (--weights imagenet)")
 
 
 @dataclass(frozen=True)
@@ -173,7 +153,7 @@ def _numpy_scalar_globals():
 
 
 def build_quality_backbone(
-    constructor: Callable[..., torch.nn.Module], *, weights: str, named: NamedCheckpoint, imagenet
+    constructor: Callable[..., torch.nn.Module], *, weights: str, named: HubCheckpoint, choice: str, imagenet
 ) -> tuple[torch.nn.Module, dict]:
     """Resolve ``weights`` (named checkpoint, ``imagenet``, ``random[:SEED]`` or a path) for a
     UNIQUE-style backbone. Returns the frozen model and the weights identity, which for a
@@ -185,8 +165,8 @@ def build_quality_backbone(
         notes.update(found)
         return state
 
-    if weights == named.choice:
-        path = named.resolve()
+    if weights == choice:
+        path = str(named.resolve())
         notes["checkpoint"] = named.title
     else:
         path = weights
@@ -320,14 +300,14 @@ class CropPlanAccumulator(StackAccumulator):
         return super().result()
 
 
-WEIGHT_CHOICES_UNIQUE = (UNIQUE_CHECKPOINT.choice, "imagenet", "random[:SEED]", "PATH")
-WEIGHT_CHOICES_LI = (LI_CHECKPOINT.choice, "imagenet", "random[:SEED]", "PATH")
+WEIGHT_CHOICES_UNIQUE = (UNIQUE_CHOICE, "imagenet", "random[:SEED]", "PATH")
+WEIGHT_CHOICES_LI = (LI_CHOICE, "imagenet", "random[:SEED]", "PATH")
 
 
 def _unique(name: str, extractor_cls: type, *, weights: str, device: str, **rules) -> QualityExtractor:
     """ResNet-34 layer1..4 with UNIQUE's weights resolution; ``rules``: :class:`QualitySpec` fields."""
     backbone, identity = build_quality_backbone(
-        resnet34, weights=weights, named=UNIQUE_CHECKPOINT, imagenet=ResNet34_Weights.IMAGENET1K_V1
+        resnet34, weights=weights, named=UNIQUE_CHECKPOINT, choice=UNIQUE_CHOICE, imagenet=ResNet34_Weights.IMAGENET1K_V1
     )
     spec = QualitySpec(
         name=name, version="1", dims=1920, backbone="resnet34", taps=STAGES, pooling=POOLING, weights=identity, **rules
@@ -336,7 +316,7 @@ def _unique(name: str, extractor_cls: type, *, weights: str, device: str, **rule
 
 
 @register_extractor(
-    "unique", dims=1920, weights_choices=WEIGHT_CHOICES_UNIQUE, default_weights=UNIQUE_CHECKPOINT.choice,
+    "unique", dims=1920, weights_choices=WEIGHT_CHOICES_UNIQUE, default_weights=UNIQUE_CHOICE,
     description="UNIQUE ResNet-34 layer1..4 mean+std (A2INet quality branch, whole frame)",
 )
 def build_unique(*, weights: str, device: str = "cpu") -> QualityExtractor:
@@ -344,7 +324,7 @@ def build_unique(*, weights: str, device: str = "cpu") -> QualityExtractor:
 
 
 @register_extractor(
-    "unique-pr", dims=1920, weights_choices=WEIGHT_CHOICES_UNIQUE, default_weights=UNIQUE_CHECKPOINT.choice,
+    "unique-pr", dims=1920, weights_choices=WEIGHT_CHOICES_UNIQUE, default_weights=UNIQUE_CHOICE,
     description="UNIQUE ResNet-34 layer1..4 mean+std, mean over 4 per-video 768x768 crops (A2INet PR)",
 )
 def build_unique_pr(
@@ -363,12 +343,12 @@ def build_unique_pr(
 
 
 @register_extractor(
-    "quality-resnet50", dims=4096, weights_choices=WEIGHT_CHOICES_LI, default_weights=LI_CHECKPOINT.choice,
+    "quality-resnet50", dims=4096, weights_choices=WEIGHT_CHOICES_LI, default_weights=LI_CHOICE,
     description="Li et al. TCSVT-2022 quality-aware ResNet-50 layer4 mean+std (native resolution)",
 )
 def build_quality_resnet50(*, weights: str, device: str = "cpu") -> QualityExtractor:
     backbone, identity = build_quality_backbone(
-        resnet50, weights=weights, named=LI_CHECKPOINT, imagenet=ResNet50_Weights.IMAGENET1K_V1
+        resnet50, weights=weights, named=LI_CHECKPOINT, choice=LI_CHOICE, imagenet=ResNet50_Weights.IMAGENET1K_V1
     )
     spec = QualitySpec(
         name="quality-resnet50", version="1", dims=4096, backbone="resnet50", taps=("layer4",),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torchvision.models import ResNet50_Weights, resnet50
 
+from ..weights import HubCheckpoint, register_checkpoint
 from .backbones import build_backbone
 from .base import Extractor, ExtractorSpec, tapped_model
 from .pooling import mean_std_features
@@ -17,6 +18,7 @@ from .registry import register_extractor
 # torchvision's V1 weights are what pretrained=True gave the VSFA reference code.
 RESNET50_PRETRAINED = {"imagenet": ResNet50_Weights.IMAGENET1K_V1}
 WEIGHT_CHOICES = ("imagenet", "random[:SEED]", "PATH")
+register_checkpoint(HubCheckpoint.from_torchvision(RESNET50_PRETRAINED["imagenet"]), used_by="resnet50, resnet50-vsfa")
 
 
 class TappedMeanStdExtractor(Extractor):
