@@ -12,12 +12,15 @@ EXIT_USAGE = 2
 
 
 def _extract(args) -> int:
-    from .extract import extract_flow, parse_weights_option
+    from .extract import extract_flow, parse_per_extractor_option
 
-    weights = parse_weights_option(args.weights or [], args.extractor)
+    weights = parse_per_extractor_option(args.weights or [], args.extractor)
+    samplings = args.sampling or ["all"]
+    sampling = samplings[0] if len(samplings) == 1 and "=" not in samplings[0] \
+        else parse_per_extractor_option(samplings, args.extractor)
     summary = extract_flow(
         manifest=args.manifest, store=args.store, extractors=args.extractor, weights=weights,
-        sampling=args.sampling, device=args.device, batch_size=args.batch_size, progress=not args.quiet,
+        sampling=sampling, device=args.device, batch_size=args.batch_size, progress=not args.quiet,
     )
     print(f"done {summary['done']}  skipped {summary['skipped']}  failed {summary['failed']}  "
           f"({summary['frames']} frames in {summary['seconds']} s, {summary['frames_per_second']} frames/s)")
@@ -108,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extractor", action="append", required=True, help="registered extractor name (repeatable)")
     p.add_argument("--weights", action="append",
                    help="imagenet | random[:SEED] | PATH, or NAME=CHOICE for one extractor (repeatable)")
-    p.add_argument("--sampling", default="all", help="all | uniform:N | fps:K (default all)")
+    p.add_argument("--sampling", action="append",
+                   help="all | uniform:N | fps:K | clips:L, or NAME=STRATEGY for one extractor (repeatable; "
+                        "default all; clip extractors keep their clips)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--batch-size", type=int, default=16, help="frames per forward pass (default 16)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 import pipeline
 from feature_store import FeatureStore
-from pipeline.extractors import Extractor, create_extractor
+from pipeline.errors import SamplingError
+from pipeline.extractors import Extractor, create_extractor, get_entry, sampling_for
 from pipeline.runner import extract_video
 from pipeline.sampling import parse_sampling
 
@@ -31,25 +32,41 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ExtractionConfig:
-    """What to extract. ``weights`` maps extractor name -> choice; missing names use the default."""
+    """What to extract. ``weights`` and ``sampling`` map extractor name -> choice; missing names
+    use the extractor's default."""
 
     extractors: tuple[str, ...]
     weights: Mapping[str, str] = field(default_factory=dict)
-    sampling: str = "all"
+    sampling: Mapping[str, str] = field(default_factory=dict)
     device: str = "auto"
     batch_size: int = 16
 
 
-def parse_weights_option(values: Sequence[str], extractors: Sequence[str]) -> dict[str, str]:
-    """``--weights X`` applies to every extractor; ``--weights name=X`` to one."""
-    weights: dict[str, str] = {}
+def parse_per_extractor_option(values: Sequence[str], extractors: Sequence[str]) -> dict[str, str]:
+    """``--weights X`` applies to every extractor; ``--weights name=X`` to one (same for --sampling)."""
+    chosen: dict[str, str] = {}
     for value in values:
         name, sep, choice = value.partition("=")
         if sep and name in extractors:
-            weights[name] = choice
+            chosen[name] = choice
         else:
-            weights.update({e: value for e in extractors})
-    return weights
+            chosen.update({e: value for e in extractors})
+    return chosen
+
+
+def resolve_samplings(sampling: str | Mapping[str, str], extractors: Sequence[str]) -> dict[str, str]:
+    """Per-extractor sampling: the requested one where the extractor accepts its kind, else the
+    extractor's own default (clip extractors keep ``clips:32`` beside ``uniform:16`` frames).
+    A sampling named explicitly for one extractor must be one it accepts."""
+    requested = {e: sampling for e in extractors} if isinstance(sampling, str) else dict(sampling)
+    resolved = {}
+    for name in extractors:
+        resolved[name] = sampling_for(name, requested.get(name))
+        if not isinstance(sampling, str) and name in requested and resolved[name] != requested[name]:
+            raise SamplingError(f"extractor {name} does not accept sampling {requested[name]!r}; "
+                                f"it takes {', '.join(get_entry(name).sampling_kinds)}")
+        parse_sampling(resolved[name])  # malformed text fails here, before any work
+    return resolved
 
 
 @functools.lru_cache(maxsize=8)
@@ -63,8 +80,8 @@ def build_extractors(config: ExtractionConfig) -> list[Extractor]:
 
 
 def feature_set_ids(store: FeatureStore, extractors: Sequence[Extractor], config: ExtractionConfig) -> list[str]:
-    sampling = parse_sampling(config.sampling).to_dict()
-    return [store.ensure_feature_set(spec=e.spec.to_dict(), sampling=sampling) for e in extractors]
+    return [store.ensure_feature_set(spec=e.spec.to_dict(), sampling=parse_sampling(config.sampling[name]).to_dict())
+            for name, e in zip(config.extractors, extractors)]
 
 
 @task(name="extract-video", cache_policy=NO_CACHE)
@@ -79,9 +96,9 @@ def extract_video_task(video_id: str, path: str, store_path: str, config: Extrac
     todo = [i for i, set_id in enumerate(set_ids) if not store.has_video(set_id, video_id)]
     if not todo:
         return {"video_id": video_id, "status": "skipped"}
-    sampling = parse_sampling(config.sampling)
+    samplings = [parse_sampling(config.sampling[config.extractors[i]]) for i in todo]
     started = time.perf_counter()
-    features, info = extract_video(path, [extractors[i] for i in todo], sampling=sampling,
+    features, info = extract_video(path, [extractors[i] for i in todo], sampling=samplings,
                                     batch_size=config.batch_size, video_key=video_id)
     seconds = time.perf_counter() - started
     video_provenance = {
@@ -94,7 +111,7 @@ def extract_video_task(video_id: str, path: str, store_path: str, config: Extrac
         "device": str(extractors[0].device),
         "host": platform.node(),
     }
-    for i, feats in zip(todo, features):
+    for i, feats, sampling in zip(todo, features, samplings):
         set_provenance = {"spec": extractors[i].spec.to_dict(), "sampling": sampling.to_dict()}
         store.write_video(set_ids[i], video_id, feats,
                           provenance={"set": set_provenance, "video": video_provenance})
@@ -107,20 +124,21 @@ def extract_flow(
     store: str,
     extractors: list[str],
     weights: dict[str, str] | None = None,
-    sampling: str = "all",
+    sampling: str | dict[str, str] = "all",
     device: str = "auto",
     batch_size: int = 16,
     progress: bool = True,
 ) -> dict:
     """Extract features for every video of ``manifest`` into ``store``.
 
-    Finished videos are skipped, a failing video is recorded with its reason and the run goes
-    on. Returns ``{"done": n, "skipped": n, "failed": n, "failures": {video_id: reason}, ...}``
+    Each video is decoded once for all extractors. ``sampling`` is one strategy for all (clip
+    extractors keep their clips) or a name -> strategy dict. Finished videos are skipped, a
+    failing video is recorded with its reason and the run goes on. Returns ``{"done": n, "skipped": n, "failed": n, "failures": {video_id: reason}, ...}``
     and writes the same summary to ``<store>/runs/``.
     """
     entries = read_manifest(manifest)  # validated before anything touches the store
-    config = ExtractionConfig(tuple(extractors), dict(weights or {}), sampling, device, batch_size)
-    parse_sampling(sampling)
+    config = ExtractionConfig(tuple(extractors), dict(weights or {}), resolve_samplings(sampling, extractors),
+                              device, batch_size)
     feature_store = FeatureStore(store)
     built = build_extractors(config)  # fail fast here if weights cannot be had
     set_ids = feature_set_ids(feature_store, built, config)
@@ -159,5 +177,6 @@ def _write_run_record(store: Path, summary: dict, config: ExtractionConfig) -> N
     runs = store / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    record = {"config": {**config.__dict__, "weights": dict(config.weights)}, **summary}
+    record = {"config": {**config.__dict__, "weights": dict(config.weights), "sampling": dict(config.sampling)},
+              **summary}
     (runs / f"extract-{stamp}.json").write_text(json.dumps(record, indent=2, default=str))

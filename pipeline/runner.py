@@ -41,7 +41,10 @@ class _Feed:
         return int(self.plan[self.next_step:].min()) if self.next_step < len(self.plan) else np.iinfo(np.int64).max
 
     def run_ready(self, frames: dict[int, np.ndarray], decoded_up_to: int, *, batch_size: int, final: bool) -> None:
-        """Run the extractor on complete steps, ``batch_size`` at a time (the rest at the end)."""
+        """Run the extractor on complete steps, ``batch_size`` frames at a time (the rest at the end).
+
+        Clip steps count all their frames, so a 32-frame clip fills a batch of 16 on its own."""
+        batch_size = max(1, batch_size // self.plan.shape[1])
         while self.next_step < len(self.plan):
             ready = self.next_step
             while ready < len(self.plan) and ready - self.next_step < batch_size and self.plan[ready].max() <= decoded_up_to:

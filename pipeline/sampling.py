@@ -10,7 +10,7 @@ index never depends on whether a midpoint lands on an even number.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,7 +32,8 @@ _ARGUMENT_PARSERS = {
 _TIME_EPSILON = 1e-9
 SAMPLING_FORMS = (
     '"all" (every frame), "uniform:N" (N frames at equal intervals, N a positive integer) '
-    'or "fps:K" (K frames per second, K a positive number)'
+    'or "fps:K" (K frames per second, K a positive number) '
+    'or "clips:L" (one clip of L consecutive frames per second, L a positive integer)'
 )
 
 
@@ -114,6 +115,11 @@ def parse_sampling(text: str) -> Sampling:
         except ValueError as err:  # SamplingError is a ValueError too
             detail = err if isinstance(err, SamplingError) else requirement
             raise SamplingError(f"bad sampling {text!r}: {detail}; expected {SAMPLING_FORMS}") from None
+    if kind == "clips" and sep:  # ClipSampling is defined at the end of this module
+        try:
+            return ClipSampling(int(arg))
+        except ValueError:
+            raise SamplingError(f"bad sampling {text!r}: L must be a positive integer; expected {SAMPLING_FORMS}") from None
     raise SamplingError(f"bad sampling {text!r}; expected {SAMPLING_FORMS}")
 
 
@@ -188,3 +194,81 @@ def _nearest(sorted_times: np.ndarray, targets: np.ndarray) -> np.ndarray:
     left = right - 1
     take_left = (targets - sorted_times[left]) < (sorted_times[right] - targets)
     return np.where(take_left, left, right).astype(np.int64)
+
+
+# ---- clips: one run of L consecutive frames per second (SimpleVQA / KVQ SlowFast input) ----
+
+__all__ += ["ClipSampling", "DEFAULT_CLIP_LENGTH"]
+
+DEFAULT_CLIP_LENGTH = 32  # SlowFast 8x8: 32 fast frames per clip
+# decord timestamps are kept to whole microseconds: a frame starting within this of a clip's
+# start second counts as starting at it.
+_CLIP_START_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class ClipSampling(Sampling):
+    """``clips:L``: one clip of ``L`` consecutive frames per second of video.
+
+    ``ClipSampling(32)`` == ``parse_sampling("clips:32")``; ``name`` ``"clips-32"``,
+    ``to_dict()`` ``{"strategy": "clips", "value": 32}``. A subclass of :class:`Sampling` so
+    it serialises and compares the same way; the runner sees :meth:`clips` and feeds the
+    extractor ``uint8 [B, L, H, W, 3]`` clips instead of single frames.
+
+    Clip ``i`` (``i = 0 .. n-1``, ``n = ceil(duration)``, at least 1)::
+
+        start_i = first frame whose start time >= i s      (with timestamps, VFR-safe)
+                = round_half_up(i * fps)                   (without)
+        clip_i  = start_i, start_i + 1, ..., start_i + L - 1   (past the end: the last frame)
+
+    SimpleVQA cuts clip ``i`` at ``i * round(fps)`` and makes ``floor(num_frames / round(fps))``
+    clips (then repeats the last clip up to a per-dataset minimum); the rule here keeps a
+    partial last second and follows real time on variable-frame-rate files.
+    """
+
+    kind: str = field(default="clips", init=False)
+    value: int = DEFAULT_CLIP_LENGTH
+
+    def __post_init__(self) -> None:
+        value = self.value
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise SamplingError(f"clips needs a positive whole number of frames per clip, got {value!r}")
+        object.__setattr__(self, "value", int(value))
+
+    @property
+    def length(self) -> int:
+        """Frames per clip (``L``)."""
+        return int(self.value)
+
+    def clips(self, info: VideoInfo, timestamps: np.ndarray | None = None) -> np.ndarray:
+        """Frame indices of every clip, int64 ``[n_clips, L]`` (see the class docstring).
+
+        ``timestamps``: optional float ``[num_frames]`` frame start times in seconds
+        (``Video.timestamps()``), taken relative to the earliest frame. Without them the frame
+        rate ``info.fps`` must be known.
+        """
+        num_frames = int(info.num_frames)
+        if num_frames <= 0:
+            raise SamplingError(f"cannot sample {info.path}: it has no frames")
+        duration = float(info.duration) if math.isfinite(info.duration) else 0.0
+        # ceil(duration), computed so float noise (8.000000001 s) adds no extra clip.
+        count = max(1, math.ceil(duration - _TIME_EPSILON))
+        seconds = np.arange(count, dtype=np.float64)
+        if timestamps is None:
+            if not (info.fps > 0 and math.isfinite(info.fps)):
+                raise SamplingError(f"cannot cut {info.path} into clips: unknown frame rate {info.fps!r}")
+            order = np.arange(num_frames, dtype=np.int64)
+            starts = _round_half_up(seconds * float(info.fps))
+        else:
+            stamps = np.asarray(timestamps, dtype=np.float64)
+            if stamps.shape != (num_frames,):
+                raise SamplingError(f"timestamps for {info.path} must have shape ({num_frames},), got {stamps.shape}")
+            relative = stamps - stamps.min()
+            order = np.argsort(relative, kind="stable")  # presentation order (decord's already)
+            starts = np.searchsorted(relative[order], seconds - _CLIP_START_TOLERANCE, side="left")
+        positions = starts[:, None] + np.arange(self.length, dtype=np.int64)[None, :]
+        return order[np.clip(positions, 0, num_frames - 1)].astype(np.int64)
+
+    def indices(self, info: VideoInfo, timestamps: np.ndarray | None = None) -> np.ndarray:
+        """Every frame some clip uses, int64 ``[S]``, sorted ascending, without duplicates."""
+        return np.unique(self.clips(info, timestamps))

@@ -8,9 +8,9 @@ from . import quality  # noqa: F401  (registers unique, unique-pr, quality-resne
 from . import gram  # noqa: F401  (registers inception-gram and its layer-subset variants)
 from . import slowfast  # noqa: F401  (registers slowfast, slowfast-fast, slowfast-tokens)
 from .base import Extractor, ExtractorEntry, ExtractorSpec
-from .registry import create_extractor, get_entry, list_extractors, register_extractor
+from .registry import create_extractor, get_entry, list_extractors, register_extractor, sampling_for
 
 __all__ = [
     "Extractor", "ExtractorEntry", "ExtractorSpec",
-    "create_extractor", "get_entry", "list_extractors", "register_extractor",
+    "create_extractor", "get_entry", "list_extractors", "register_extractor", "sampling_for",
 ]

@@ -147,6 +147,8 @@ class ExtractorEntry:
     description: str
     weights_choices: tuple[str, ...]
     default_weights: str
+    sampling_kinds: tuple[str, ...] = ("all", "uniform", "fps")
+    default_sampling: str = "all"
 
 
 def tapped_model(model: torch.nn.Module, taps: Sequence[str]) -> torch.nn.Module:

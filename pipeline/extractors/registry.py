@@ -11,14 +11,20 @@ _REGISTRY: dict[str, ExtractorEntry] = {}
 
 
 def register_extractor(
-    name: str, *, dims: int, description: str, weights_choices: tuple[str, ...], default_weights: str
+    name: str, *, dims: int, description: str, weights_choices: tuple[str, ...], default_weights: str,
+    sampling_kinds: tuple[str, ...] = ("all", "uniform", "fps"), default_sampling: str = "all",
 ) -> Callable:
-    """Decorator registering ``builder(*, weights, device, **overrides) -> Extractor`` under ``name``."""
+    """Decorator registering ``builder(*, weights, device, **overrides) -> Extractor`` under ``name``.
+
+    ``sampling_kinds``: the sampling strategies the extractor accepts (frame extractors take
+    frames, clip extractors ``clips``); ``default_sampling`` is used when the caller's sampling
+    is not one of them."""
 
     def decorate(builder: Callable[..., Extractor]) -> Callable[..., Extractor]:
         if name in _REGISTRY:
             raise ValueError(f"extractor {name!r} is registered twice")
-        _REGISTRY[name] = ExtractorEntry(name, builder, dims, description, weights_choices, default_weights)
+        _REGISTRY[name] = ExtractorEntry(name, builder, dims, description, weights_choices, default_weights,
+                                         sampling_kinds, default_sampling)
         return builder
 
     return decorate
@@ -38,6 +44,16 @@ def get_entry(name: str) -> ExtractorEntry:
         raise UnknownExtractorError(
             f"unknown extractor {name!r}.{hint} Registered: {', '.join(sorted(_REGISTRY))}"
         ) from None
+
+
+def sampling_for(name: str, requested: str | None) -> str:
+    """The sampling an extractor runs with: ``requested`` when the extractor accepts its kind,
+    else the extractor's default (a clip extractor asked for ``uniform:16`` keeps its clips)."""
+    entry = get_entry(name)
+    if requested is None:
+        return entry.default_sampling
+    kind = requested.split(":", 1)[0].strip().lower()
+    return requested if kind in entry.sampling_kinds else entry.default_sampling
 
 
 def create_extractor(name: str, *, weights: str | None = None, device: str = "cpu", **overrides) -> Extractor:
