@@ -136,3 +136,20 @@ def test_killed_extraction_resumes_without_redoing_finished_videos(dataset, tmp_
     assert summary["done"] + summary["skipped"] == 20 and len(store.video_ids(set_id)) == 20
     for video_id in store.video_ids(set_id):
         assert np.isfinite(store.read_video(set_id, video_id)).all()
+
+
+def test_one_run_feeds_frame_and_clip_extractors_with_their_own_sampling(dataset, tmp_path, prefect_harness):
+    manifest, _ = dataset
+    two = tmp_path / "two.csv"
+    lines = manifest.read_text().splitlines()
+    two.write_text("\n".join(lines[:3]).replace("videos/", f"{manifest.parent}/videos/") + "\n")
+    summary = extract_flow(manifest=str(two), store=str(tmp_path / "store"),
+                           extractors=[EXTRACTOR, "slowfast-fast"], weights={EXTRACTOR: "random", "slowfast-fast": "random"},
+                           sampling="uniform:2", device="cpu", progress=False)
+    assert (summary["done"], summary["failed"]) == (2, 0)
+    store = FeatureStore(tmp_path / "store")
+    frames_set, clips_set = store.resolve(EXTRACTOR), store.resolve("slowfast-fast")
+    assert store.feature_set_info(clips_set)["sampling"] == {"strategy": "clips", "value": 32}
+    video_id = store.video_ids(frames_set)[0]
+    assert store.read_video(frames_set, video_id).shape == (2, 4096)
+    assert store.read_video(clips_set, video_id).shape == (32, 512)  # a 0.5 s clip: one 32-frame clip
