@@ -115,3 +115,15 @@ def corrupt_frame(src: str | Path, dst: str | Path, frame: int) -> Path:
 def run_ffmpeg(*args: str) -> None:
     """Run the bundled ffmpeg with ``args`` (list form, no shell); raise on failure."""
     subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", *args], check=True, capture_output=True)
+
+
+def load_fixture_script(name: str):
+    """Import ``tests/fixtures/<name>.py`` (a fixture generator) so tests reuse its deterministic
+    weight and input recipes instead of repeating them."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent / "fixtures" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -8,7 +8,6 @@ CPU cost (2 cores): ~20 s; one full-depth forward of 2 frames, the rest stop at 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,8 @@ from pipeline.extractors.gram import (
     MeanMaxAccumulator, VARIANTS, gram_full_from_upper, gram_upper, split_taps, taps_dims,
 )
 from pipeline.weights import file_sha256
+
+from .helpers import load_fixture_script
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # Measured: with the same torch, CPU and thread count ours is bit-identical to FMC's code
@@ -47,14 +48,7 @@ EXPECTED_DIMS = {
 }
 
 
-def _load_fixture_lib():
-    spec = importlib.util.spec_from_file_location("make_gram_fixture", FIXTURES / "make_gram_fixture.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fixture_lib = _load_fixture_lib()
+fixture_lib = load_fixture_script("make_gram_fixture")
 
 
 def _close(actual, golden, err_msg: str) -> None:

@@ -8,7 +8,6 @@ code is not needed to run these tests.
 """
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import zipfile
@@ -23,6 +22,8 @@ from pipeline.extractors import create_extractor
 from pipeline.extractors.quality import UNIQUE_CHECKPOINT, CropPlan
 from pipeline.weights import file_sha256
 
+from .helpers import load_fixture_script
+
 FIXTURES = Path(__file__).parent / "fixtures"
 # Same ops in the same order as the reference: bit-identical with the same torch and thread
 # count. Another thread count reorders conv reductions; the float32 error then scales with
@@ -32,14 +33,7 @@ RTOL, ATOL_OF_SCALE = 1e-4, 1e-5
 TINY = np.random.default_rng(5).integers(0, 256, size=(2, 40, 56, 3), dtype=np.uint8)
 
 
-def _load_fixture_lib():
-    spec = importlib.util.spec_from_file_location("make_unique_fixture", FIXTURES / "make_unique_fixture.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fixture_lib = _load_fixture_lib()
+fixture_lib = load_fixture_script("make_unique_fixture")
 
 
 @pytest.fixture(scope="module")

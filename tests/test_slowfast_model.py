@@ -6,7 +6,6 @@ script's deterministic generator, so pytorchvideo is not needed to run these tes
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -16,6 +15,8 @@ import torch
 
 from pipeline.errors import WeightsError, WeightsUnavailableError
 from pipeline.extractors.slowfast_model import SlowFastR50, load_slowfast_checkpoint, pack_pathways
+
+from .helpers import load_fixture_script
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NUM_PARAMETERS = 34_566_488
@@ -28,14 +29,7 @@ NUM_PARAMETERS = 34_566_488
 RTOL, ATOL_OF_SCALE = 1e-4, 1e-5
 
 
-def _load_fixture_lib():
-    spec = importlib.util.spec_from_file_location("make_slowfast_fixture", FIXTURES / "make_slowfast_fixture.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fixture_lib = _load_fixture_lib()
+fixture_lib = load_fixture_script("make_slowfast_fixture")
 
 
 @pytest.fixture(scope="module")
