@@ -18,7 +18,7 @@ earlier public FMC code used max only: read row 1). ``pooling="frames"`` keeps o
 frame instead (~150k floats per frame for the full layout: large).
 
 ``transform_input``: torchvision's ``inception_v3(weights=IMAGENET1K_V1)`` (and the legacy
-``pretrained=True``) sets ``transform_input=True``: the model takes ImageNet-normalised input
+the deprecated ``pretrained`` flag) sets ``transform_input=True``: the model takes ImageNet-normalised input
 and re-scales it inside ``forward`` to the [-1, 1] range the ported Google weights were trained
 on. FMC builds its model that way and taps it with ``create_feature_extractor``, so every tap
 sees the re-scaled input (its code before commit 6845c77, July 2022, walked ``_modules`` and so

@@ -15,7 +15,7 @@ from .base import Extractor, ExtractorSpec, tapped_model
 from .pooling import mean_std_features
 from .registry import register_extractor
 
-# torchvision's V1 weights are what pretrained=True gave the VSFA reference code.
+# torchvision's V1 weights are what the deprecated pretrained flag gave the VSFA reference code.
 RESNET50_PRETRAINED = {"imagenet": ResNet50_Weights.IMAGENET1K_V1}
 WEIGHT_CHOICES = ("imagenet", "random[:SEED]", "PATH")
 register_checkpoint(HubCheckpoint.from_torchvision(RESNET50_PRETRAINED["imagenet"]), used_by="resnet50, resnet50-vsfa")
