@@ -17,7 +17,7 @@ temporal max over the sampled frames, elementwise (the seed paper concatenates b
 earlier public FMC code used max only: read row 1). ``pooling="frames"`` keeps one row per
 frame instead (~150k floats per frame for the full layout: large).
 
-``transform_input``: torchvision's ``inception_v3(weights=IMAGENET1K_V1)`` (and the legacy
+``transform_input``: torchvision's ``inception_v3(weights=IMAGENET1K_V1)`` (and
 the deprecated ``pretrained`` flag) sets ``transform_input=True``: the model takes ImageNet-normalised input
 and re-scales it inside ``forward`` to the [-1, 1] range the ported Google weights were trained
 on. FMC builds its model that way and taps it with ``create_feature_extractor``, so every tap
