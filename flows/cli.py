@@ -23,7 +23,8 @@ def _extract(args) -> int:
         sampling=sampling, device=args.device, batch_size=args.batch_size, progress=not args.quiet,
     )
     print(f"done {summary['done']}  skipped {summary['skipped']}  failed {summary['failed']}  "
-          f"({summary['frames']} frames in {summary['seconds']} s, {summary['frames_per_second']} frames/s)")
+          f"({summary['frames']} steps of {args.extractor[0]} in {summary['seconds']} s, "
+          f"{summary['frames_per_second']} steps/s)")
     for video_id, reason in summary["failures"].items():
         print(f"  failed {video_id}: {reason}")
     return 1 if summary["failed"] else 0
