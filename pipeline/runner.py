@@ -53,7 +53,7 @@ class _Feed:
                 return
             steps = self.plan[self.next_step:ready]
             batch = np.stack([np.stack([frames[i] for i in step]) for step in steps])  # [B, L, H, W, 3]
-            self.accumulator.add(self.extractor(batch[:, 0] if steps.shape[1] == 1 else batch))
+            self.accumulator.consume(self.extractor, batch[:, 0] if steps.shape[1] == 1 else batch)
             self.next_step = ready
 
 

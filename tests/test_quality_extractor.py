@@ -260,8 +260,8 @@ def test_pr_features_are_the_mean_over_the_videos_crops(pr_model, unique_model):
 def test_pr_crops_are_identical_across_frames_and_batches_of_one_video(pr_model):
     same = np.repeat(TINY[:1], 2, axis=0)  # one picture twice: rows must agree exactly
     accumulator = pr_model.accumulator(video_key="clip-1")
-    for start in range(2):  # the runner calls batch by batch, after creating the accumulator
-        accumulator.add(pr_model(same[start:start + 1]))
+    for start in range(2):  # the runner feeds batch by batch through the video's accumulator
+        accumulator.consume(pr_model, same[start:start + 1])
     rows = accumulator.result()
     assert rows.shape == (2, 1920)
     np.testing.assert_array_equal(rows[0], rows[1])
@@ -275,16 +275,14 @@ def test_pr_features_differ_between_videos_and_repeat_across_instances(pr_model,
     np.testing.assert_array_equal(again(TINY, video_key="clip-1"), a)
 
 
-def test_pr_binding_follows_the_accumulator_and_refuses_interleaving(pr_model):
+def test_interleaved_videos_keep_their_own_crops(pr_model):
     one = TINY[:1]
-    first = pr_model.accumulator(video_key="clip-1")
-    np.testing.assert_array_equal(pr_model(one), pr_model(one, video_key="clip-1"))
-    second = pr_model.accumulator(video_key="clip-2")
-    with pytest.raises(PipelineError, match="'clip-1' are no longer bound"):
-        first.add(pr_model(one))
-    second.add(pr_model(one))
-    second.result()  # releases the binding: plain calls are video "" again
-    assert pr_model.bound_plan() == pr_model.crop_plan("")
+    first, second = pr_model.accumulator(video_key="clip-1"), pr_model.accumulator(video_key="clip-2")
+    first.consume(pr_model, one)
+    second.consume(pr_model, one)
+    first.consume(pr_model, one)
+    np.testing.assert_array_equal(first.result(), np.repeat(pr_model(one, video_key="clip-1"), 2, axis=0))
+    np.testing.assert_array_equal(second.result(), pr_model(one, video_key="clip-2"))
 
 
 def test_pr_spec_records_the_crop_rules(pr_model):

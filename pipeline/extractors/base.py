@@ -100,6 +100,11 @@ class Extractor:
 class FeatureAccumulator:
     """Collects an extractor's outputs for one video, batch by batch."""
 
+    def consume(self, extractor: "Extractor", batch: np.ndarray) -> None:
+        """Run ``extractor`` on one batch of this video and keep its rows. Accumulators holding
+        per-video state (crop positions) override this to pass that state to the extractor."""
+        self.add(extractor(batch))
+
     def add(self, rows: np.ndarray) -> None:
         raise NotImplementedError
 

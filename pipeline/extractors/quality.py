@@ -22,7 +22,6 @@ path loads a checkpoint in either key layout of :func:`adapt_quality_checkpoint`
 from __future__ import annotations
 
 import hashlib
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 from torchvision.models import ResNet34_Weights, ResNet50_Weights, resnet34, resnet50
 
-from ..errors import PipelineError, WeightsError, WeightsUnavailableError
+from ..errors import WeightsError, WeightsUnavailableError
 from ..weights import HubCheckpoint, register_checkpoint, unwrap_state_dict
 from .backbones import build_backbone
 from .base import ExtractorSpec, StackAccumulator, resize_and_crop
@@ -227,48 +226,26 @@ class CropPlan:
 class PRCropExtractor(QualityExtractor):
     """A2INet PR crops: features averaged over ``spec.crops["count"]`` square crops per frame.
 
-    The crop positions belong to the video: :meth:`accumulator` (called by the runner once
-    per video, before that video's frames) binds the video's :class:`CropPlan` for calls
-    made in the same thread, until the accumulator's ``result()``. A call with
-    ``video_key=...`` uses that video's plan; a call with neither uses the plan of
-    ``video_key=""``. The binding is per thread, so videos processed in parallel threads do
-    not share positions.
+    The crop positions belong to the video: ``extractor(frames, video_key=...)`` uses that
+    video's :class:`CropPlan`; the per-video :meth:`accumulator` the runner creates passes its
+    video's key on every batch, so all frames of a video share one plan.
     """
-
-    def __init__(self, spec: QualitySpec, backbone: torch.nn.Module, *, device="cpu"):
-        super().__init__(spec, backbone, device=device)
-        self._bound = threading.local()
 
     def crop_plan(self, video_key: str) -> CropPlan:
         """The crop positions of video ``video_key`` (deterministic)."""
         return CropPlan.draw(video_key, seed=self.spec.crops["seed"], count=self.spec.crops["count"])
 
-    def bound_plan(self) -> CropPlan:
-        """The plan bound in this thread by the current video's accumulator (else ``video_key=""``)."""
-        accumulator = getattr(self._bound, "accumulator", None)
-        return accumulator.plan if accumulator is not None else self.crop_plan("")
-
     def accumulator(self, *, video_key: str = "") -> "CropPlanAccumulator":
-        """Per-video state: draws the video's crop plan and binds it for this thread's calls."""
-        accumulator = CropPlanAccumulator(self, self.crop_plan(video_key))
-        self._bound.accumulator = accumulator
-        return accumulator
-
-    def release(self, accumulator: "CropPlanAccumulator") -> None:
-        """Unbind ``accumulator``'s plan if it is still the bound one."""
-        if getattr(self._bound, "accumulator", None) is accumulator:
-            self._bound.accumulator = None
+        return CropPlanAccumulator(video_key)
 
     @torch.inference_mode()
-    def __call__(self, frames: np.ndarray, *, video_key: str | None = None) -> np.ndarray:
-        """``uint8 [B, H, W, 3]`` -> float32 ``[B, dims]``, crops at ``video_key``'s positions
-        (default: the bound video's)."""
-        plan = self.bound_plan() if video_key is None else self.crop_plan(video_key)
-        return self.forward_crops(self.preprocess(frames), plan).float().cpu().numpy()
+    def __call__(self, frames: np.ndarray, *, video_key: str = "") -> np.ndarray:
+        """``uint8 [B, H, W, 3]`` -> float32 ``[B, dims]``, crops at ``video_key``'s positions."""
+        return self.forward_crops(self.preprocess(frames), self.crop_plan(video_key)).float().cpu().numpy()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, H, W]`` -> ``[B, dims]`` with the bound video's crops."""
-        return self.forward_crops(x, self.bound_plan())
+        """``[B, 3, H, W]`` -> ``[B, dims]`` with the crops of video key ``""``."""
+        return self.forward_crops(x, self.crop_plan(""))
 
     def forward_crops(self, x: torch.Tensor, plan: CropPlan) -> torch.Tensor:
         """``[B, 3, H, W]`` -> ``[B, dims]``: the mean of the features of ``plan``'s crops."""
@@ -279,25 +256,14 @@ class PRCropExtractor(QualityExtractor):
 
 
 class CropPlanAccumulator(StackAccumulator):
-    """Keeps every frame's row and holds the video's :class:`CropPlan` (bound while in use)."""
+    """Keeps every frame's row; feeds each batch with its video's key (hence its crop plan)."""
 
-    def __init__(self, extractor: PRCropExtractor, plan: CropPlan):
+    def __init__(self, video_key: str):
         super().__init__()
-        self.extractor, self.plan = extractor, plan
+        self.video_key = video_key
 
-    def add(self, rows: np.ndarray) -> None:
-        # Rows come from the extractor's bound plan: refuse them if another video took over.
-        bound = self.extractor.bound_plan()
-        if bound != self.plan:
-            raise PipelineError(
-                f"crop positions of video {self.plan.video_key!r} are no longer bound (now "
-                f"{bound.video_key!r}): process one video at a time per thread with {self.extractor.spec.name}"
-            )
-        super().add(rows)
-
-    def result(self) -> np.ndarray:
-        self.extractor.release(self)
-        return super().result()
+    def consume(self, extractor: PRCropExtractor, batch: np.ndarray) -> None:
+        self.add(extractor(batch, video_key=self.video_key))
 
 
 WEIGHT_CHOICES_UNIQUE = (UNIQUE_CHOICE, "imagenet", "random[:SEED]", "PATH")
