@@ -80,6 +80,15 @@ def _fit(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from regressors.report import compare_runs, write_comparison
+
+    paths = write_comparison(args.out, compare_runs(args.runs))
+    print(paths["markdown"].read_text().split("\n\n")[0])
+    print(f"\nwritten: {paths['markdown']}, {paths['csv']}")
+    return 0
+
+
 def _predict(args) -> int:
     from .fit import predict_job
 
@@ -153,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True)
     p.add_argument("--out", required=True, help="CSV to write")
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("report", help="put several `vqa fit` runs side by side (markdown + CSV table)")
+    p.add_argument("runs", nargs="+", help="report folders written by vqa fit")
+    p.add_argument("--out", default="comparison", help="folder for comparison.md and comparison.csv")
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("demo", help="synthetic dataset -> extract -> fit -> report")
     p.add_argument("--out", default="demo-output", help="folder for data, store and report (default demo-output)")

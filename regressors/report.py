@@ -17,12 +17,13 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
 
-from regressors.errors import InvalidInputError
+from regressors.errors import InvalidInputError, RegressorError
 from regressors.metrics import METRIC_NAMES, MIN_SAMPLES, fit_logistic4, logistic4
 from regressors.persistence import to_json
 
@@ -151,3 +152,46 @@ def format_metrics_table(metrics: dict) -> str:
     lines = [f"{'metric':<{name_w}}  {'value':>{value_w}}", f"{'-' * name_w}  {'-' * value_w}"]
     lines += [f"{name:<{name_w}}  {text:>{value_w}}" for name, text in rows]
     return "\n".join(lines)
+
+
+def compare_runs(run_dirs) -> list[dict]:
+    """One row per run folder written by :func:`write_report`: its name, head, features,
+    protocol and median metrics. Raises ``RegressorError`` naming a folder without a
+    readable ``metrics.json``."""
+    rows = []
+    for run in map(Path, run_dirs):
+        path = run / "metrics.json"
+        try:
+            metrics = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise RegressorError(f"{path}: not a run report ({exc}); pass folders written by `vqa fit`") from exc
+        settings = metrics.get("settings", {})
+        features = "+".join(s.get("spec", {}).get("name", s.get("id", "?")) for s in settings.get("feature_sets", []))
+        rows.append({
+            "run": run.name, "head": settings.get("head", "?"), "features": features or "?",
+            "protocol": settings.get("protocol", "?"), "n_videos": settings.get("n_videos", ""),
+            **{k: metrics.get(k) for k in METRIC_NAMES},
+            "scatter": str(run / "scatter.png"),
+        })
+    return rows
+
+
+def write_comparison(out_dir, rows: list[dict]) -> dict[str, Path]:
+    """Write ``comparison.md`` (a paper-style table, then each run's scatter plot) and
+    ``comparison.csv`` into ``out_dir``; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    columns = ["run", "head", "features", "protocol", "n_videos", *METRIC_NAMES]
+    csv_path = out_dir / "comparison.csv"
+    with open(csv_path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    cell = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    header = ["run", "head", "features", "protocol", "N", *(_LABELS.get(k, k) for k in METRIC_NAMES)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows]
+    lines += ["", *(f"![{r['run']}]({os.path.relpath(r['scatter'], out_dir)})" for r in rows)]
+    md_path = out_dir / "comparison.md"
+    md_path.write_text("\n".join(lines) + "\n")
+    return {"markdown": md_path, "csv": csv_path}

@@ -117,3 +117,25 @@ def test_no_heavy_imports_at_module_level():
             elif isinstance(node, ast.ImportFrom) and node.module:
                 top.add(node.module.split(".")[0])
         assert not top & {"matplotlib", "torch"}, module.__name__
+
+
+def test_compare_runs_puts_runs_side_by_side(tmp_path):
+    from regressors.errors import RegressorError
+    from regressors.report import compare_runs, write_comparison
+
+    for name, head, srcc in (("svr-run", "svr", 0.81), ("gru-run", "vsfa", 0.77)):
+        run = tmp_path / name
+        run.mkdir()
+        settings = {"head": head, "protocol": "fmc", "n_videos": 20,
+                    "feature_sets": [{"id": "x", "spec": {"name": "resnet50"}}]}
+        (run / "metrics.json").write_text(json.dumps(
+            {"srcc": srcc, "krcc": 0.6, "plcc": 0.8, "plcc_raw": 0.7, "rmse": 0.4, "settings": settings}))
+    rows = compare_runs([tmp_path / "svr-run", tmp_path / "gru-run"])
+    assert [(r["run"], r["head"], r["features"], r["srcc"]) for r in rows] == [
+        ("svr-run", "svr", "resnet50", 0.81), ("gru-run", "vsfa", "resnet50", 0.77)]
+    paths = write_comparison(tmp_path / "cmp", rows)
+    md = paths["markdown"].read_text()
+    assert "| svr-run | svr | resnet50 | fmc | 20 | 0.8100 |" in md and "![gru-run](../gru-run/scatter.png)" in md
+    assert paths["csv"].read_text().splitlines()[0] == "run,head,features,protocol,n_videos,srcc,krcc,plcc,plcc_raw,rmse"
+    with pytest.raises(RegressorError, match="not a run report"):
+        compare_runs([tmp_path])
