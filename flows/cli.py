@@ -60,6 +60,27 @@ def _weights(args) -> int:
     return 0
 
 
+def _dataset_list(args) -> int:
+    from .datasets import list_datasets
+
+    for name, layout in list_datasets():
+        print(f"{name:<16} {layout}")
+    return 0
+
+
+def _dataset_make(args) -> int:
+    from .datasets import make_manifest
+
+    report = make_manifest(args.name, args.root, out=args.out, check_files=not args.no_check_files,
+                           overwrite=args.overwrite, label_file=args.labels, split=args.split)
+    print(f"{report.name}: {report.n_videos} rows -> {report.manifest}")
+    if report.splits:
+        print(f"split permutations: {report.splits}")
+    for problem in report.problems:
+        print(f"  warning: {problem}")
+    return 0
+
+
 def _store_info(args) -> int:
     from feature_store import FeatureStore, format_store_info
 
@@ -134,6 +155,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("weights", help="which published weights are available locally, and how to get the rest")
     p.set_defaults(func=_weights)
+
+    p = sub.add_parser("dataset", help="manifests for the public VQA/IQA datasets")
+    dataset_sub = p.add_subparsers(dest="dataset_command", required=True)
+    q = dataset_sub.add_parser("list", help="supported datasets and the folder layout each expects")
+    q.set_defaults(func=_dataset_list)
+    q = dataset_sub.add_parser("make", help="read a dataset as it ships and write a manifest")
+    q.add_argument("name", help="dataset name (vqa dataset list)")
+    q.add_argument("root", help="the dataset's folder")
+    q.add_argument("--out", required=True, help="manifest CSV to write")
+    q.add_argument("--labels", help="label file to read instead of the default one")
+    q.add_argument("--split", help="lsvq: train | test | test-1080p")
+    q.add_argument("--no-check-files", action="store_true", help="do not check that the media files exist")
+    q.add_argument("--overwrite", action="store_true")
+    q.set_defaults(func=_dataset_make)
 
     p = sub.add_parser("store", help="inspect a feature store")
     store_sub = p.add_subparsers(dest="store_command", required=True)
