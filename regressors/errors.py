@@ -29,3 +29,7 @@ class InvalidInputError(RegressorError, ValueError):
 
 class HeadExistsError(RegressorError, FileExistsError):
     """A saved head already exists where a new one was to be written (``overwrite=False``)."""
+
+
+class TrainingError(RegressorError, RuntimeError):
+    """Training a head failed: the loss became NaN or infinite (diverged)."""

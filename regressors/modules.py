@@ -16,6 +16,14 @@ import torch
 from .errors import RegressorError
 
 _MODULES: dict[str, Callable[..., torch.nn.Module]] = {}
+_BUILTIN = ("regressors.vsfa", "regressors.a2inet", "regressors.dualpath")  # register on first use
+
+
+def _import_builtins() -> None:
+    import importlib
+
+    for module in _BUILTIN:
+        importlib.import_module(module)
 
 
 def register_module(name: str) -> Callable:
@@ -31,11 +39,13 @@ def register_module(name: str) -> Callable:
 
 
 def list_modules() -> list[str]:
+    _import_builtins()
     return sorted(_MODULES)
 
 
 def build_module(name: str, input_dim: int, **params) -> torch.nn.Module:
     """Build the module registered as ``name`` for ``input_dim`` features per step."""
+    _import_builtins()
     if name not in _MODULES:
         close = difflib.get_close_matches(name, _MODULES, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""

@@ -55,7 +55,7 @@ FORMAT_VERSION = 1
 _REGISTRY: dict[str, type] = {}
 # Modules that register built-in heads; imported on load so that ``load_head`` works
 # without the caller importing the head class first.
-_BUILTIN_MODULES = ("regressors.svr",)
+_BUILTIN_MODULES = ("regressors.svr", "regressors.sequence")
 
 
 def register_head(name: str, *, version: int):

@@ -2,6 +2,8 @@
 
 * :func:`repeated_kfold_splits` — FMC-VQA: 20 x 5-fold cross-validation, median of 100.
 * :func:`random_splits` — A2INet / BVQA_Benchmark: 10 random 80/20 splits, median.
+* :func:`train_val_test_splits` — VSFA: 60/20/20 train/validation/test, the validation
+  part choosing the checkpoint (``SequenceRegressor.fit(..., X_val=, y_val=)``).
 * :func:`evaluate` — fits a fresh ``sklearn.base.clone`` of a head per split, scores
   its test predictions with :func:`regressors.metrics.evaluate_predictions`.
 
@@ -25,7 +27,13 @@ from tqdm import tqdm
 from regressors.errors import InvalidInputError, RegressorError
 from regressors.metrics import METRIC_NAMES, MIN_SAMPLES, evaluate_predictions
 
-__all__ = ["EvaluationResult", "evaluate", "random_splits", "repeated_kfold_splits"]
+__all__ = [
+    "EvaluationResult",
+    "evaluate",
+    "random_splits",
+    "repeated_kfold_splits",
+    "train_val_test_splits",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +141,81 @@ def random_splits(
         )
     rng = np.random.default_rng(random_state)
     return [_as_split(codes, rng.permutation(n_groups)[:n_test]) for _ in range(n_repeats)]
+
+
+# Fractions are turned into group counts with ceil(f * G - _CEIL_TOL): without the
+# tolerance, 1 - 0.2 - 0.2 = 0.6000000000000001 would give ceil(720.0000000000001) = 721
+# training videos out of 1200 (what lidq92/VSFA's own arithmetic does).
+_CEIL_TOL = 1e-9
+
+
+def train_val_test_splits(
+    n: int,
+    *,
+    groups=None,
+    fractions=(0.6, 0.2, 0.2),
+    n_repeats: int = 10,
+    random_state=0,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``n_repeats`` random train/validation/test splits (VSFA: 60/20/20).
+
+    As in lidq92/VSFA, each repeat permutes the G groups (VSFA's ``ref_ids``; without
+    ``groups`` every sample is its own group, G = n) and deals them in that order: the
+    first ``ceil(f_train * G)`` to training, the groups from ``ceil((f_train + f_val) *
+    G)`` on to test, those between to validation. The validation part selects the
+    checkpoint; the test part is scored once, with it.
+
+    Parameters
+    ----------
+    n : int
+        Number of samples.
+    groups : array ``[n]`` or None
+        Group label per sample; a group never straddles two parts.
+    fractions : (train, val, test)
+        Positive train and test fractions, val >= 0; they must sum to 1.
+    random_state : int, numpy Generator or None
+        Seed (None: fresh entropy, not reproducible).
+
+    Returns
+    -------
+    ``n_repeats`` triples ``(train_idx, val_idx, test_idx)`` of sorted ``int64`` arrays.
+    Use it with :class:`regressors.sequence.SequenceRegressor`::
+
+        for train, val, test in train_val_test_splits(len(X), groups=ref_ids):
+            head = clone(proto).fit([X[i] for i in train], y[train],
+                                    X_val=[X[i] for i in val], y_val=y[val])
+            scores = evaluate_predictions(y[test], head.predict([X[i] for i in test]))
+
+    :func:`evaluate` takes pairs; ``(concatenate([train, val]), test)`` with a head whose
+    ``val_fraction`` is ``f_val / (f_train + f_val)`` keeps the proportions, though it
+    draws its own validation groups.
+    """
+    codes, sizes = _group_codes(n, groups)
+    _check_int("n_repeats", n_repeats, 1)
+    try:
+        f_train, f_val, f_test = (float(f) for f in fractions)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"fractions must be three numbers (train, val, test), got {fractions!r}") from exc
+    if not (f_train > 0 and f_test > 0 and f_val >= 0) or abs(f_train + f_val + f_test - 1.0) > 1e-6:
+        raise InvalidInputError(
+            f"fractions must be train > 0, val >= 0, test > 0 summing to 1, got {tuple(fractions)!r}"
+        )
+    n_groups = sizes.shape[0]
+    n_train = int(np.ceil(f_train * n_groups - _CEIL_TOL))
+    test_start = int(np.ceil((f_train + f_val) * n_groups - _CEIL_TOL))
+    if n_train < 1 or test_start >= n_groups or (f_val > 0 and test_start <= n_train):
+        what = "groups" if groups is not None else "samples"
+        raise InvalidInputError(
+            f"fractions {tuple(fractions)!r} of {n_groups} {what} leave an empty part "
+            f"({n_train} train, {test_start - n_train} val, {n_groups - test_start} test)"
+        )
+    rng = np.random.default_rng(random_state)
+    splits = []
+    for _ in range(n_repeats):
+        order = rng.permutation(n_groups)
+        parts = (order[:n_train], order[n_train:test_start], order[test_start:])
+        splits.append(tuple(np.flatnonzero(np.isin(codes, p)).astype(np.int64) for p in parts))
+    return splits
 
 
 @dataclass
