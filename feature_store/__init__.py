@@ -1,17 +1,32 @@
 """Feature store: per-video feature matrices [steps, dims] in a Zarr v3 directory store.
 
 See :mod:`feature_store.store` for the layout on disk, the atomic-write protocol and the
-provenance split (``{"set": {...}, "video": {...}}``).
+provenance split (``{"set": {...}, "video": {...}}``); :mod:`feature_store.maintenance` for
+verify / remove / HDF5 export and import / ``.npy`` folder import; and
+:mod:`feature_store.dataset` for joining feature sets by video for training.
 """
 
+from feature_store.dataset import FeatureDataset, feature_stats
 from feature_store.errors import (
     FeatureNotFoundError,
     FeatureStoreError,
     InvalidFeaturesError,
     InvalidMetadataError,
+    OutputExistsError,
     ProvenanceMismatchError,
 )
+from feature_store.maintenance import (
+    ImportCounts,
+    VerifyReport,
+    export_hdf5,
+    format_verify_report,
+    import_hdf5,
+    import_npy_folder,
+    remove,
+    verify,
+)
 from feature_store.store import (
+    DTYPES,
     FORMAT_VERSION,
     FeatureStore,
     decode_node_name,
@@ -20,14 +35,26 @@ from feature_store.store import (
 )
 
 __all__ = [
+    "DTYPES",
     "FORMAT_VERSION",
+    "FeatureDataset",
     "FeatureNotFoundError",
     "FeatureStore",
     "FeatureStoreError",
+    "ImportCounts",
     "InvalidFeaturesError",
     "InvalidMetadataError",
+    "OutputExistsError",
     "ProvenanceMismatchError",
+    "VerifyReport",
     "decode_node_name",
     "encode_node_name",
+    "export_hdf5",
+    "feature_stats",
     "format_store_info",
+    "format_verify_report",
+    "import_hdf5",
+    "import_npy_folder",
+    "remove",
+    "verify",
 ]

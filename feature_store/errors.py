@@ -27,3 +27,7 @@ class InvalidMetadataError(FeatureStoreError, ValueError):
     it can be hashed canonically and stored in Zarr attributes; video ids must be non-empty
     strings encodable as UTF-8.
     """
+
+
+class OutputExistsError(FeatureStoreError, FileExistsError):
+    """An output file exists and ``overwrite=False`` was given."""

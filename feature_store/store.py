@@ -7,14 +7,22 @@ Layout on disk (one local directory; every ``zarr.json`` is plain Zarr v3)::
       _staging/                      group: feature sets being created
       <set node>/                    group, one per feature set; node = escaped set id
         zarr.json                    attrs {"id", "spec", "sampling", "created",
-                                            "feature_store_format"}
+                                            "feature_store_format", "dtype"}
+        _stats/                      optional: cached per-dim mean/std (feature_store.dataset)
         _staging/                    group: video arrays being written or replaced
           new.<pid>.<uuid>.<host>/   array under construction
           old.<pid>.<uuid>.<host>/   replaced array waiting for deletion
-        <video node>/                array [steps, dims] float32, one per video
-          zarr.json                  attrs {"video_id", "status": "complete",
+        <video node>/                array [steps, dims] of the set's dtype, one per video
+          zarr.json                  attrs {"video_id", "status": "complete", "write_id",
                                             "provenance", "set_provenance_sha256", ...}
           c/<i>/<j>                  Blosc-zstd chunks of up to 256 steps x all dims
+
+Storage dtype: a feature set stores float32 (default) or float16, chosen when the set is
+created (``ensure_feature_set(..., dtype="float16")``) and recorded in its ``"dtype"``
+attribute (absent = float32). float16 halves the size on disk (0.34x of raw float32 on
+CNN-like features, against 0.66x for compressed float32; ``bench/store_layout.py``) at a
+relative error of at most 2**-11 (absolute 3e-8 below 6e-5, where float16 is subnormal);
+values beyond +-65504 are refused, not turned into inf. Reads always return float32.
 
 Node names: video ids (and set ids) are user data, so they are escaped with
 :func:`encode_node_name` (percent-encoding of UTF-8 bytes outside ``[A-Za-z0-9._-]``, plus a
@@ -82,6 +90,7 @@ if TYPE_CHECKING:
     import dask.array
 
 __all__ = [
+    "DTYPES",
     "FORMAT_VERSION",
     "FeatureStore",
     "decode_node_name",
@@ -99,7 +108,20 @@ _STAGING = "_staging"
 _META = "zarr.json"
 _COMPLETE = "complete"
 
+DTYPES = ("float32", "float16")
+"""Storage dtypes a feature set may use."""
+
+_FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
 _MAX_CHUNK_STEPS = 256
+# What zarr raises for malformed array metadata or undecodable chunks (not OSError: disk
+# errors propagate as they are).
+_DAMAGE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError)
+# Blosc zstd level 1 with byte shuffle: on CNN-like features as small as level 5 (0.66x vs
+# 0.68x of raw float32) and 1.6-3.8x faster to write, reads as fast; bitshuffle compresses
+# worse (0.86x); lz4 (0.90x) and no compression (1.0x) read 1.3-2.6x faster from the page
+# cache. Whole-video chunks (<= 256 steps) beat 64-step chunks on file count at equal speed.
+# Measurements: bench/store_layout.py (it patches _CODEC and _MAX_CHUNK_STEPS).
+_CODEC = {"cname": "zstd", "clevel": 1, "shuffle": "shuffle"}
 _MAX_CHUNK_BYTES = 16 * 2**20  # keeps a chunk cheap to decompress for a random read
 _MAX_NODE_NAME = 185  # well below the 255-byte filename limit of common filesystems
 _HASHED_PREFIX = 160
@@ -291,12 +313,43 @@ def _validated_features(features: Any, video_id: str, dims: int | None) -> np.nd
     return out
 
 
-def _chunk_shape(steps: int, dims: int) -> tuple[int, int]:
+def _to_storage_dtype(data: np.ndarray, dtype: str, video_id: str) -> np.ndarray:
+    """Cast validated float32 features [steps, dims] to the set's storage dtype.
+
+    Raises:
+        InvalidFeaturesError: float16 storage and some |value| > 65504 (it would become inf).
+    """
+    if dtype == "float32":
+        return data
+    peak = float(np.max(np.abs(data)))
+    if peak > _FLOAT16_MAX:
+        n_over = int(np.count_nonzero(np.abs(data) > _FLOAT16_MAX))
+        raise InvalidFeaturesError(
+            f"video {video_id!r}: {n_over} of {data.size} feature values exceed the float16 "
+            f"range (max |x| = {peak:.6g} > {_FLOAT16_MAX:.0f}); this feature set is stored "
+            "as float16, so nothing was stored. Scale the features or use a float32 set."
+        )
+    return data.astype(np.float16)
+
+
+def _set_dtype(attrs: Mapping[str, Any]) -> str:
+    """Storage dtype of a feature set from its group attributes (float32 when absent)."""
+    return attrs.get("dtype") or "float32"
+
+
+def _check_dtype(dtype: Any) -> str:
+    name = np.dtype(dtype).name if isinstance(dtype, (type, np.dtype)) else dtype
+    if name not in DTYPES:
+        raise InvalidMetadataError(f"storage dtype must be one of {DTYPES}, got {dtype!r}")
+    return name
+
+
+def _chunk_shape(steps: int, dims: int, itemsize: int = 4) -> tuple[int, int]:
     """Up to 256 steps x all dims, at most ~16 MB per chunk (dims split only if one row is
     larger than that)."""
-    row_bytes = dims * 4
+    row_bytes = dims * itemsize
     if row_bytes > _MAX_CHUNK_BYTES:
-        return 1, max(1, _MAX_CHUNK_BYTES // 4)
+        return 1, max(1, _MAX_CHUNK_BYTES // itemsize)
     return max(1, min(steps, _MAX_CHUNK_STEPS, _MAX_CHUNK_BYTES // row_bytes)), dims
 
 
@@ -311,7 +364,9 @@ def _read_meta(node_dir: Path) -> dict | None:
             meta = json.load(fh)
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError):
         return None
-    return meta if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get("attributes", {}), dict):
+        return None  # damaged or hand-edited: not metadata this code can use
+    return meta
 
 
 def _is_complete(meta: dict | None, video_id: str | None = None) -> bool:
@@ -320,7 +375,36 @@ def _is_complete(meta: dict | None, video_id: str | None = None) -> bool:
     attrs = meta.get("attributes") or {}
     if attrs.get("status") != _COMPLETE:
         return False
-    return video_id is None or attrs.get("video_id") == video_id
+    if video_id is not None and attrs.get("video_id") != video_id:
+        return False
+    return _well_formed_video(meta)
+
+
+def _well_formed_video(meta: dict) -> bool:
+    """Whether a complete video's metadata holds what readers index into. A damaged or
+    hand-edited node counts as not stored (it is re-extracted) instead of crashing readers."""
+    shape, attrs = meta.get("shape"), meta.get("attributes") or {}
+    provenance = attrs.get("provenance")
+    return (
+        isinstance(attrs.get("video_id"), str)
+        and isinstance(shape, list)
+        and len(shape) == 2
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+        and isinstance(provenance, dict)
+        and isinstance(provenance.get("set"), dict)
+        and isinstance(attrs.get("set_provenance_sha256"), (str, type(None)))
+    )
+
+
+def _well_formed_set(attrs: dict) -> bool:
+    """Whether a feature set's group attributes hold what the store relies on."""
+    if not (isinstance(attrs.get("spec"), dict) and isinstance(attrs.get("sampling"), dict)):
+        return False
+    try:  # compared as canonical JSON with what callers pass
+        _canonical_json([attrs["spec"], attrs["sampling"]])
+    except ValueError:  # NaN/Infinity in a hand-edited file
+        return False
+    return _set_dtype(attrs) in DTYPES
 
 
 def _dir_bytes(path: Path) -> int:
@@ -378,7 +462,7 @@ def _write_group(path: Path, attributes: dict) -> None:
 
 
 class FeatureStore:
-    """A directory of feature sets, each holding one float32 [steps, dims] array per video.
+    """A directory of feature sets, each holding one [steps, dims] array per video.
 
     Args:
         path: local directory of the store.
@@ -458,14 +542,26 @@ class FeatureStore:
         digest = _sha256({"spec": spec_c, "sampling": sampling_c})[:10]
         return f"{spec_c['name']}--{_sampling_name(sampling_c)}--{digest}"
 
-    def ensure_feature_set(self, *, spec: dict, sampling: dict) -> str:
+    def ensure_feature_set(
+        self, *, spec: dict, sampling: dict, dtype: str | None = None
+    ) -> str:
         """Create the feature set's group (once; atomically) and return its id.
+
+        Args:
+            spec, sampling: identify the set (see :meth:`feature_set_id`).
+            dtype: storage dtype, ``"float32"`` or ``"float16"``. ``None``: the existing
+                set's dtype, or float32 for a new set. The dtype is not part of the set id:
+                one store holds a set in one dtype.
 
         Safe to call from many processes at once: the group is built in ``_staging`` and
         renamed into place; losers of the race keep the winner's group.
+
+        Raises:
+            ProvenanceMismatchError: the set exists with another explicit ``dtype``.
         """
         set_id = self.feature_set_id(spec, sampling)
         spec_c, sampling_c = _validated_spec_sampling(spec, sampling)
+        dtype = None if dtype is None else _check_dtype(dtype)
         set_dir = self._set_dir(set_id)
         if self._set_meta(set_id) is None:
             tmp = self.path / _STAGING / _staging_name("new")
@@ -478,6 +574,7 @@ class FeatureStore:
                         "sampling": sampling_c,
                         "created": _now(),
                         _FORMAT_ATTR: FORMAT_VERSION,
+                        "dtype": dtype or "float32",
                     },
                 )
                 _write_group(tmp / _STAGING, {})
@@ -497,17 +594,23 @@ class FeatureStore:
                 f"feature set {set_id!r} exists with a different spec/sampling "
                 "(a 10-hex-digit hash collision or a hand-edited store)"
             )
+        if dtype is not None and _set_dtype(attrs) != dtype:
+            raise ProvenanceMismatchError(
+                f"feature set {set_id!r} is stored as {_set_dtype(attrs)}, not {dtype}; "
+                "remove it first (vqa store rm) or use another store"
+            )
         return set_id
 
     def feature_sets(self) -> list[str]:
-        """Ids of all feature sets, sorted."""
+        """Ids of all feature sets, sorted (sets with damaged metadata are left out)."""
         ids = []
         for entry in os.scandir(self.path):
             if entry.name.startswith(("_", ".")) or not entry.is_dir():
                 continue
             meta = _read_meta(Path(entry.path))
-            set_id = ((meta or {}).get("attributes") or {}).get("id")
-            if isinstance(set_id, str) and encode_node_name(set_id) == entry.name:
+            attrs = (meta or {}).get("attributes") or {}
+            set_id = attrs.get("id")
+            if isinstance(set_id, str) and encode_node_name(set_id) == entry.name and _well_formed_set(attrs):
                 ids.append(set_id)
         return sorted(ids)
 
@@ -547,13 +650,20 @@ class FeatureStore:
 
     def _set_meta(self, set_id: str) -> dict | None:
         meta = _read_meta(self._set_dir(set_id))
-        if meta is None or (meta.get("attributes") or {}).get("id") != set_id:
+        attrs = (meta or {}).get("attributes") or {}
+        if attrs.get("id") != set_id or not _well_formed_set(attrs):
             return None
         return meta
 
     def _set_attrs(self, set_id: str) -> dict:
         """Attributes of an existing set; FeatureNotFoundError (with hints) otherwise."""
         meta = self._set_meta(set_id)
+        if meta is None and (self._set_dir(set_id) / _META).is_file():
+            raise InvalidMetadataError(
+                f"feature set {set_id!r} in {self.path} has damaged metadata: "
+                f"{self._set_dir(set_id) / _META} does not describe it (hand-edited or corrupt); "
+                "repair or remove that folder"
+            )
         if meta is None:
             ids = self.feature_sets() if isinstance(set_id, str) else []
             close = difflib.get_close_matches(str(set_id), ids, n=3, cutoff=0.5)
@@ -596,7 +706,8 @@ class FeatureStore:
         Args:
             set_id: an existing feature set id (see :meth:`ensure_feature_set`).
             video_id: any non-empty string (paths, spaces, unicode are fine).
-            features: real numeric array [steps, dims], finite; stored as float32.
+            features: real numeric array [steps, dims], finite; stored in the set's dtype
+                (float32, or float16 with |values| <= 65504).
             provenance: ``{"set": {...}, "video": {...}}`` (see the module docstring).
                 ``"spec"``/``"sampling"`` inside ``"set"``, if given, must equal the set's.
             overwrite: replace a stored video. If ``False`` and the video is stored (also
@@ -604,8 +715,8 @@ class FeatureStore:
 
         Raises:
             FeatureNotFoundError: the set does not exist.
-            InvalidFeaturesError: not 2-D, not numeric, empty, NaN/Inf, or dims differ from
-                ``spec["dims"]``. Nothing is stored.
+            InvalidFeaturesError: not 2-D, not numeric, empty, NaN/Inf, dims differ from
+                ``spec["dims"]``, or beyond float16 range in a float16 set. Nothing is stored.
             InvalidMetadataError: bad video id or provenance.
             ProvenanceMismatchError: provenance names another spec or sampling than the set.
             FeatureStoreError: two ids map to one node name (case-insensitive filesystem).
@@ -613,7 +724,10 @@ class FeatureStore:
         attrs = self._set_attrs(set_id)
         encode_node_name(video_id)  # validates the id before any work
         spec = attrs.get("spec") or {}
-        data = _validated_features(features, video_id, spec.get("dims"))
+        dtype = _set_dtype(attrs)
+        data = _to_storage_dtype(
+            _validated_features(features, video_id, spec.get("dims")), dtype, video_id
+        )
         prov = _validated_provenance(provenance, video_id)
         for key in ("spec", "sampling"):
             if key in prov["set"] and _canonical_json(prov["set"][key]) != _canonical_json(
@@ -636,9 +750,9 @@ class FeatureStore:
             arr = zarr.create_array(
                 store=LocalStore(staging),
                 shape=data.shape,
-                chunks=_chunk_shape(*data.shape),
-                dtype="float32",
-                compressors=zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"),
+                chunks=_chunk_shape(*data.shape, data.dtype.itemsize),
+                dtype=dtype,
+                compressors=zarr.codecs.BloscCodec(**_CODEC),
                 fill_value=float("nan"),
                 dimension_names=("step", "dim"),
                 attributes={"video_id": video_id, "status": "writing"},
@@ -649,6 +763,8 @@ class FeatureStore:
             arr.attrs.update(
                 {
                     "video_id": video_id,
+                    # unique per write: lets caches notice a replaced video (dataset stats)
+                    "write_id": uuid.uuid4().hex,
                     "provenance": prov,
                     "set_provenance_sha256": set_hash,
                     "written": _now(),
@@ -737,8 +853,20 @@ class FeatureStore:
             raise FeatureNotFoundError(
                 f"video {video_id!r} is not stored in feature set {set_id!r}"
             )
-        return zarr.open_array(
-            store=LocalStore(self._video_dir(set_id, video_id), read_only=True), mode="r"
+        try:
+            return zarr.open_array(
+                store=LocalStore(self._video_dir(set_id, video_id), read_only=True),
+                mode="r",
+                zarr_format=3,
+            )
+        except _DAMAGE_ERRORS as exc:  # zarr's reaction to malformed array metadata
+            raise self._damaged(set_id, video_id, exc) from exc
+
+    def _damaged(self, set_id: str, video_id: str, exc: Exception) -> InvalidMetadataError:
+        return InvalidMetadataError(
+            f"video {video_id!r} of feature set {set_id!r} is damaged "
+            f"({self._video_dir(set_id, video_id)}: {type(exc).__name__}: {exc}); "
+            "re-extract it with overwrite"
         )
 
     def read_video(self, set_id: str, video_id: str) -> np.ndarray:
@@ -746,8 +874,18 @@ class FeatureStore:
 
         Raises:
             FeatureNotFoundError: the set or the (complete) video does not exist.
+            InvalidMetadataError: its metadata or data is damaged (malformed metadata,
+                undecodable or missing chunks).
         """
-        return np.asarray(self._open_video(set_id, video_id)[...], dtype=np.float32)
+        array = self._open_video(set_id, video_id)
+        try:
+            data = np.asarray(array[...], dtype=np.float32)
+        except _DAMAGE_ERRORS as exc:
+            raise self._damaged(set_id, video_id, exc) from exc
+        if not np.isfinite(data).all():  # finite at write time, so a chunk went missing
+            missing = int(data.size - np.count_nonzero(np.isfinite(data)))
+            raise self._damaged(set_id, video_id, ValueError(f"{missing} of {data.size} values are NaN/Inf"))
+        return data
 
     def read_video_dask(self, set_id: str, video_id: str) -> "dask.array.Array":
         """Lazy features of one video, float32 [steps, dims], one dask chunk per Zarr chunk.
@@ -756,7 +894,8 @@ class FeatureStore:
         """
         import dask.array as da  # imported here: dask is only needed for lazy reads
 
-        return da.from_zarr(self._open_video(set_id, video_id))
+        arr = da.from_zarr(self._open_video(set_id, video_id))
+        return arr if arr.dtype == np.float32 else arr.astype(np.float32)
 
     def read_videos(self, set_id: str, video_ids: Iterable[str]) -> list[np.ndarray]:
         """Features of several videos, each float32 [steps_i, dims], in the given order.
@@ -865,7 +1004,7 @@ class FeatureStore:
             "dims": dims[0] if len(dims) == 1 else (dims or (attrs.get("spec") or {}).get("dims")),
             "total_steps": int(sum(m["shape"][0] for m in metas.values())),
             "bytes_on_disk": _dir_bytes(self._set_dir(set_id)),
-            "dtype": "float32",
+            "dtype": _set_dtype(attrs),
             "provenance": {
                 "consistent": len(groups) <= 1,
                 "n_distinct": len(groups),

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 
 from . import prefect_env  # noqa: F401  (before anything imports prefect)
+from .errors import FlowError
 
 EXIT_USAGE = 2
 
@@ -88,6 +90,20 @@ def _store_info(args) -> int:
     return 0
 
 
+def _parse_params(values: list[str]) -> dict:
+    """``KEY=VALUE`` pairs; values are JSON when they parse (numbers, true, lists), else strings."""
+    params = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise FlowError(f"--head-param {item!r}: expected KEY=VALUE, e.g. epochs=20")
+        try:
+            params[key] = json.loads(raw)
+        except ValueError:
+            params[key] = raw
+    return params
+
+
 def _fit(args) -> int:
     from regressors.report import format_metrics_table
 
@@ -95,7 +111,9 @@ def _fit(args) -> int:
 
     metrics = fit_job(store=args.store, manifest=args.manifest, features=args.features, out=args.out,
                       head=args.head, protocol=args.protocol, pooling=args.pooling, n_repeats=args.repeats,
-                      seed=args.seed, progress=not args.quiet, overwrite=args.overwrite)
+                      seed=args.seed, progress=not args.quiet, overwrite=args.overwrite,
+                      head_params=_parse_params(args.head_param or []), test_manifest=args.test_manifest,
+                      test_store=args.test_store)
     print(format_metrics_table(metrics))
     print(f"report: {args.out}")
     return 0
@@ -181,8 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True, help="manifest with mos (and optional group)")
     p.add_argument("--features", action="append", required=True,
                    help="feature set id or extractor name (repeatable: sets are concatenated)")
-    p.add_argument("--head", default="svr", help="svr (default)")
-    p.add_argument("--protocol", default="fmc", help="fmc (20x5-fold, default) | a2inet (10x 80/20)")
+    p.add_argument("--head", default="svr", help="svr (default) | svr-bvqa | vsfa | a2inet | dualpath")
+    p.add_argument("--head-param", action="append",
+                   help="override a head setting, KEY=VALUE (repeatable), e.g. epochs=20 lr=1e-4")
+    p.add_argument("--protocol", default="fmc",
+                   help="fmc (20x5-fold, default) | a2inet (10x 80/20) | vsfa (10x 60/20/20)")
+    p.add_argument("--test-manifest", help="cross-dataset: train on --manifest, test on this manifest")
+    p.add_argument("--test-store", help="store holding the test manifest's features (default --store)")
     p.add_argument("--pooling", default="mean", help="temporal pooling: mean | max | meanmax")
     p.add_argument("--repeats", type=int, help="override the protocol's number of repeats")
     p.add_argument("--seed", type=int, default=0)
@@ -221,8 +244,6 @@ def main(argv: list[str] | None = None) -> int:
     from feature_store.errors import FeatureStoreError
     from pipeline.errors import PipelineError
     from regressors.errors import RegressorError
-
-    from .errors import FlowError
 
     try:
         return args.func(args)

@@ -153,3 +153,56 @@ def test_one_run_feeds_frame_and_clip_extractors_with_their_own_sampling(dataset
     video_id = store.video_ids(frames_set)[0]
     assert store.read_video(frames_set, video_id).shape == (2, 4096)
     assert store.read_video(clips_set, video_id).shape == (32, 512)  # a 0.5 s clip: one 32-frame clip
+
+
+def test_every_head_trains_predicts_and_is_reported_side_by_side(dataset, tmp_path, prefect_harness, capsys):
+    manifest, _ = dataset
+    store = tmp_path / "store"
+    extract_flow(manifest=str(manifest), store=str(store), extractors=["unique", EXTRACTOR, "slowfast-tokens"],
+                 weights={"unique": "random", EXTRACTOR: "random", "slowfast-tokens": "random"},
+                 sampling="uniform:3", device="cpu", progress=False)
+    small = {"epochs": 2, "lr": 1e-3, "progress": False}
+    runs = {
+        "svr": (["unique"], {}),
+        "vsfa": ([EXTRACTOR], small),
+        "a2inet": (["unique", EXTRACTOR], {**small, "module_params": {"d_model": 16}}),
+        "dualpath": (["slowfast-tokens"], {**small, "module_params": {"embed_dim": 16, "heads": 2}}),
+    }
+    for head, (features, params) in runs.items():
+        args = ["fit", "--store", str(store), "--manifest", str(manifest), "--head", head, "--protocol", "a2inet",
+                "--repeats", "2", "--out", str(tmp_path / head), "-q"]
+        args += [f"--features={f}" for f in features]
+        args += [f"--head-param={k}={json.dumps(v)}" for k, v in params.items()]
+        assert vqa(args) == 0, head
+        metrics = json.loads((tmp_path / head / "metrics.json").read_text())
+        assert metrics["settings"]["head"] == head and len(metrics["per_split"]) == 2
+        assert all(np.isfinite(metrics[k]) for k in ("srcc", "plcc", "rmse"))
+        scores = tmp_path / f"{head}.csv"
+        assert vqa(["predict", "--model", str(tmp_path / head / "model"), "--store", str(store),
+                    "--manifest", str(manifest), "--out", str(scores)]) == 0
+        with open(scores) as fh:
+            assert all(np.isfinite(float(r["prediction"])) for r in csv.DictReader(fh))
+    capsys.readouterr()
+    assert vqa(["report", *(str(tmp_path / h) for h in runs), "--out", str(tmp_path / "cmp")]) == 0
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert all(f"| {h} | {h} |" in table for h in runs) and "unique+resnet50-vsfa" in table
+
+
+def test_cross_dataset_protocol_trains_on_one_manifest_and_tests_on_another(dataset, tmp_path, prefect_harness):
+    manifest, _ = dataset
+    rows = manifest.read_text().splitlines()
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    absolute = lambda lines: [l.replace("videos/", f"{manifest.parent}/videos/") for l in lines]  # noqa: E731
+    a.write_text("\n".join([rows[0]] + absolute(rows[1:13])) + "\n")
+    b.write_text("\n".join([rows[0]] + absolute(rows[13:])) + "\n")
+    store = tmp_path / "store"
+    for m in (a, b):
+        extract_flow(manifest=str(m), store=str(store), extractors=[EXTRACTOR], weights={EXTRACTOR: "random"},
+                     sampling="uniform:1", device="cpu", progress=False)
+    assert vqa(["fit", "--store", str(store), "--manifest", str(a), "--test-manifest", str(b),
+                "--features", EXTRACTOR, "--out", str(tmp_path / "cross"), "-q"]) == 0
+    metrics = json.loads((tmp_path / "cross" / "metrics.json").read_text())
+    assert metrics["settings"]["protocol"] == "cross-dataset" and len(metrics["per_split"]) == 1
+    with open(tmp_path / "cross" / "predictions.csv") as fh:
+        tested = [r for r in csv.DictReader(fh) if r["prediction"] not in ("", "nan")]
+    assert len(tested) == 20 - 12  # only the test manifest's videos are scored
