@@ -62,6 +62,62 @@ def _weights(args) -> int:
     return 0
 
 
+def _store_verify(args) -> int:
+    from feature_store import FeatureStore, verify
+
+    store = FeatureStore(args.store, create=False)
+    report = verify(store, set_ids=[store.resolve(s) for s in args.set] if args.set else None)
+    print(report)
+    return 0 if report.ok else 1
+
+
+def _store_rm(args) -> int:
+    from feature_store import FeatureStore, remove
+
+    store = FeatureStore(args.store, create=False)
+    set_id = store.resolve(args.feature_set)
+    what = f"{len(args.video)} video(s) of {set_id}" if args.video else f"the whole feature set {set_id} " \
+        f"({len(store.video_ids(set_id))} videos)"
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise FlowError(f"refusing to remove {what} without confirmation: pass --yes")
+        if input(f"remove {what} from {args.store}? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing removed")
+            return 1
+    print(f"removed {remove(store, set_id, video_ids=args.video or None)} item(s)")
+    return 0
+
+
+def _store_export(args) -> int:
+    from feature_store import FeatureStore, export_hdf5
+
+    store = FeatureStore(args.store, create=False)
+    counts = export_hdf5(store, args.out, set_ids=[store.resolve(s) for s in args.set] if args.set else None,
+                         overwrite=args.overwrite)
+    for set_id, n in counts.items():
+        print(f"{set_id}: {n} videos")
+    print(f"written: {args.out}")
+    return 0
+
+
+def _store_import(args) -> int:
+    from feature_store import FeatureStore, import_hdf5, import_npy_folder
+
+    store = FeatureStore(args.store)
+    if args.format == "hdf5":
+        print(import_hdf5(store, args.source, overwrite=args.overwrite))
+        return 0
+    if not (args.spec and args.sampling):
+        raise FlowError("importing a .npy folder needs --spec (JSON file describing how the features were made) "
+                        "and --sampling (e.g. all)")
+    from pipeline.sampling import parse_sampling
+
+    spec = json.loads(open(args.spec, encoding="utf-8").read())
+    print(import_npy_folder(store, args.source, spec=spec, sampling=parse_sampling(args.sampling).to_dict(),
+                            pattern=args.pattern, overwrite=args.overwrite))
+    return 0
+
+
 def _dataset_list(args) -> int:
     from .datasets import list_datasets
 
@@ -193,6 +249,32 @@ def build_parser() -> argparse.ArgumentParser:
     q = store_sub.add_parser("info", help="feature sets with video counts, dims, bytes and provenance")
     q.add_argument("store")
     q.set_defaults(func=_store_info)
+    q = store_sub.add_parser("verify", help="check every stored video; exit status 1 when anything is wrong")
+    q.add_argument("store")
+    q.add_argument("--set", action="append", help="only these feature sets (repeatable)")
+    q.set_defaults(func=_store_verify)
+    q = store_sub.add_parser("rm", help="remove a feature set, or some of its videos (asks first)")
+    q.add_argument("store")
+    q.add_argument("feature_set", help="feature set id or extractor name")
+    q.add_argument("--video", action="append", help="only these video ids (repeatable)")
+    q.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    q.set_defaults(func=_store_rm)
+    q = store_sub.add_parser("export", help="write feature sets to one HDF5 file")
+    q.add_argument("store")
+    q.add_argument("--out", required=True, help="HDF5 file to write")
+    q.add_argument("--format", default="hdf5", choices=["hdf5"])
+    q.add_argument("--set", action="append", help="only these feature sets (repeatable)")
+    q.add_argument("--overwrite", action="store_true")
+    q.set_defaults(func=_store_export)
+    q = store_sub.add_parser("import", help="bring in features from an HDF5 export or a VSFA-style .npy folder")
+    q.add_argument("store")
+    q.add_argument("source", help="HDF5 file, or folder of per-video .npy files")
+    q.add_argument("--format", default="hdf5", choices=["hdf5", "npy"])
+    q.add_argument("--spec", help="npy: JSON file with the extractor spec (name, dims, ...)")
+    q.add_argument("--sampling", help="npy: the sampling the features were made with")
+    q.add_argument("--pattern", default="{video_id}.npy", help="npy: file name pattern")
+    q.add_argument("--overwrite", action="store_true")
+    q.set_defaults(func=_store_import)
 
     p = sub.add_parser("fit", help="fit and evaluate a head on stored features")
     p.add_argument("--store", required=True)

@@ -428,3 +428,30 @@ def test_default_layout_is_recorded(store, set_id):
     assert blosc["configuration"]["shuffle"] == "shuffle"
     assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [3, 8]  # the whole video
     assert isinstance(meta["attributes"]["write_id"], str)
+
+
+def test_cli_verify_export_import_rm(tmp_path, capsys, monkeypatch):
+    import json as _json
+
+    from flows.cli import main
+
+    store = FeatureStore(tmp_path / "s")
+    set_id = store.ensure_feature_set(spec={"name": "toy", "dims": 3}, sampling={"strategy": "all", "value": None})
+    for vid in ("a", "b"):
+        store.write_video(set_id, vid, np.ones((2, 3), np.float32), provenance={"set": {}, "video": {}})
+    assert main(["store", "verify", str(tmp_path / "s")]) == 0
+    assert main(["store", "export", str(tmp_path / "s"), "--out", str(tmp_path / "x.h5")]) == 0
+    assert main(["store", "import", str(tmp_path / "t"), str(tmp_path / "x.h5")]) == 0
+    assert FeatureStore(tmp_path / "t").video_ids(set_id) == ["a", "b"]
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    assert main(["store", "rm", str(tmp_path / "s"), "toy", "--video", "a"]) == 2  # no confirmation, no tty
+    assert "pass --yes" in capsys.readouterr().err
+    assert main(["store", "rm", str(tmp_path / "s"), "toy", "--video", "a", "--yes"]) == 0
+    assert store.video_ids(set_id) == ["b"]
+    npy = tmp_path / "npy"
+    npy.mkdir()
+    np.save(npy / "v1.npy", np.zeros((4, 3), np.float32))
+    (tmp_path / "spec.json").write_text(_json.dumps({"name": "vsfa-old", "dims": 3}))
+    assert main(["store", "import", str(tmp_path / "s"), str(npy), "--format", "npy",
+                 "--spec", str(tmp_path / "spec.json"), "--sampling", "all"]) == 0
+    assert FeatureStore(tmp_path / "s").read_video(FeatureStore(tmp_path / "s").resolve("vsfa-old"), "v1").shape == (4, 3)
