@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import functools
 import json
 import logging
@@ -28,6 +29,9 @@ from pipeline.sampling import parse_sampling
 from .manifest import read_manifest
 
 log = logging.getLogger(__name__)
+
+# errno values that mean "the filesystem is full" (no space; disk quota exceeded).
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass(frozen=True)
@@ -113,8 +117,15 @@ def extract_video_task(video_id: str, path: str, store_path: str, config: Extrac
     }
     for i, feats, sampling in zip(todo, features, samplings):
         set_provenance = {"spec": extractors[i].spec.to_dict(), "sampling": sampling.to_dict()}
-        store.write_video(set_ids[i], video_id, feats,
-                          provenance={"set": set_provenance, "video": video_provenance})
+        try:
+            store.write_video(set_ids[i], video_id, feats,
+                              provenance={"set": set_provenance, "video": video_provenance})
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL:
+                raise
+            raise OSError(exc.errno, f"disk full ({exc.strerror}) while writing features of {video_id!r} "
+                          f"(feature set {set_ids[i]}) to the store {store_path}: they were not stored; "
+                          "free some space and re-run (whatever is complete is skipped)") from exc
     return {"video_id": video_id, "status": "done", "frames": int(features[0].shape[0]), "seconds": seconds}
 
 

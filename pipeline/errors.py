@@ -34,3 +34,16 @@ class WeightsError(PipelineError, RuntimeError):
 
 class WeightsUnavailableError(WeightsError):
     """Pretrained weights are not available locally and cannot be downloaded."""
+
+
+class ExtractorOutOfMemoryError(PipelineError, MemoryError):
+    """An extractor ran out of (GPU) memory even on a batch of one step.
+
+    The runner halves an extractor's batch on each out-of-memory error and retries; this is
+    raised when a single step does not fit. ``extractor`` names it, ``device`` is where it ran.
+    """
+
+    def __init__(self, message: str, *, extractor: str = "", device: str = ""):
+        super().__init__(message)
+        self.extractor = extractor
+        self.device = device

@@ -4,6 +4,12 @@ Each extractor has its own sampling. A sampling's *plan* is an index array ``[st
 ``L = 1`` for per-frame strategies, ``L > 1`` for clips (e.g. 32 frames per clip). The runner
 decodes the union of all planned frames once, in order, keeps only frames some pending step
 still needs, and calls each extractor as soon as ``batch_size`` of its steps are complete.
+
+Out of memory: when an extractor raises ``torch.cuda.OutOfMemoryError`` (or any
+``RuntimeError`` saying "out of memory"), the runner empties the CUDA cache, halves that
+extractor's batch for the rest of the video and retries the same steps; the features are the
+same as with the full batch. A single step that does not fit raises
+``ExtractorOutOfMemoryError``.
 """
 from __future__ import annotations
 
@@ -12,8 +18,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
-from .errors import PipelineError
+from .errors import ExtractorOutOfMemoryError, PipelineError
 from .extractors.base import Extractor
 from .sampling import Sampling
 from .video import VideoInfo, open_video
@@ -36,6 +43,7 @@ class _Feed:
         self.extractor, self.plan = extractor, plan
         self.next_step = 0
         self.accumulator = extractor.accumulator(video_key=video_key)
+        self.max_steps: int | None = None  # lowered after an out-of-memory error
 
     def lowest_needed(self) -> int:
         return int(self.plan[self.next_step:].min()) if self.next_step < len(self.plan) else np.iinfo(np.int64).max
@@ -45,6 +53,8 @@ class _Feed:
 
         Clip steps count all their frames, so a 32-frame clip fills a batch of 16 on its own."""
         batch_size = max(1, batch_size // self.plan.shape[1])
+        if self.max_steps is not None:
+            batch_size = min(batch_size, self.max_steps)
         while self.next_step < len(self.plan):
             ready = self.next_step
             while ready < len(self.plan) and ready - self.next_step < batch_size and self.plan[ready].max() <= decoded_up_to:
@@ -53,8 +63,45 @@ class _Feed:
                 return
             steps = self.plan[self.next_step:ready]
             batch = np.stack([np.stack([frames[i] for i in step]) for step in steps])  # [B, L, H, W, 3]
-            self.accumulator.consume(self.extractor, batch[:, 0] if steps.shape[1] == 1 else batch)
-            self.next_step = ready
+            try:
+                self.accumulator.consume(self.extractor, batch[:, 0] if steps.shape[1] == 1 else batch)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            else:
+                self.next_step = ready
+                continue
+            # Out of memory: handled outside the except block, so the traceback (which holds
+            # the failed batch's tensors) is released before the cache is emptied.
+            del batch
+            release_accelerator_memory()
+            name, device = self.extractor.spec.name, str(self.extractor.device)
+            if len(steps) == 1:
+                height, width = frames[int(steps[0, 0])].shape[:2]
+                raise ExtractorOutOfMemoryError(
+                    f"extractor {name} ran out of memory on {device} even with a batch of 1 step "
+                    f"({steps.shape[1]} frame(s) of {width}x{height}): {message}. Use a device with "
+                    "more free memory, or run on the CPU (--device cpu)",
+                    extractor=name, device=device,
+                )
+            batch_size = self.max_steps = max(1, len(steps) // 2)
+            log.warning("%s ran out of memory on %s with a batch of %d step(s); retrying with %d",
+                        name, device, len(steps), batch_size)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` reports an accelerator out-of-memory condition (CUDA, or any
+    ``RuntimeError`` whose message says "out of memory")."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def release_accelerator_memory() -> None:
+    """Return cached CUDA blocks to the driver (no-op without CUDA)."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def extract_video(

@@ -75,9 +75,22 @@ def _is_sequence_input(X) -> bool:
     return False
 
 
+def _require_finite(videos) -> None:
+    """Refuse NaN/inf features with a message naming the videos (``X[i]``) that hold them."""
+    bad = [(i, int(np.isnan(v).sum()), int(np.isinf(v).sum()))
+           for i, v in enumerate(videos) if not np.isfinite(v).all()]
+    if bad:
+        shown = ", ".join(f"X[{i}] has {n} NaN and {k} inf" for i, n, k in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise InvalidInputError(
+            f"features of {len(bad)} of {len(videos)} videos contain NaN or inf values ({shown}{more}); "
+            "features must be finite: re-extract those videos"
+        )
+
+
 def _check_sequence(x, index: int) -> np.ndarray:
     """Validate one video's features; a 1-D vector counts as one step ``[1, D]``."""
-    arr = check_array(x, ensure_2d=False, dtype=np.float64, input_name=f"X[{index}]")
+    arr = check_array(x, ensure_2d=False, dtype=np.float64, input_name=f"X[{index}]", ensure_all_finite=False)
     if arr.ndim == 1:
         arr = arr[None, :]
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
@@ -151,6 +164,7 @@ class SVRHead(RegressorMixin, BaseEstimator):
             seqs = [_check_sequence(x, i) for i, x in enumerate(X)]
             if not seqs:
                 raise InvalidInputError("X is empty (0 videos)")
+            _require_finite(seqs)
             dims = {s.shape[1] for s in seqs}
             if len(dims) > 1:
                 raise InvalidInputError(f"videos have different feature dims D: {sorted(dims)}")
@@ -170,9 +184,10 @@ class SVRHead(RegressorMixin, BaseEstimator):
                     raise InvalidInputError("y contains NaN or inf values")
             return pooled, y
         if reset:
-            X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
+            X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True, ensure_all_finite=False)
         else:
-            X = validate_data(self, X, dtype=np.float64, reset=False)
+            X = validate_data(self, X, dtype=np.float64, reset=False, ensure_all_finite=False)
+        _require_finite(X)  # each row is one video
         if self.pooling == "meanmax":
             X = np.concatenate([X, X], axis=1)  # mean and max of a single step
         return X, y
