@@ -15,6 +15,9 @@ EXIT_USAGE = 2
 
 def _extract(args) -> int:
     from .extract import extract_flow, parse_per_extractor_option
+    from .manifest import read_manifest
+
+    read_manifest(args.manifest, root=args.root)  # a bad manifest is reported here, before Prefect starts
 
     weights = parse_per_extractor_option(args.weights or [], args.extractor)
     samplings = args.sampling or ["all"]
@@ -22,7 +25,7 @@ def _extract(args) -> int:
         else parse_per_extractor_option(samplings, args.extractor)
     summary = extract_flow(
         manifest=args.manifest, store=args.store, extractors=args.extractor, weights=weights,
-        sampling=sampling, device=args.device, batch_size=args.batch_size, progress=not args.quiet,
+        sampling=sampling, device=args.device, batch_size=args.batch_size, progress=not args.quiet, root=args.root,
     )
     print(f"done {summary['done']}  skipped {summary['skipped']}  failed {summary['failed']}  "
           f"({summary['frames']} steps of {args.extractor[0]} in {summary['seconds']} s, "
@@ -220,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="all | uniform:N | fps:K | clips:L, or NAME=STRATEGY for one extractor (repeatable; "
                         "default all; clip extractors keep their clips)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--root", help="refuse manifest paths that resolve outside this folder (the dataset root)")
     p.add_argument("--batch-size", type=int, default=16, help="frames per forward pass (default 16)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_extract)

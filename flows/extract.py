@@ -139,15 +139,17 @@ def extract_flow(
     device: str = "auto",
     batch_size: int = 16,
     progress: bool = True,
+    root: str | None = None,
 ) -> dict:
     """Extract features for every video of ``manifest`` into ``store``.
 
     Each video is decoded once for all extractors. ``sampling`` is one strategy for all (clip
     extractors keep their clips) or a name -> strategy dict. Finished videos are skipped, a
-    failing video is recorded with its reason and the run goes on. Returns ``{"done": n, "skipped": n, "failed": n, "failures": {video_id: reason}, ...}``
+    failing video is recorded with its reason and the run goes on. ``root``: refuse manifest
+    paths that resolve outside this folder. Returns ``{"done": n, "skipped": n, "failed": n, "failures": {video_id: reason}, ...}``
     and writes the same summary to ``<store>/runs/``.
     """
-    entries = read_manifest(manifest)  # validated before anything touches the store
+    entries = read_manifest(manifest, root=root)  # validated before anything touches the store
     config = ExtractionConfig(tuple(extractors), dict(weights or {}), resolve_samplings(sampling, extractors),
                               device, batch_size)
     feature_store = FeatureStore(store)

@@ -230,3 +230,15 @@ def test_fuzz_manifest_bytes_raise_only_manifest_error(fuzz_dir, data, with_root
     _check_entries(entries)
     if with_root:
         assert all(Path(os.path.realpath(e.path)).is_relative_to(fuzz_dir.resolve()) for e in entries)
+
+
+def test_vqa_extract_rejects_paths_outside_root_before_starting_anything(tmp_path, capsys):
+    from flows.cli import main
+
+    manifest = tmp_path / "data" / "m.csv"
+    manifest.parent.mkdir()
+    manifest.write_text("video_id,path\na,../outside.mp4\n")
+    code = main(["extract", str(manifest), "--store", str(tmp_path / "store"), "--extractor", "resnet50-vsfa",
+                 "--weights", "random", "--root", str(manifest.parent)])
+    assert code == 2 and "outside" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()
