@@ -91,10 +91,13 @@ WINDOW_FRACTION = 0.8
 def pseudo_mos(distortion: str, level: int) -> float:
     """Pseudo-MOS (1-5) of ``distortion`` at ``level``; level 0 is the reference (see the table
     in the module docstring). Raises ``PipelineError`` for an unknown name or level."""
-    if level == 0:
-        return REFERENCE_MOS
-    _check_distortions([distortion])
-    ladder = PSEUDO_MOS[distortion]
+    return REFERENCE_MOS if level == 0 else _level_value(PSEUDO_MOS, distortion, level)
+
+
+def _level_value(table: Mapping[str, tuple[float, ...]], distortion: str, level: int) -> float:
+    """``table[distortion][level - 1]`` for level 1..n; ``PipelineError`` for an unknown name or level."""
+    _check_distortions([distortion], table)
+    ladder = table[distortion]
     if not 1 <= level <= len(ladder):
         raise PipelineError(f"{distortion} has levels 1..{len(ladder)} (0 = reference), got {level}")
     return ladder[level - 1]
@@ -269,15 +272,17 @@ def _check_seed(seed: int) -> None:
         raise PipelineError(f"seed must be a non-negative int, got {seed!r}")
 
 
-def _check_distortions(names: Iterable[str] | str) -> list[str]:
+def _check_distortions(
+    names: Iterable[str] | str, table: Mapping[str, tuple[float, ...]] = DISTORTIONS
+) -> list[str]:
     if isinstance(names, str):  # one name, not its letters
         names = [names]
     chosen: list[str] = []
     for name in names:
-        if name not in DISTORTIONS:
-            hint = difflib.get_close_matches(str(name), DISTORTIONS, n=1)
+        if name not in table:
+            hint = difflib.get_close_matches(str(name), table, n=1)
             raise PipelineError(
-                f"unknown distortion {name!r}; known: {', '.join(DISTORTIONS)}"
+                f"unknown distortion {name!r}; known: {', '.join(table)}"
                 + (f" (did you mean {hint[0]!r}?)" if hint else "")
             )
         if name not in chosen:
@@ -330,16 +335,7 @@ def make_demo_dataset(
         raise PipelineError(f"clip_seconds * fps must give at least 2 frames, got {num_frames}")
     if n_sources < 1:
         raise PipelineError(f"n_sources must be at least 1, got {n_sources}")
-    _check_seed(seed)
-    if n_sources > len(SOURCE_PHOTOS):
-        raise PipelineError(
-            f"n_sources={n_sources} but only {len(SOURCE_PHOTOS)} source photos exist: "
-            f"{', '.join(SOURCE_PHOTOS)}"
-        )
-    manifest_path = out_dir / "manifest.csv"
-    if manifest_path.exists() and not overwrite:
-        raise PipelineError(f"{manifest_path} exists; pass overwrite=True to rebuild it")
-    photos = _load_photos(n_sources)
+    manifest_path, photos = _start_dataset(out_dir, n_sources=n_sources, seed=seed, overwrite=overwrite)
 
     video_dir = out_dir / "videos"
     video_dir.mkdir(parents=True, exist_ok=True)
@@ -378,6 +374,23 @@ def make_demo_dataset(
                 len(rows), num_frames, width, height, n_sources, out_dir,
                 time.perf_counter() - started)
     return manifest_path
+
+
+def _start_dataset(
+    out_dir: Path, *, n_sources: int, seed: int, overwrite: bool
+) -> tuple[Path, list[tuple[str, np.ndarray]]]:
+    """Checks shared by the dataset builders (seed, photo count, an existing manifest); returns
+    the manifest's path and the loaded photos. Nothing is written."""
+    _check_seed(seed)
+    if n_sources > len(SOURCE_PHOTOS):
+        raise PipelineError(
+            f"n_sources={n_sources} but only {len(SOURCE_PHOTOS)} source photos exist: "
+            f"{', '.join(SOURCE_PHOTOS)}"
+        )
+    manifest_path = out_dir / "manifest.csv"
+    if manifest_path.exists() and not overwrite:
+        raise PipelineError(f"{manifest_path} exists; pass overwrite=True to rebuild it")
+    return manifest_path, _load_photos(n_sources)
 
 
 def _load_photos(n_sources: int) -> list[tuple[str, np.ndarray]]:
@@ -420,6 +433,190 @@ def _write_manifest(path: Path, rows: list[dict[str, str]]) -> None:
             writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- still images (IQA)
+# KADID-10k-style distortion types for fine-tuning on image quality (TID2013 / KADID-10k
+# stand-in). The parameters and pseudo-MOS are our calibration, not KADID's: each ladder is
+# monotone in the level, and colour saturation, which KADID's subjects judged mild, stays high.
+#
+#   ==========  ==================================  ==============================  =========================
+#   distortion  operation                           parameter of levels 1..5        pseudo-MOS of levels 1..5
+#   ==========  ==================================  ==============================  =========================
+#   blur        Gaussian blur (space only)          sigma 0.5, 1, 2, 3, 5 px        4.4, 3.8, 2.9, 2.2, 1.4
+#   noise       additive white Gaussian noise       sigma 5, 10, 20, 35, 50 (/255)  4.3, 3.6, 2.7, 1.9, 1.3
+#   jpeg        JPEG compression (Pillow/libjpeg)   quality 70, 43, 24, 10, 4       4.4, 3.9, 3.1, 2.2, 1.4
+#   contrast    contrast decrease about the mean    factor .85, .7, .55, .4, .25    4.5, 4.0, 3.3, 2.6, 1.9
+#   saturation  chroma decrease about the luma      factor .8, .6, .4, .2, 0        4.6, 4.3, 3.9, 3.4, 3.0
+#   ==========  ==================================  ==============================  =========================
+#
+# The reference image (level 0) has REFERENCE_MOS, as in the video dataset.
+
+#: Image distortion name -> parameter of each level 1..5 (see the table above).
+IQA_DISTORTIONS: Mapping[str, tuple[float, ...]] = MappingProxyType({
+    "blur": (0.5, 1.0, 2.0, 3.0, 5.0),
+    "noise": (5, 10, 20, 35, 50),
+    "jpeg": (70, 43, 24, 10, 4),
+    "contrast": (0.85, 0.7, 0.55, 0.4, 0.25),
+    "saturation": (0.8, 0.6, 0.4, 0.2, 0.0),
+})
+
+#: Image distortion name -> pseudo-MOS (1-5) of each level 1..5, same order as ``IQA_DISTORTIONS``.
+IQA_PSEUDO_MOS: Mapping[str, tuple[float, ...]] = MappingProxyType({
+    "blur": (4.4, 3.8, 2.9, 2.2, 1.4),
+    "noise": (4.3, 3.6, 2.7, 1.9, 1.3),
+    "jpeg": (4.4, 3.9, 3.1, 2.2, 1.4),
+    "contrast": (4.5, 4.0, 3.3, 2.6, 1.9),
+    "saturation": (4.6, 4.3, 3.9, 3.4, 3.0),
+})
+
+IQA_LEVELS = (1, 2, 3, 4, 5)
+# ITU-R BT.601 luma weights: the grey that a colour-saturation change keeps.
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def iqa_pseudo_mos(distortion: str, level: int) -> float:
+    """Pseudo-MOS (1-5) of image ``distortion`` at ``level`` (0 = the reference)."""
+    return REFERENCE_MOS if level == 0 else _level_value(IQA_PSEUDO_MOS, distortion, level)
+
+
+def distort_image(image: np.ndarray, distortion: str, level: int, *, rng: np.random.Generator) -> np.ndarray:
+    """Apply ``distortion`` at ``level`` (1..5) to uint8 ``[H, W, 3]``; returns uint8 ``[H, W, 3]``.
+
+    ``rng`` draws the noise (only ``noise`` uses it). Blur and noise are the video dataset's own
+    per-frame operations applied to one frame.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise PipelineError(f"image must be uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")
+    value = _level_value(IQA_DISTORTIONS, distortion, level)  # level 0 is refused here: no distortion
+    if distortion == "blur":
+        return next(_blur([image], value))
+    if distortion == "noise":
+        return next(_noise([image], value, rng))
+    if distortion == "jpeg":
+        return _jpeg(image, int(value))
+    pixels = image.astype(np.float32)
+    if distortion == "contrast":
+        centre = pixels.mean(axis=(0, 1), keepdims=True)  # per channel, so the colour balance stays
+    else:  # saturation: mix each pixel with its own grey
+        centre = (pixels @ _LUMA)[..., None]
+    return _to_uint8(centre + value * (pixels - centre))
+
+
+def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    """Round trip through an in-memory JPEG at ``quality`` (Pillow's libjpeg, 4:2:0 chroma)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        return np.asarray(decoded.convert("RGB"), dtype=np.uint8)
+
+
+def make_iqa_dataset(
+    out_dir: str | Path,
+    *,
+    n_sources: int = 6,
+    views: int = 1,
+    size: tuple[int, int] = (192, 144),
+    distortions: Sequence[str] = tuple(IQA_DISTORTIONS),
+    levels: Sequence[int] = IQA_LEVELS,
+    include_reference: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Build a graded-distortion image-quality dataset under ``out_dir``; return the manifest's path.
+
+    For each of the first ``n_sources`` photos and each of ``views`` seeded views of it (a
+    still of the virtual camera of :func:`render_camera_clip`, uint8 ``[height, width, 3]``
+    with ``size = (width, height)``), writes the reference (when ``include_reference``) and
+    every chosen distortion at every chosen level (see the table above
+    :data:`IQA_DISTORTIONS`) as ``out_dir/images/<photo>__v<view>__<distortion>_<level>.png``
+    (lossless PNG: a JPEG level is decoded before it is stored). ``out_dir/manifest.csv`` has
+    the columns ``video_id,path,mos,group,distortion,level`` (the video manifest's, so
+    ``flows.manifest.read_manifest`` reads it): ``path`` relative to ``out_dir``, ``group`` the
+    source photo (all views and versions of a photo share it, for grouped splits), ``mos`` from
+    :func:`iqa_pseudo_mos`. Rows: ``n_sources * views * (include_reference + len(distortions)
+    * len(levels))``, less the ``saturation`` rows of greyscale photos (``camera``, ``coins``,
+    ...), where desaturating changes nothing and a lower MOS would be a wrong label. Same
+    arguments -> same files (views and noise seeded by ``seed``, photo, view and level).
+
+    The manifest is written last, atomically; an existing one is refused unless
+    ``overwrite=True``. Raises ``PipelineError`` for bad arguments before writing anything.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    width, height = _check_size(size)
+    chosen = _check_distortions(distortions, IQA_DISTORTIONS)
+    chosen_levels = sorted(set(int(level) for level in levels))
+    if not chosen_levels or chosen_levels[0] < 1 or chosen_levels[-1] > len(IQA_LEVELS):
+        raise PipelineError(f"levels must be a non-empty subset of {list(IQA_LEVELS)}, got {list(levels)}")
+    if not chosen and not include_reference:
+        raise PipelineError("no distortions and no reference: the dataset would be empty")
+    if isinstance(views, bool) or not isinstance(views, (int, np.integer)) or views < 1:
+        raise PipelineError(f"views must be a positive int, got {views!r}")
+    if isinstance(n_sources, bool) or not isinstance(n_sources, (int, np.integer)) or n_sources < 1:
+        raise PipelineError(f"n_sources must be a positive int, got {n_sources!r}")
+    manifest_path, photos = _start_dataset(out_dir, n_sources=n_sources, seed=seed, overwrite=overwrite)
+
+    image_dir = out_dir / "images"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    jobs = ([(REFERENCE_NAME, 0)] if include_reference else []) + [(d, k) for d in chosen for k in chosen_levels]
+    rows: list[dict[str, str]] = []
+    from tqdm.auto import tqdm
+
+    with tqdm(total=n_sources * views * len(jobs), desc="iqa dataset", unit="image", file=sys.stderr,
+              disable=not progress) as bar:
+        for name, photo in photos:
+            grey = bool((photo[..., :1] == photo).all())
+            if grey and "saturation" in chosen:
+                bar.total -= views * len(chosen_levels)
+                bar.refresh()
+            for view in range(views):
+                # One still of the virtual camera: the photo at the output size, seeded framing.
+                reference = next(render_camera_clip(photo, num_frames=1, size=(width, height),
+                                                    seed=_seed_for(seed, name, f"view{view}")))
+                for distortion, level in jobs:
+                    if grey and distortion == "saturation":
+                        continue
+                    image_id = f"{name}__v{view}__{distortion}_{level}"
+                    if level == 0:
+                        image = reference
+                    else:
+                        rng = np.random.default_rng(_seed_for(seed, name, f"view{view}", distortion, level))
+                        image = distort_image(reference, distortion, level, rng=rng)
+                    _save_png_atomic(image_dir / f"{image_id}.png", image)
+                    rows.append({
+                        "video_id": image_id,
+                        "path": f"images/{image_id}.png",
+                        "mos": f"{iqa_pseudo_mos(distortion, level):.2f}",
+                        "group": name,
+                        "distortion": distortion,
+                        "level": str(level),
+                    })
+                    bar.update(1)
+
+    _write_manifest(manifest_path, rows)
+    logger.info("wrote %d images (%dx%d) from %d photos x %d views to %s in %.1f s", len(rows), width, height,
+                n_sources, views, out_dir, time.perf_counter() - started)
+    return manifest_path
+
+
+def _save_png_atomic(path: Path, image: np.ndarray) -> None:
+    """Write a PNG under a temporary name and rename, so an interrupted build leaves no truncated file."""
+    from PIL import Image
+
+    partial = path.with_name(f".{path.stem}.partial.png")
+    try:
+        Image.fromarray(image).save(partial, format="PNG")
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)

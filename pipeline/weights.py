@@ -6,6 +6,7 @@ for, and its identity says so loudly in every provenance record.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import urllib.error
@@ -154,10 +155,42 @@ def torchvision_weights(enum_member, *, allow_download: bool | None = None) -> R
 
 
 def file_weights(path: str | Path) -> tuple[Any, dict]:
-    """Load a local checkpoint; returns ``(raw checkpoint object, identity)``."""
+    """Load a local checkpoint; returns ``(raw checkpoint object, identity)``.
+
+    A sidecar ``<checkpoint stem>.json`` beside the file (written by ``pipeline.finetune``) is
+    read as plain JSON into ``identity["training"]``, so features made with a fine-tuned
+    checkpoint name its training in their provenance.
+    """
     path = Path(path).expanduser().resolve()
     checkpoint = load_checkpoint(path)
-    return checkpoint, {"source": "file", "path": str(path), "sha256": file_sha256(path)}
+    identity = {"source": "file", "path": str(path), "sha256": file_sha256(path)}
+    training = read_training_sidecar(path, sha256=identity["sha256"])
+    if training is not None:
+        identity["training"] = training
+    return checkpoint, identity
+
+
+def read_training_sidecar(path: str | Path, *, sha256: str) -> dict | None:
+    """The JSON sidecar of checkpoint ``path`` (``path.with_suffix(".json")``), or ``None``.
+
+    A sidecar naming another file's hash (``checkpoint_sha256``) is stale: refused, since the
+    provenance would describe training the checkpoint did not have.
+    """
+    path = Path(path)
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        return None
+    try:
+        record = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise WeightsError(f"training sidecar {sidecar} of {path} is not readable JSON: {exc}") from exc
+    if not isinstance(record, dict):
+        raise WeightsError(f"training sidecar {sidecar} of {path} must hold a JSON object")
+    if record.get("checkpoint_sha256") not in (None, sha256):
+        raise WeightsError(f"training sidecar {sidecar} describes another file (sha256 "
+                           f"{str(record['checkpoint_sha256'])[:12]}..., {path.name} has {sha256[:12]}...): "
+                           "it is stale; delete it or restore the checkpoint it belongs to")
+    return record
 
 
 def random_weights(seed: int = 0) -> ResolvedWeights:
