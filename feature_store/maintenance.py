@@ -48,6 +48,7 @@ from feature_store.store import (
     _META,
     DTYPES,
     _STAGING,
+    RUNS_DIR,
     FeatureStore,
     _canonical_json,
     _chunk_shape,
@@ -197,7 +198,7 @@ def _classify_staging(entry: os.DirEntry, rel: str, report: VerifyReport) -> Non
 def _check_root(store: FeatureStore, report: VerifyReport) -> None:
     set_nodes = {encode_node_name(s) for s in store.feature_sets()}
     for entry in os.scandir(store.path):
-        if entry.name == _META or entry.name in set_nodes:
+        if entry.name in (_META, RUNS_DIR) or entry.name in set_nodes:
             continue
         if entry.name == _STAGING:
             for sub in os.scandir(entry.path):

@@ -105,6 +105,7 @@ FORMAT_VERSION = 1
 
 _FORMAT_ATTR = "feature_store_format"
 _STAGING = "_staging"
+RUNS_DIR = "_runs"  # run records and generated manifests of the flows that fill the store
 _META = "zarr.json"
 _COMPLETE = "complete"
 
@@ -492,6 +493,11 @@ class FeatureStore:
                 f"{self.path} has store format {attrs[_FORMAT_ATTR]!r}; this code reads "
                 f"format <= {FORMAT_VERSION}: update the project"
             )
+
+    @property
+    def runs_dir(self) -> Path:
+        """Folder for run records (extraction summaries, generated manifests); not features."""
+        return self.path / RUNS_DIR
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.path)!r})"

@@ -13,26 +13,93 @@ from .errors import FlowError
 EXIT_USAGE = 2
 
 
-def _extract(args) -> int:
-    from .extract import extract_flow, parse_per_extractor_option
-    from .manifest import read_manifest
-
-    read_manifest(args.manifest, root=args.root)  # a bad manifest is reported here, before Prefect starts
+def _extraction_params(args) -> dict:
+    """extract_flow keyword arguments shared by extract, extract-folder and serve."""
+    from .extract import parse_per_extractor_option
 
     weights = parse_per_extractor_option(args.weights or [], args.extractor)
     samplings = args.sampling or ["all"]
     sampling = samplings[0] if len(samplings) == 1 and "=" not in samplings[0] \
         else parse_per_extractor_option(samplings, args.extractor)
-    summary = extract_flow(
-        manifest=args.manifest, store=args.store, extractors=args.extractor, weights=weights,
-        sampling=sampling, device=args.device, batch_size=args.batch_size, progress=not args.quiet, root=args.root,
-    )
+    return {"store": args.store, "extractors": args.extractor, "weights": weights, "sampling": sampling,
+            "device": args.device, "batch_size": args.batch_size}
+
+
+def _dask_options(args) -> dict:
+    from .orchestration import parse_resources
+
+    return {"address": args.dask_address, "n_workers": args.dask_workers,
+            "resources": parse_resources(args.dask_resource or []) or None}
+
+
+def _announce_server(dask: dict) -> None:
+    from .orchestration import configured_api_url
+
+    if (dask["address"] or dask["n_workers"]) and not configured_api_url():
+        print("PREFECT_API_URL is not set: starting a Prefect server for the Dask workers (10-20 s) ...",
+              file=sys.stderr, flush=True)
+
+
+def _print_summary(summary: dict, extractor: str) -> int:
     print(f"done {summary['done']}  skipped {summary['skipped']}  failed {summary['failed']}  "
-          f"({summary['frames']} steps of {args.extractor[0]} in {summary['seconds']} s, "
-          f"{summary['frames_per_second']} steps/s)")
+          f"({summary['frames']} steps of {extractor} in {summary.get('seconds', 0)} s, "
+          f"{summary.get('frames_per_second', 0)} steps/s)")
     for video_id, reason in summary["failures"].items():
         print(f"  failed {video_id}: {reason}")
     return 1 if summary["failed"] else 0
+
+
+def _extract(args) -> int:
+    from .extract import extract_flow
+    from .manifest import read_manifest
+    from .orchestration import dask_session
+
+    read_manifest(args.manifest, root=args.root)  # a bad manifest is reported here, before Prefect starts
+    dask = _dask_options(args)
+    _announce_server(dask)
+    with dask_session(**dask) as runner:  # Dask: a real Prefect server unless PREFECT_API_URL is set
+        flow = extract_flow if runner is None else extract_flow.with_options(task_runner=runner)
+        summary = flow(manifest=args.manifest, **_extraction_params(args), progress=not args.quiet, root=args.root,
+                       resources=dask["resources"])
+    return _print_summary(summary, args.extractor[0])
+
+
+def _extract_folder(args) -> int:
+    from .jobs import extract_folder_flow, scan_video_folder
+    from .orchestration import dask_session
+
+    scan_video_folder(args.folder)  # a missing folder is reported here, before Prefect starts
+    dask = _dask_options(args)
+    _announce_server(dask)
+    with dask_session(**dask):
+        summary = extract_folder_flow(folder=args.folder, **_extraction_params(args), manifest_out=args.manifest_out,
+                                      dask_address=dask["address"], dask_workers=dask["n_workers"],
+                                      resources=dask["resources"], progress=not args.quiet)
+    print(f"{summary['videos']} video file(s) in {args.folder}; manifest {summary['manifest']}")
+    return _print_summary(summary, args.extractor[0])
+
+
+def _serve(args) -> int:
+    from .orchestration import build_deployment, ensure_api_server, serve_deployments
+
+    params = _extraction_params(args)
+    if args.flow == "extract":
+        params["manifest"] = args.source
+    else:
+        dask = _dask_options(args)
+        params.update(folder=args.source, dask_address=dask["address"], dask_workers=dask["n_workers"],
+                      resources=dask["resources"])
+    params["progress"] = False
+    params = {k: v for k, v in params.items() if v is not None}
+    deployment = build_deployment(args.flow, name=args.name, cron=args.cron, timezone=args.timezone,
+                                  parameters=params)
+    with ensure_api_server(port=args.server_port, ui=True) as url:
+        full_name = f"{deployment.flow_name}/{deployment.name}"
+        print(f"serving {full_name} (cron {args.cron!r}, {args.timezone or 'UTC'}) against {url}\n"
+              f"run it now:  PREFECT_API_URL={url} prefect deployment run '{full_name}'\n"
+              "stop with Ctrl-C", flush=True)
+        serve_deployments(deployment)
+    return 0
 
 
 def _extractors(args) -> int:
@@ -187,10 +254,51 @@ def _report(args) -> int:
     return 0
 
 
+def _parse_head_params(values: list[str], heads: list[str]) -> dict[str, dict]:
+    """``HEAD:KEY=VALUE`` for one head, ``KEY=VALUE`` for every head (values as in --head-param of fit)."""
+    params: dict[str, dict] = {}
+    for item in values:
+        head, sep, rest = item.partition(":")
+        targets = [head] if sep and head in heads else heads
+        pair = _parse_params([rest if sep and head in heads else item])
+        for target in targets:
+            params.setdefault(target, {}).update(pair)
+    return params
+
+
+def _evaluate(args) -> int:
+    from .jobs import evaluate_flow
+
+    heads = args.head or ["svr"]
+    result = evaluate_flow(store=args.store, manifest=args.manifest, features=args.features, out=args.out,
+                           heads=heads, protocol=args.protocol, pooling=args.pooling, n_repeats=args.repeats,
+                           seed=args.seed, overwrite=args.overwrite,
+                           head_params=_parse_head_params(args.head_param or [], heads),
+                           test_manifest=args.test_manifest, test_store=args.test_store, progress=not args.quiet)
+    print(open(result["comparison"]["markdown"], encoding="utf-8").read().split("\n\n")[0])
+    print(f"\nwritten: {result['comparison']['markdown']}, {result['comparison']['csv']}; "
+          f"one report folder per head in {args.out}")
+    for head, reason in result["failures"].items():
+        print(f"  failed {head}: {reason}")
+    return 1 if result["failures"] else 0
+
+
 def _predict(args) -> int:
     from .fit import predict_job
 
     print(predict_job(model=args.model, store=args.store, manifest=args.manifest, out=args.out))
+    return 0
+
+
+def _finetune(args) -> int:
+    from .finetune import finetune_flow
+
+    result = finetune_flow(manifest=args.manifest, out=args.out, recipe=args.recipe, start=args.start,
+                           epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, image_size=args.image_size,
+                           device=args.device, seed=args.seed, resume=not args.no_resume, progress=not args.quiet)
+    print(f"best epoch {result['best_epoch']}: {result['best']}")
+    print(f"checkpoint: {result['checkpoint']}  (use with: vqa extract ... --weights {result['extractor']}="
+          f"{result['checkpoint']})")
     return 0
 
 
@@ -208,13 +316,7 @@ def _demo(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vqa", description="Video quality assessment feature-store pipeline")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show library and Prefect logs")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("extract", help="extract features for a manifest into a store (Prefect flow)")
-    p.add_argument("manifest", help="CSV with video_id,path[,mos][,group]")
+def _add_extraction_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", required=True, help="feature store directory (created if missing)")
     p.add_argument("--extractor", action="append", required=True, help="registered extractor name (repeatable)")
     p.add_argument("--weights", action="append",
@@ -223,10 +325,72 @@ def build_parser() -> argparse.ArgumentParser:
                    help="all | uniform:N | fps:K | clips:L, or NAME=STRATEGY for one extractor (repeatable; "
                         "default all; clip extractors keep their clips)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--root", help="refuse manifest paths that resolve outside this folder (the dataset root)")
     p.add_argument("--batch-size", type=int, default=16, help="frames per forward pass (default 16)")
+
+
+def _add_dask_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--dask-address", help="run one task per video on an existing Dask cluster "
+                                              "(tcp://HOST:PORT; its workers need PREFECT_API_URL)")
+    group.add_argument("--dask-workers", type=int, metavar="N",
+                       help="run one task per video on a local Dask cluster of N worker processes")
+    p.add_argument("--dask-resource", action="append", metavar="NAME=AMOUNT",
+                   help="Dask resource each video task needs, e.g. GPU=1 (repeatable; local workers declare it)")
+
+
+def _add_evaluation_options(p: argparse.ArgumentParser) -> None:
+    """What fit and evaluate share: the data, the protocol and its splits."""
+    p.add_argument("--store", required=True)
+    p.add_argument("--manifest", required=True, help="manifest with mos (and optional group)")
+    p.add_argument("--features", action="append", required=True,
+                   help="feature set id or extractor name (repeatable: sets are concatenated)")
+    p.add_argument("--protocol", default="fmc",
+                   help="fmc (20x5-fold, default) | a2inet (10x 80/20) | vsfa (10x 60/20/20)")
+    p.add_argument("--test-manifest", help="cross-dataset: train on --manifest, test on this manifest")
+    p.add_argument("--test-store", help="store holding the test manifest's features (default --store)")
+    p.add_argument("--pooling", default="mean", help="temporal pooling: mean | max | meanmax")
+    p.add_argument("--repeats", type=int, help="override the protocol's number of repeats")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vqa", description="Video quality assessment feature-store pipeline")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library and Prefect logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("extract", help="extract features for a manifest into a store (Prefect flow)")
+    p.add_argument("manifest", help="CSV with video_id,path[,mos][,group]")
+    _add_extraction_options(p)
+    p.add_argument("--root", help="refuse manifest paths that resolve outside this folder (the dataset root)")
+    _add_dask_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_extract)
+
+    p = sub.add_parser("extract-folder", help="extract the video files of a folder not yet in the store "
+                                              "(ids: paths relative to the folder)")
+    p.add_argument("folder", help="folder searched recursively for video files")
+    _add_extraction_options(p)
+    p.add_argument("--manifest-out", help="where to write the folder's manifest "
+                                          "(default STORE/_runs/extract-folder-<time>.csv)")
+    _add_dask_options(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_extract_folder)
+
+    p = sub.add_parser("serve", help="serve a scheduled extraction deployment (runs until Ctrl-C)")
+    serve_sub = p.add_subparsers(dest="flow", required=True)
+    for flow_name, source_help in (("extract", "manifest CSV"), ("extract-folder", "folder of video files")):
+        q = serve_sub.add_parser(flow_name, help=f"schedule `vqa {flow_name}`")
+        q.add_argument("source", help=source_help)
+        _add_extraction_options(q)
+        if flow_name == "extract-folder":
+            _add_dask_options(q)
+        q.add_argument("--cron", required=True, help='cron schedule, e.g. "0 2 * * *" (02:00 every day)')
+        q.add_argument("--timezone", help="time zone of the schedule, e.g. Europe/Paris (default UTC)")
+        q.add_argument("--name", default="nightly", help="deployment name (default nightly)")
+        q.add_argument("--server-port", type=int, default=4200,
+                       help="port of the Prefect server started when PREFECT_API_URL is not set (default 4200)")
+        q.set_defaults(func=_serve)
 
     p = sub.add_parser("extractors", help="list registered extractors")
     p.set_defaults(func=_extractors)
@@ -281,24 +445,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_store_import)
 
     p = sub.add_parser("fit", help="fit and evaluate a head on stored features")
-    p.add_argument("--store", required=True)
-    p.add_argument("--manifest", required=True, help="manifest with mos (and optional group)")
-    p.add_argument("--features", action="append", required=True,
-                   help="feature set id or extractor name (repeatable: sets are concatenated)")
+    _add_evaluation_options(p)
     p.add_argument("--head", default="svr", help="svr (default) | svr-bvqa | vsfa | a2inet | dualpath")
     p.add_argument("--head-param", action="append",
                    help="override a head setting, KEY=VALUE (repeatable), e.g. epochs=20 lr=1e-4")
-    p.add_argument("--protocol", default="fmc",
-                   help="fmc (20x5-fold, default) | a2inet (10x 80/20) | vsfa (10x 60/20/20)")
-    p.add_argument("--test-manifest", help="cross-dataset: train on --manifest, test on this manifest")
-    p.add_argument("--test-store", help="store holding the test manifest's features (default --store)")
-    p.add_argument("--pooling", default="mean", help="temporal pooling: mean | max | meanmax")
-    p.add_argument("--repeats", type=int, help="override the protocol's number of repeats")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--overwrite", action="store_true", help="replace a report and model already in --out")
-    p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_fit)
+
+    p = sub.add_parser("evaluate", help="fit several heads on the same features and compare them (Prefect flow)")
+    _add_evaluation_options(p)
+    p.add_argument("--head", action="append", help="head to evaluate (repeatable; default svr)")
+    p.add_argument("--head-param", action="append",
+                   help="HEAD:KEY=VALUE for one head, KEY=VALUE for all (repeatable), e.g. vsfa:epochs=20")
+    p.add_argument("--out", required=True, help="folder: OUT/<head>/ per head, OUT/comparison.{md,csv}")
+    p.add_argument("--overwrite", action="store_true", help="replace reports and models already in OUT/<head>/")
+    p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("predict", help="score videos with a saved head")
     p.add_argument("--model", required=True, help="the model folder written by vqa fit (REPORT/model)")
@@ -311,6 +473,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="report folders written by vqa fit")
     p.add_argument("--out", default="comparison", help="folder for comparison.md and comparison.csv")
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("finetune", help="fine-tune a backbone on an image-quality manifest (Prefect flow)")
+    p.add_argument("manifest", help="CSV video_id,path,mos[,group] whose paths are images")
+    p.add_argument("--out", required=True, help="folder for model.pt, model.json and the resumable state.pt")
+    p.add_argument("--recipe", default="fmc-inception", help="fmc-inception | quality-resnet | quality-resnet50")
+    p.add_argument("--start", default="imagenet", help="start weights: imagenet | random[:SEED] | PATH")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--image-size", type=int, help="input size override (recorded in the sidecar)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-resume", action="store_true", help="start over instead of resuming out/state.pt")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_finetune)
 
     p = sub.add_parser("demo", help="synthetic dataset -> extract -> fit -> report")
     p.add_argument("--out", default="demo-output", help="folder for data, store and report (default demo-output)")

@@ -6,17 +6,23 @@ import errno
 import functools
 import json
 import logging
+import pickle
 import platform
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from . import prefect_env  # noqa: F401  (must precede the prefect import)
 
+import dask
 import torch
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm.auto import tqdm
 
 import pipeline
@@ -27,6 +33,7 @@ from pipeline.runner import extract_video
 from pipeline.sampling import parse_sampling
 
 from .manifest import read_manifest
+from .orchestration import publish_table
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +95,37 @@ def feature_set_ids(store: FeatureStore, extractors: Sequence[Extractor], config
             for name, e in zip(config.extractors, extractors)]
 
 
+class PortableTaskError(RuntimeError):
+    """A video task's exception that would not survive pickling (a Dask worker sends its
+    failure back to the flow that way), carried as the original type's name and message."""
+
+    def __init__(self, type_name: str, message: str):
+        super().__init__(type_name, message)
+        self.type_name, self.message = type_name, message
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}"
+
+
+def _portable_exceptions(fn):
+    """Re-raise an exception of ``fn`` that does not round-trip through pickle (e.g. one whose
+    ``__init__`` takes other arguments than its ``args``) as a :class:`PortableTaskError` with the
+    same type name and message; others pass unchanged."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            try:
+                pickle.loads(pickle.dumps(exc))
+            except Exception:  # noqa: BLE001  (any failure to round-trip)
+                raise PortableTaskError(type(exc).__name__, str(exc)) from exc
+            raise
+    return wrapper
+
+
 @task(name="extract-video", cache_policy=NO_CACHE)
+@_portable_exceptions
 def extract_video_task(video_id: str, path: str, store_path: str, config: ExtractionConfig) -> dict:
     """Extract every feature set still missing for one video and store each atomically.
 
@@ -140,6 +177,7 @@ def extract_flow(
     batch_size: int = 16,
     progress: bool = True,
     root: str | None = None,
+    resources: dict[str, float] | None = None,
 ) -> dict:
     """Extract features for every video of ``manifest`` into ``store``.
 
@@ -147,7 +185,14 @@ def extract_flow(
     extractors keep their clips) or a name -> strategy dict. Finished videos are skipped, a
     failing video is recorded with its reason and the run goes on. ``root``: refuse manifest
     paths that resolve outside this folder. Returns ``{"done": n, "skipped": n, "failed": n, "failures": {video_id: reason}, ...}``
-    and writes the same summary to ``<store>/runs/``.
+    and writes the same summary to ``<store>/_runs/`` and to a Prefect table artifact.
+
+    Task runner: with Prefect's default (threads) the videos run one after the other in this
+    process. With a multi-process runner (``extract_flow.with_options(task_runner=
+    DaskTaskRunner(...))``, see ``flows.orchestration``) every pending video is submitted as
+    its own task; each worker builds its extractors once and writes its own videos to the
+    store. ``resources`` (e.g. ``{"GPU": 1}``) are Dask resources each video task needs
+    (``dask.annotate``); only the workers that declare them run the tasks.
     """
     entries = read_manifest(manifest, root=root)  # validated before anything touches the store
     config = ExtractionConfig(tuple(extractors), dict(weights or {}), resolve_samplings(sampling, extractors),
@@ -157,37 +202,86 @@ def extract_flow(
     set_ids = feature_set_ids(feature_store, built, config)
     summary = {"done": 0, "skipped": 0, "failed": 0, "frames": 0, "failures": {}, "feature_sets": set_ids}
     started = time.perf_counter()
-    bar = tqdm(entries, desc="extract", unit="video", disable=not progress)
-    for entry in bar:
-        if all(feature_store.has_video(s, entry.video_id) for s in set_ids):
-            summary["skipped"] += 1
-            continue
-        state = extract_video_task(entry.video_id, str(entry.path), str(store), config, return_state=True)
-        if state.is_completed():
-            result = state.result()
-            summary[result["status"]] += 1
-            summary["frames"] += result.get("frames", 0)
-        else:
-            summary["failed"] += 1
-            summary["failures"][entry.video_id] = _failure_reason(state)
-            log.warning("failed %s: %s", entry.video_id, summary["failures"][entry.video_id])
-        bar.set_postfix(done=summary["done"], skipped=summary["skipped"], failed=summary["failed"])
+    if _runner_distributes():
+        _extract_submitted(entries, feature_store, set_ids, str(store), config, summary,
+                           resources=resources, progress=progress)
+    else:
+        bar = tqdm(entries, desc="extract", unit="video", disable=not progress)
+        for entry in bar:
+            if all(feature_store.has_video(s, entry.video_id) for s in set_ids):
+                summary["skipped"] += 1
+                continue
+            state = extract_video_task(entry.video_id, str(entry.path), str(store), config, return_state=True)
+            _record(summary, entry.video_id, state)
+            bar.set_postfix(done=summary["done"], skipped=summary["skipped"], failed=summary["failed"])
     summary["seconds"] = round(time.perf_counter() - started, 2)
     summary["frames_per_second"] = round(summary["frames"] / summary["seconds"], 2) if summary["seconds"] else 0.0
     _write_run_record(Path(store), summary, config)
+    _publish_summary(summary, store)
     return summary
+
+
+def _publish_summary(summary: dict, store: str) -> None:
+    """The run's counts (and its failures, if any) as Prefect table artifacts."""
+    counts = {k: summary[k] for k in ("done", "skipped", "failed", "frames", "seconds", "frames_per_second")}
+    publish_table([counts], key="vqa-extract",
+                  description=f"extraction into {store}; feature sets: {', '.join(summary['feature_sets'])}")
+    if summary["failures"]:
+        publish_table([{"video_id": v, "reason": r} for v, r in summary["failures"].items()],
+                      key="vqa-extract-failures", description=f"videos that failed (extraction into {store})")
+
+
+def _runner_distributes() -> bool:
+    """Whether this flow run's task runner runs tasks outside this process (Dask, Ray, ...)."""
+    context = FlowRunContext.get()
+    return context is not None and not isinstance(context.task_runner, ThreadPoolTaskRunner)
+
+
+def _extract_submitted(entries, feature_store: FeatureStore, set_ids: list[str], store: str,
+                       config: ExtractionConfig, summary: dict, *, resources: dict[str, float] | None,
+                       progress: bool) -> None:
+    """Submit one task per pending video to the flow's task runner; record results as they finish."""
+    pending = []
+    for entry in entries:
+        if all(feature_store.has_video(s, entry.video_id) for s in set_ids):
+            summary["skipped"] += 1
+        else:
+            pending.append(entry)
+    with dask.annotate(resources=dict(resources)) if resources else nullcontext():
+        futures = {extract_video_task.submit(e.video_id, str(e.path), store, config): e.video_id for e in pending}
+    log.info("submitted %d video task(s); %d already stored", len(futures), summary["skipped"])
+    with tqdm(total=len(futures), desc="extract", unit="video", disable=not progress) as bar:
+        for future in as_completed(list(futures)):
+            future.wait()
+            _record(summary, futures[future], future.state)
+            bar.update()
+            bar.set_postfix(done=summary["done"], skipped=summary["skipped"], failed=summary["failed"])
+
+
+def _record(summary: dict, video_id: str, state) -> None:
+    """Add one finished video task's final state to the run summary."""
+    if state.is_completed():
+        result = state.result()
+        summary[result["status"]] += 1
+        summary["frames"] += result.get("frames", 0)
+    else:
+        summary["failed"] += 1
+        summary["failures"][video_id] = _failure_reason(state)
+        log.warning("failed %s: %s", video_id, summary["failures"][video_id])
 
 
 def _failure_reason(state) -> str:
     try:
         state.result()
+    except PortableTaskError as exc:
+        return str(exc)  # "<original type>: <message>", as below
     except Exception as exc:  # the task's own exception, re-raised by Prefect
         return f"{type(exc).__name__}: {exc}"
     return state.message or state.name
 
 
 def _write_run_record(store: Path, summary: dict, config: ExtractionConfig) -> None:
-    runs = store / "runs"
+    runs = FeatureStore(store).runs_dir
     runs.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     record = {"config": {**config.__dict__, "weights": dict(config.weights), "sampling": dict(config.sampling)},

@@ -16,9 +16,17 @@ class VideoDecodeError(PipelineError, ValueError):
         self.cause = cause
         super().__init__(f"{self.path}: {cause}")
 
+    def __reduce__(self):  # picklable, so the error crosses process boundaries (Dask workers) intact
+        return (type(self), (self.path, self.cause))
+
 
 class SamplingError(PipelineError, ValueError):
     """A sampling specification is malformed or cannot be applied to a video."""
+
+
+class ComputeOptionError(PipelineError, ValueError):
+    """An extractor's compute options (``precision``, ``channels_last``) are unknown or do not
+    suit its device (fp16 needs CUDA; bf16 on CUDA needs a GPU that supports it)."""
 
 
 class UnknownExtractorError(PipelineError, KeyError):

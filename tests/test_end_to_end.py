@@ -60,7 +60,7 @@ def test_extract_fit_predict(dataset, tmp_path, prefect_harness, capsys):
     direct, _ = extract_video(manifest.parent / "videos" / "astronaut__blur_2.mp4",
                               [create_extractor(EXTRACTOR, weights="random")], sampling=parse_sampling(SAMPLING))
     np.testing.assert_allclose(features, direct[0], rtol=1e-6)
-    runs = list((store_path / "runs").glob("extract-*.json"))
+    runs = list((store_path / "_runs").glob("extract-*.json"))
     assert len(runs) == 1 and json.loads(runs[0].read_text())["failed"] == 1
 
     # a second run skips everything finished and retries only the broken file
@@ -68,6 +68,7 @@ def test_extract_fit_predict(dataset, tmp_path, prefect_harness, capsys):
                          weights={EXTRACTOR: "random"}, sampling=SAMPLING, device="cpu", progress=False)
     assert (again["done"], again["skipped"], again["failed"]) == (0, 20, 1)
 
+    assert vqa(["store", "verify", str(store_path)]) == 0  # run records are not mistaken for features
     assert vqa(["store", "info", str(store_path)]) == 0
     info = capsys.readouterr().out
     assert set_id in info and "4096" in info and "random" in info

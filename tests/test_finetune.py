@@ -354,3 +354,31 @@ def test_bad_data_is_refused_before_training(entries, tmp_path):
     with pytest.raises(FinetuneError, match="one MOS per image"):
         finetune(paths, mos[:-1], train_idx=train, val_idx=val, image_size=48, **common)
     assert not (tmp_path / "out" / STATE_NAME).exists()
+
+
+def test_vqa_extract_uses_the_fine_tuned_checkpoint_and_names_it_in_provenance(resnet_run, tmp_path, capsys):
+    from feature_store import FeatureStore
+    from flows.cli import main
+
+    from .helpers import make_video
+
+    _, out = resnet_run
+    make_video(tmp_path / "v.mp4", 4, width=64, height=48, noise=True)
+    (tmp_path / "m.csv").write_text("video_id,path\nv,v.mp4\n")
+    assert main(["extract", str(tmp_path / "m.csv"), "--store", str(tmp_path / "s"), "--extractor", "unique",
+                 "--weights", f"unique={out / CHECKPOINT_NAME}", "--sampling", "uniform:2", "--device", "cpu",
+                 "-q"]) == 0
+    store = FeatureStore(tmp_path / "s")
+    set_id = store.resolve("unique")
+    weights = store.video_provenance(set_id, "v")["set"]["spec"]["weights"]
+    assert weights["source"] == "file" and weights["training"]["recipe"] == "quality-resnet"
+    assert store.read_video(set_id, "v").shape == (2, 1920)
+
+
+def test_vqa_finetune_command_runs_the_flow(iqa, tmp_path, prefect_harness, capsys):
+    from flows.cli import main
+
+    assert main(["finetune", str(iqa), "--out", str(tmp_path / "ft"), "--recipe", "quality-resnet", "--start",
+                 "random", "--epochs", "1", "--batch-size", "8", "--image-size", "64", "--device", "cpu", "-q"]) == 0
+    assert "vqa extract ... --weights unique=" in capsys.readouterr().out
+    assert (tmp_path / "ft" / CHECKPOINT_NAME).is_file()

@@ -308,3 +308,12 @@ def test_mid_stream_decode_error_names_the_frame(videos, tmp_path):
     # Batches before the failing one came through intact and in order.
     assert decoded == list(range(len(decoded))) and len(decoded) <= failed
     assert error.__cause__ is not None  # decord's own exception is chained
+
+
+def test_video_decode_error_survives_pickling():
+    import pickle
+
+    from pipeline.errors import VideoDecodeError
+
+    err = pickle.loads(pickle.dumps(VideoDecodeError("/v/a.mp4", "file is empty (0 bytes)")))
+    assert (err.path, err.cause, str(err)) == ("/v/a.mp4", "file is empty (0 bytes)", "/v/a.mp4: file is empty (0 bytes)")
