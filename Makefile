@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python bench/extraction.py
+	$(BIN)/python bench/pipeline_efficiency.py
 
 clean:
 	rm -rf demo-output .pytest_cache

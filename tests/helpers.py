@@ -42,6 +42,13 @@ def frame_numbers(frames: np.ndarray) -> np.ndarray:
     return np.rint((means - GREY_START) / GREY_STEP).astype(np.int64)
 
 
+def step_statistics(frames: np.ndarray) -> np.ndarray:
+    """Cheap deterministic features of test extractors: per step (frame or clip) the mean, std,
+    first and last value of its pixels, float32 ``[B, 4]``."""
+    flat = frames.reshape(len(frames), -1).astype(np.float64)
+    return np.stack([flat.mean(1), flat.std(1), flat[:, 0], flat[:, -1]], axis=1).astype(np.float32)
+
+
 def make_video(
     path: str | Path,
     num_frames: int = 30,

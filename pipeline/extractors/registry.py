@@ -5,7 +5,7 @@ import difflib
 from typing import Callable
 
 from ..errors import UnknownExtractorError
-from .base import Extractor, ExtractorEntry
+from .base import Extractor, ExtractorEntry, check_compute_options
 
 _REGISTRY: dict[str, ExtractorEntry] = {}
 
@@ -56,11 +56,26 @@ def sampling_for(name: str, requested: str | None) -> str:
     return requested if kind in entry.sampling_kinds else entry.default_sampling
 
 
-def create_extractor(name: str, *, weights: str | None = None, device: str = "cpu", **overrides) -> Extractor:
+def create_extractor(
+    name: str,
+    *,
+    weights: str | None = None,
+    device: str = "cpu",
+    precision: str = "fp32",
+    channels_last: bool = False,
+    **overrides,
+) -> Extractor:
     """Build the extractor registered as ``name``.
 
     ``weights``: ``"imagenet"`` (or the extractor's named pretrained weights), a path to a local
     checkpoint, or ``"random"`` / ``"random:SEED"`` for tests. ``None`` means the extractor's default.
+    ``precision`` (``"fp32"``, ``"bf16"``, ``"fp16"`` on CUDA only) and ``channels_last``: see
+    :meth:`Extractor.set_compute`; checked before the model is built, applied after, and
+    recorded in the spec. ``overrides`` go to the extractor's builder.
     """
     entry = get_entry(name)
-    return entry.builder(weights=weights or entry.default_weights, device=device, **overrides)
+    check_compute_options(precision=precision, channels_last=channels_last, device=device)
+    extractor = entry.builder(weights=weights or entry.default_weights, device=device, **overrides)
+    if precision != extractor.spec.precision or channels_last != extractor.spec.channels_last:
+        extractor.set_compute(precision=precision, channels_last=channels_last)
+    return extractor
