@@ -1,4 +1,5 @@
-"""Feature store: per-video feature matrices [steps, dims] in a Zarr v3 directory store.
+"""Feature store: per-video feature matrices [steps, dims] in a Zarr v3 directory store
+(a local directory, or an fsspec URL such as ``s3://bucket/features``; see docs/remote_stores.md).
 
 See :mod:`feature_store.store` for the layout on disk, the atomic-write protocol and the
 provenance split (``{"set": {...}, "video": {...}}``); :mod:`feature_store.maintenance` for

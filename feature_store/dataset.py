@@ -15,8 +15,8 @@ video, not by step.
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -31,12 +31,15 @@ from feature_store.errors import (
 )
 from feature_store.store import (
     _DAMAGE_ERRORS,
+    _META,
     _STAGING,
     FeatureStore,
+    _encode_array,
     _now,
     _rmtree,
     _sha256,
     _staging_name,
+    _with_attributes,
 )
 
 if TYPE_CHECKING:
@@ -106,7 +109,7 @@ class FeatureDataset:
             self._shapes[set_id] = [tuple(metas[v]["shape"]) for v in video_ids]
         if missing:
             err = FeatureNotFoundError(
-                f"{len(missing)} (feature set, video) pairs are not stored in {store.path}:\n"
+                f"{len(missing)} (feature set, video) pairs are not stored in {store.location}:\n"
                 + "\n".join(lines)
             )
             err.missing = missing
@@ -115,7 +118,7 @@ class FeatureDataset:
     def __repr__(self) -> str:
         return (
             f"FeatureDataset({len(self.video_ids)} videos x {len(self.set_ids)} feature sets "
-            f"{self.set_ids}, store={str(self.store.path)!r})"
+            f"{self.set_ids}, store={self.store.location!r})"
         )
 
     def __len__(self) -> int:
@@ -179,9 +182,14 @@ def _stats_key(metas: dict[str, dict]) -> tuple[str, str]:
     return key, _sha256(ids)
 
 
-def _read_cached(stats_dir: os.PathLike, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+def _read_cached(store: FeatureStore, stats_key: str, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    if store._fs.read_bytes(f"{stats_key}/{_META}") is None:
+        return None  # never computed (zarr's errors for an absent node differ between stores)
+    stats_dir = store._fs.url(stats_key)
     try:
-        arr = zarr.open_array(store=LocalStore(stats_dir, read_only=True), mode="r", zarr_format=3)
+        arr = zarr.open_array(
+            store=store._fs.zarr_store(stats_key, read_only=True), mode="r", zarr_format=3
+        )
         if arr.attrs.get("key") != key:
             return None
         data = np.asarray(arr[...], dtype=np.float64)
@@ -223,9 +231,8 @@ def feature_stats(
             f"videos of feature set {set_id!r} disagree in dims ({sorted(dims)}); run verify"
         )
     key, ids_hash = _stats_key(metas)
-    stats_dir = store._set_dir(set_id) / _STATS
     if not recompute:
-        cached = _read_cached(stats_dir, key)
+        cached = _read_cached(store, f"{store._set_key(set_id)}/{_STATS}", key)
         if cached is not None:
             logger.debug("statistics of %s from the cache", set_id)
             return cached
@@ -237,9 +244,13 @@ def feature_stats(
     for video_id in sorted(metas):
         arr = store._open_video(set_id, video_id)
         step = arr.chunks[0]
+        expected = arr.attrs.get("data_sha256")
+        digest = hashlib.sha256()  # whole rows in order: the C-order bytes of the array
         for start in range(0, arr.shape[0], step):
             try:
-                block = np.asarray(arr[start : start + step], dtype=np.float64)
+                stored = arr[start : start + step]
+                digest.update(np.ascontiguousarray(stored).tobytes())
+                block = np.asarray(stored, dtype=np.float64)
             except _DAMAGE_ERRORS as exc:
                 raise InvalidFeaturesError(
                     f"{set_id} / {video_id}: chunks do not decode ({exc}); run verify"
@@ -257,6 +268,11 @@ def feature_stats(
             mean += delta * (n_b / total)
             m2 += m2_b + np.square(delta) * (count * n_b / total)
             count = total
+        if expected is not None and expected != digest.hexdigest():
+            raise InvalidFeaturesError(
+                f"{set_id} / {video_id}: stored data does not match its data_sha256 checksum; "
+                "run verify, re-extract it with overwrite"
+            )
     std = np.sqrt(m2 / count)
     logger.info("statistics of %s: %d videos, %d steps", set_id, len(metas), count)
     _write_cache(store, set_id, np.stack([mean, std]), {
@@ -273,7 +289,24 @@ def feature_stats(
 
 
 def _write_cache(store: FeatureStore, set_id: str, data: np.ndarray, attrs: dict) -> None:
-    """Atomically put ``data`` [2, D] at ``<set>/_stats`` (staging + rename, replacing)."""
+    """Atomically put ``data`` [2, D] at ``<set>/_stats`` (staging + rename, replacing).
+
+    Object stores: in place, the attributes (holding ``key``) in the last PUT; readers
+    ignore the node until then.
+    """
+    if not store.is_local:
+        stats_key = f"{store._set_key(set_id)}/{_STATS}"
+        try:
+            marker, chunks = _encode_array(
+                data, dtype="float64", chunks=data.shape, dimension_names=("stat", "dim"),
+                attributes={},
+            )
+            stale = set(store._fs.files(stats_key)) - set(chunks) - {_META}
+            store._put_in_place(stats_key, marker, chunks, stale)
+            store._fs.write_bytes(f"{stats_key}/{_META}", _with_attributes(marker, attrs))
+        except OSError as exc:  # a read-only store still gives statistics, just uncached
+            logger.warning("could not cache statistics of %s: %s", set_id, exc)
+        return
     set_dir = store._set_dir(set_id)
     staging = set_dir / _STAGING / _staging_name("new")
     try:

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,9 +49,11 @@ from feature_store.store import (
     _META,
     DTYPES,
     _STAGING,
+    _STALE_FOREIGN_S,
     RUNS_DIR,
     FeatureStore,
     _canonical_json,
+    _checksum_problem,
     _chunk_shape,
     _diff_keys,
     _now,
@@ -160,10 +163,12 @@ def verify(
     after its ``video_id``, is a 2-D [steps, dims] array of the set's dtype with ``dims``
     equal to ``spec["dims"]`` (or, without it, to the other videos'), carries a provenance
     whose stored hash matches it and whose spec/sampling are the set's; all videos share
-    one set-level provenance; and (``read_data=True``) every chunk decodes and holds no
-    NaN/Inf (a missing chunk reads as NaN, the fill value). Nodes of killed writers are
-    listed as leftovers, staging entries of live writers as in flight. Without ``set_ids``
-    unknown entries at the store's root are reported too.
+    one set-level provenance; and (``read_data=True``) every chunk decodes, holds no
+    NaN/Inf (a missing chunk reads as NaN, the fill value) and the data matches the video's
+    ``data_sha256`` checksum where it has one. Nodes of killed writers are listed as
+    leftovers, staging entries of live writers as in flight (object stores: incomplete
+    nodes whose writer is alive, or runs on another host and wrote within the last hour).
+    Without ``set_ids`` unknown entries at the store's root are reported too.
 
     Args:
         store: the store to check.
@@ -184,12 +189,12 @@ def verify(
             store._set_attrs(set_id)  # raises with hints for unknown sets
     for set_id in set_ids:
         _verify_set(store, set_id, report, read_data=read_data)
-    logger.info("verified %s: %d problem(s)", store.path, len(report.problems))
+    logger.info("verified %s: %d problem(s)", store.location, len(report.problems))
     return report
 
 
-def _classify_staging(entry: os.DirEntry, rel: str, report: VerifyReport) -> None:
-    if _owner_alive(entry.name.lstrip(".")) is False:
+def _classify_staging(name: str, rel: str, report: VerifyReport) -> None:
+    if _owner_alive(name.lstrip(".")) is False:
         report.leftovers.append(rel)
     else:  # alive, or from another host: cannot tell, do not call it a leftover yet
         report.in_flight.append(rel)
@@ -197,17 +202,20 @@ def _classify_staging(entry: os.DirEntry, rel: str, report: VerifyReport) -> Non
 
 def _check_root(store: FeatureStore, report: VerifyReport) -> None:
     set_nodes = {encode_node_name(s) for s in store.feature_sets()}
-    for entry in os.scandir(store.path):
+    removing = {} if store.is_local else store._removing_sets()
+    for entry in store._fs.list(""):
         if entry.name in (_META, RUNS_DIR) or entry.name in set_nodes:
             continue
         if entry.name == _STAGING:
-            for sub in os.scandir(entry.path):
+            for sub in store._fs.list(_STAGING):
                 if sub.name != _META:
-                    _classify_staging(sub, f"{_STAGING}/{sub.name}", report)
+                    _classify_staging(sub.name, f"{_STAGING}/{sub.name}", report)
         elif entry.name.startswith(".init."):
-            _classify_staging(entry, entry.name, report)
+            _classify_staging(entry.name, entry.name, report)
         elif entry.name.startswith("."):
             continue  # hidden files (.DS_Store, ...) are not the store's
+        elif entry.name in removing:
+            report.leftovers.append(entry.name)  # a killed removal of a whole feature set
         else:
             report.problems.append(
                 f"(store) {entry.name}: not a feature set of this store (foreign or damaged)"
@@ -218,9 +226,9 @@ def _verify_set(
     store: FeatureStore, set_id: str, report: VerifyReport, *, read_data: bool
 ) -> None:
     attrs = store._set_attrs(set_id)
-    set_dir = store._set_dir(set_id)
-    node = set_dir.name
+    node = store._set_key(set_id)
     dtype = _set_dtype(attrs)
+    now = time.time()
     where = f"{set_id} (set)"
     try:
         spec, sampling = _validated_spec_sampling(attrs.get("spec"), attrs.get("sampling"))
@@ -231,32 +239,37 @@ def _verify_set(
         spec, sampling = None, None  # then videos are not compared with them
     if dtype not in DTYPES:
         report.problems.append(f"{where}: unknown storage dtype {dtype!r}")
-    if not (set_dir / _STAGING / _META).is_file():
+    if not store._fs.is_file(f"{node}/{_STAGING}/{_META}"):
         report.problems.append(f"{where}: its {_STAGING} group is missing")
 
     metas: dict[str, dict] = {}
-    for entry in sorted(os.scandir(set_dir), key=lambda e: e.name):
+    for entry in sorted(store._fs.list(node), key=lambda e: e.name):
         rel = f"{node}/{entry.name}"
         if entry.name == _META:
             continue
         if entry.name == _STAGING:
-            for sub in os.scandir(entry.path):
+            for sub in store._fs.list(rel):
                 if sub.name != _META:
-                    _classify_staging(sub, f"{rel}/{sub.name}", report)
+                    _classify_staging(sub.name, f"{rel}/{sub.name}", report)
             continue
         if entry.name.startswith("_"):
             continue  # the store's own nodes (cached statistics)
-        if not entry.is_dir():
+        if not entry.is_dir:
             report.problems.append(f"{set_id} / {entry.name}: stray file in the feature set")
             continue
-        meta = _read_meta(Path(entry.path))
+        meta = _read_meta(store._fs, rel)
         attrs_v = (meta or {}).get("attributes") or {}
-        if meta is None and not os.path.isdir(entry.path):
+        if meta is None and not store._fs.is_dir(rel):
             continue  # moved aside by a concurrent overwrite or removal
         if meta is None or (
             meta.get("node_type") == "array" and attrs_v.get("status") != _COMPLETE
         ):
-            report.leftovers.append(rel)  # torn or unfinished: what remove_incomplete deletes
+            # torn or unfinished: what remove_incomplete deletes (object stores: unless its
+            # writer may still be at work)
+            if not store.is_local and store._node_in_flight(rel, meta, now, _STALE_FOREIGN_S):
+                report.in_flight.append(rel)
+            else:
+                report.leftovers.append(rel)
             continue
         video_id = attrs_v.get("video_id")
         if meta.get("node_type") != "array" or not isinstance(video_id, str):
@@ -333,6 +346,8 @@ def _check_video_meta(
     if meta.get("data_type") != dtype:
         out.append(f"{where}: dtype {meta.get('data_type')}, the set stores {dtype}")
     attrs = meta["attributes"]
+    if not isinstance(attrs.get("data_sha256"), (str, type(None))):
+        out.append(f"{where}: data_sha256 {attrs.get('data_sha256')!r} is not a checksum string")
     try:
         prov = _validated_provenance(attrs.get("provenance"), video_id)
     except InvalidMetadataError as exc:
@@ -371,6 +386,9 @@ def _read_stored(store: FeatureStore, set_id: str, video_id: str) -> np.ndarray:
             f"{where}: {bad} of {data.size} values are NaN/Inf (NaN is the fill value: "
             "a chunk file may be missing)"
         )
+    problem = _checksum_problem(array, data)
+    if problem:
+        raise InvalidFeaturesError(f"{where}: damaged: {problem}; re-extract it with overwrite")
     return data
 
 
@@ -394,8 +412,12 @@ def remove(store: FeatureStore, set_id: str, *, video_ids: Sequence[str] | None 
 
     Each node is first renamed into a staging area (atomic), then deleted, so a killed
     removal leaves either the node in place or a leftover for
-    :meth:`FeatureStore.remove_incomplete`, never a half-deleted video. Do not remove what
-    concurrent writers are writing. Asking for a confirmation is the caller's job.
+    :meth:`FeatureStore.remove_incomplete`, never a half-deleted video. Object stores (no
+    rename): a video's ``zarr.json`` is deleted first (it stops counting at once), a whole
+    set is first marked ``"status": "removing"`` (it leaves every listing at once); a killed
+    removal leaves a leftover that ``remove_incomplete`` (or removing again) finishes. Do not
+    remove what concurrent writers are writing. Asking for a confirmation is the caller's
+    job.
 
     Args:
         store: the store.
@@ -406,19 +428,26 @@ def remove(store: FeatureStore, set_id: str, *, video_ids: Sequence[str] | None 
         FeatureNotFoundError: the set does not exist, or some of ``video_ids`` have no node
             in it (then nothing is removed; the message and ``missing`` list all of them).
     """
+    if video_ids is None and not store.is_local and encode_node_name(set_id) in store._removing_sets():
+        store._remove_set_in_place(set_id)  # finish a killed removal
+        logger.info("finished removing feature set %s", set_id)
+        return 0
     store._set_attrs(set_id)
     set_dir = store._set_dir(set_id)
     if video_ids is None:
         n_videos = len(store.video_ids(set_id))
-        aside = store.path / _STAGING / _staging_name("old")
-        os.rename(set_dir, aside)
-        _rmtree(aside)
+        if store.is_local:
+            aside = store.path / _STAGING / _staging_name("old")
+            os.rename(set_dir, aside)
+            _rmtree(aside)
+        else:
+            store._remove_set_in_place(set_id)
         logger.info("removed feature set %s (%d videos)", set_id, n_videos)
         return n_videos
     video_ids = list(dict.fromkeys(video_ids))
     for video_id in video_ids:
         encode_node_name(video_id)  # validates
-    missing = [v for v in video_ids if not store._video_dir(set_id, v).is_dir()]
+    missing = [v for v in video_ids if not store._fs.is_dir(store._video_key(set_id, v))]
     if missing:
         err = FeatureNotFoundError(
             f"{len(missing)} of {len(video_ids)} videos are not in feature set {set_id!r}; "
@@ -427,6 +456,9 @@ def remove(store: FeatureStore, set_id: str, *, video_ids: Sequence[str] | None 
         err.missing = missing
         raise err
     for video_id in video_ids:
+        if not store.is_local:
+            store._remove_node_in_place(store._video_key(set_id, video_id))
+            continue
         aside = set_dir / _STAGING / _staging_name("old")
         try:
             os.rename(store._video_dir(set_id, video_id), aside)
@@ -496,7 +528,7 @@ def export_hdf5(
     try:
         with h5py.File(tmp, "w") as h5:
             h5.attrs[_HDF5_FORMAT_ATTR] = HDF5_FORMAT_VERSION
-            h5.attrs["exported_from"] = str(store.path)
+            h5.attrs["exported_from"] = store.location
             h5.attrs["exported"] = _now()
             for set_id in set_ids:
                 counts[set_id] = _export_set(store, set_id, h5, compression)

@@ -1,5 +1,8 @@
 """The feature store: per-video feature matrices in a Zarr v3 directory store.
 
+The store is a local directory (a plain path) or an fsspec URL (``s3://``, ``gs://``,
+``file://``, ``memory://``, ...): see "Remote stores" below for what differs.
+
 Layout on disk (one local directory; every ``zarr.json`` is plain Zarr v3)::
 
     <store>/
@@ -14,7 +17,8 @@ Layout on disk (one local directory; every ``zarr.json`` is plain Zarr v3)::
           old.<pid>.<uuid>.<host>/   replaced array waiting for deletion
         <video node>/                array [steps, dims] of the set's dtype, one per video
           zarr.json                  attrs {"video_id", "status": "complete", "write_id",
-                                            "provenance", "set_provenance_sha256", ...}
+                                            "provenance", "set_provenance_sha256",
+                                            "data_sha256", ...}
           c/<i>/<j>                  Blosc-zstd chunks of up to 256 steps x all dims
 
 Storage dtype: a feature set stores float32 (default) or float16, chosen when the set is
@@ -49,10 +53,59 @@ Provenance passed to :meth:`FeatureStore.write_video` has two parts::
                          # extraction time, ... -- may differ between videos.
     }
 
+Checksums: every video written since checksums exist records ``data_sha256``, the sha256 of
+its array's bytes in the stored dtype, C order. :meth:`FeatureStore.read_video`, the dataset
+statistics and ``verify`` check it (a mismatch reads as a damaged video: re-extract it with
+overwrite); lazy dask reads do not. Videos without the attribute are read as before.
+
 Concurrency: any number of processes may write *different* videos at once (one writer per
 array). Two writers of the same video race safely: with ``overwrite=False`` the first rename
 wins and the other discards its copy. Writers never touch shared nodes' attributes and
 metadata is never consolidated.
+
+Remote stores (fsspec URLs)
+---------------------------
+``FeatureStore("s3://bucket/features", storage_options={...})`` (any fsspec protocol; the
+protocol's package must be installed: ``s3fs``, ``gcsfs``, ``adlfs``, ...; credentials come
+from ``storage_options`` or the usual environment). Object stores have no rename, so a URL
+store uses another completion protocol, the same for every protocol (``file://`` included:
+that is how several processes or machines share a POSIX folder through it; a plain path
+keeps the rename protocol above):
+
+1. the video's ``zarr.json`` is PUT at its final node with ``"status": "writing"`` and the
+   writer's ``<pid>.<uuid>.<host>``; from then on the node does not count as stored;
+2. chunks of an earlier array at that node that the new one does not overwrite are deleted,
+   and the new chunks are PUT (NaN fill value: a missing chunk reads as NaN, never as data);
+3. the ``zarr.json`` with ``"status": "complete"`` and ``data_sha256`` is PUT last.
+
+Each PUT replaces one object atomically (S3, GCS and Azure guarantee that, and read-after-
+write consistency; in memory it is a dict assignment; on ``file://`` it is emulated with a
+temporary file in ``<store>/_staging`` and ``os.replace``). Hence, as in the local mode, a
+killed writer leaves either the previous state or a node that does not count as stored; it
+is re-extracted by the next run (re-writing the node works), reported by ``verify`` as a
+leftover (writer dead on this host) or in flight (writer alive, or on another host and
+active within the last hour), and deleted by :meth:`FeatureStore.remove_incomplete`.
+
+What is *not* atomic in a URL store:
+
+* overwriting a stored video: from step 1 to step 3 the video reads as not stored; a writer
+  killed meanwhile leaves it not stored (re-extract it);
+* two writers of the same video at once: both write; each checks, before its last PUT,
+  whether the other touched the node, and if so reads the result back against its
+  ``data_sha256`` and rewrites mixed chunks (a few rounds). With ``overwrite=False`` and equal
+  data the first complete copy is kept, as in local mode. A reader during the race may see
+  the video as not stored, or (rarely, when the two wrote different data) get a checksum
+  error; a mismatch left in the store is reported by ``verify`` (re-extract with overwrite);
+* creating a feature set is one PUT of its ``zarr.json`` (two creators write the same group,
+  except the ``created`` time; a race between different explicit ``dtype`` values is not
+  detected);
+* removing a feature set marks it ``"status": "removing"`` (it leaves every listing at once),
+  then deletes its objects, its ``zarr.json`` last; a killed removal is finished by
+  ``remove_incomplete`` or by ``maintenance.remove`` with the set's full id. Removing a video
+  deletes its ``zarr.json`` first.
+
+``memory://`` stores live in one process (tests, scratch work). ``runs_dir`` is a local
+folder only; :meth:`FeatureStore.write_run_file` writes run records in every store.
 """
 
 from __future__ import annotations
@@ -76,8 +129,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 import zarr.codecs
-from zarr.storage import LocalStore
+from zarr.storage import LocalStore, MemoryStore
 
+from feature_store._fs import FsspecFS, LocalFS, open_fs
 from feature_store.errors import (
     FeatureNotFoundError,
     FeatureStoreError,
@@ -108,6 +162,9 @@ _STAGING = "_staging"
 RUNS_DIR = "_runs"  # run records and generated manifests of the flows that fill the store
 _META = "zarr.json"
 _COMPLETE = "complete"
+_WRITING = "writing"
+_REMOVING = "removing"  # object stores: a feature set whose removal has begun
+_MAX_WRITE_ROUNDS = 5  # object stores: rewrites of a video whose racing writers mixed chunks
 
 DTYPES = ("float32", "float16")
 """Storage dtypes a feature set may use."""
@@ -358,16 +415,42 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _read_meta(node_dir: Path) -> dict | None:
-    """Parsed ``zarr.json`` of a node, or ``None`` if absent or unreadable (half-written)."""
+def _parse_meta(raw: bytes | None) -> dict | None:
+    """Parsed ``zarr.json`` bytes, or ``None`` if absent or unreadable (half-written)."""
+    if raw is None:
+        return None
     try:
-        with open(node_dir / _META, "rb") as fh:
-            meta = json.load(fh)
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError):
+        meta = json.loads(raw)
+    except ValueError:  # also UnicodeDecodeError
         return None
     if not isinstance(meta, dict) or not isinstance(meta.get("attributes", {}), dict):
         return None  # damaged or hand-edited: not metadata this code can use
     return meta
+
+
+def _read_meta(fs: "LocalFS | FsspecFS", node: str) -> dict | None:
+    """Parsed ``zarr.json`` of the node at key ``node`` (``""``: the root), or ``None`` if
+    absent or unreadable (half-written)."""
+    return _parse_meta(fs.read_bytes(f"{node}/{_META}" if node else _META))
+
+
+def _data_sha256(data: np.ndarray) -> str:
+    """sha256 of an array's bytes in C order (stored dtype): the ``data_sha256`` attribute."""
+    return hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
+
+
+def _checksum_problem(array: zarr.Array, stored: np.ndarray) -> str | None:
+    """Why ``stored`` (all of ``array``, in its stored dtype) does not match the array's
+    ``data_sha256`` attribute; None if it does or the video predates checksums."""
+    expected = array.attrs.get("data_sha256")
+    if expected is None:
+        return None
+    if not isinstance(expected, str) or _data_sha256(stored) != expected:
+        return (
+            "its data does not match its data_sha256 checksum (a chunk was damaged or "
+            "replaced, or two writers of this video mixed their chunks)"
+        )
+    return None
 
 
 def _is_complete(meta: dict | None, video_id: str | None = None) -> bool:
@@ -394,7 +477,13 @@ def _well_formed_video(meta: dict) -> bool:
         and isinstance(provenance, dict)
         and isinstance(provenance.get("set"), dict)
         and isinstance(attrs.get("set_provenance_sha256"), (str, type(None)))
+        and isinstance(attrs.get("data_sha256"), (str, type(None)))
     )
+
+
+def _live_set(attrs: dict) -> bool:
+    """A well-formed feature set that is not being removed (object stores)."""
+    return attrs.get("status") != _REMOVING and _well_formed_set(attrs)
 
 
 def _well_formed_set(attrs: dict) -> bool:
@@ -406,17 +495,6 @@ def _well_formed_set(attrs: dict) -> bool:
     except ValueError:  # NaN/Infinity in a hand-edited file
         return False
     return _set_dtype(attrs) in DTYPES
-
-
-def _dir_bytes(path: Path) -> int:
-    total = 0
-    for dirpath, _dirnames, filenames in os.walk(path):
-        for name in filenames:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except FileNotFoundError:  # deleted by a concurrent writer meanwhile
-                pass
-    return total
 
 
 def _rmtree(path: Path) -> None:
@@ -459,50 +537,163 @@ def _write_group(path: Path, attributes: dict) -> None:
     zarr.open_group(store=LocalStore(path), mode="w", attributes=attributes, zarr_format=3)
 
 
+def _group_meta_bytes(attributes: dict) -> bytes:
+    """The ``zarr.json`` of a Zarr v3 group with ``attributes`` (built in memory)."""
+    mem: dict = {}
+    zarr.open_group(store=MemoryStore(mem), mode="w", attributes=attributes, zarr_format=3)
+    return mem[_META].to_bytes()
+
+
+def _encode_array(
+    data: np.ndarray,
+    *,
+    dtype: str,
+    chunks: tuple[int, int],
+    dimension_names: tuple[str, str],
+    attributes: dict,
+    compressors: Any = "auto",
+) -> tuple[bytes, dict[str, bytes]]:
+    """Encode ``data`` as a Zarr v3 array in memory (NaN fill value): its ``zarr.json`` with
+    ``attributes``, and its chunk objects by key (``c/<i>/<j>``)."""
+    mem: dict = {}
+    arr = zarr.create_array(
+        store=MemoryStore(mem),
+        shape=data.shape,
+        chunks=chunks,
+        dtype=dtype,
+        compressors=compressors,
+        fill_value=float("nan"),
+        dimension_names=dimension_names,
+        attributes=attributes,
+        zarr_format=3,
+    )
+    arr[...] = data
+    meta = mem.pop(_META).to_bytes()
+    return meta, {key: value.to_bytes() for key, value in mem.items()}
+
+
+def _with_attributes(meta_bytes: bytes, attributes: dict) -> bytes:
+    """A node's ``zarr.json`` bytes with its attributes replaced."""
+    meta = json.loads(meta_bytes)
+    meta["attributes"] = attributes
+    return json.dumps(meta, indent=2).encode("utf-8")
+
+
 # --------------------------------------------------------------------------- the store
 
 
 class FeatureStore:
-    """A directory of feature sets, each holding one [steps, dims] array per video.
+    """A directory (or object-store prefix) of feature sets, each holding one [steps, dims]
+    array per video.
 
     Args:
-        path: local directory of the store.
+        path: local directory of the store, or an fsspec URL (``s3://bucket/features``,
+            ``gs://...``, ``file:///shared/features``, ``memory://name``, any fsspec
+            protocol); see "Remote stores" in the module docstring.
         create: create the store if it does not exist (``False``: raise
             :class:`FeatureNotFoundError` instead).
+        storage_options: options of the URL's fsspec filesystem (credentials, endpoint,
+            ...); only with a URL.
 
     Raises:
         FeatureNotFoundError: ``create=False`` and there is no store at ``path``.
         FeatureStoreError: ``path`` is a file, a non-empty directory that is not a feature
-            store, or a store written by a newer format version.
+            store, or a store written by a newer format version; a URL with an unknown
+            protocol or one whose package is not installed (the message says what to install).
 
-    The object holds only its path: it is cheap to create and safe to pickle to workers.
+    Attributes:
+        path: the store's directory (:class:`~pathlib.Path`) for a local store; the URL
+            (str) for a remote one.
+        location: the directory or URL as a str, for messages.
+
+    The object holds only its location: it is cheap to create and safe to pickle to workers
+    (a ``memory://`` store is per process: other processes see an empty one).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
-        self.path = Path(path).expanduser().absolute()
-        if not (self.path / _META).is_file():
-            if not create:
-                raise FeatureNotFoundError(f"no feature store at {self.path}")
-            self._create_root()
-        meta = _read_meta(self.path)
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        create: bool = True,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._fs = open_fs(path, storage_options)
+        self.storage_options = dict(storage_options) if storage_options else None
+        self.location = self._fs.location
+        self.path: Path | str = self._fs.root if self._fs.local else self.location
+        try:
+            raw = self._fs.read_bytes(_META)
+            if raw is None:
+                if not create:
+                    raise FeatureNotFoundError(f"no feature store at {self.location}")
+                self._create_root()
+                raw = self._fs.read_bytes(_META)
+        except FeatureStoreError:
+            raise
+        except Exception as exc:
+            if self._fs.local:
+                raise
+            # The first access to a URL: wrong credentials, bucket, endpoint, network.
+            raise FeatureStoreError(
+                f"cannot open the feature store at {self.location}: {type(exc).__name__}: "
+                f"{exc} (check the URL, credentials and storage_options)"
+            ) from exc
+        meta = _parse_meta(raw)
         attrs = (meta or {}).get("attributes") or {}
         if (meta or {}).get("node_type") != "group" or _FORMAT_ATTR not in attrs:
-            raise FeatureStoreError(f"{self.path} is a Zarr node but not a feature store")
+            raise FeatureStoreError(f"{self.location} is a Zarr node but not a feature store")
         if not isinstance(attrs[_FORMAT_ATTR], int) or attrs[_FORMAT_ATTR] > FORMAT_VERSION:
             raise FeatureStoreError(
-                f"{self.path} has store format {attrs[_FORMAT_ATTR]!r}; this code reads "
+                f"{self.location} has store format {attrs[_FORMAT_ATTR]!r}; this code reads "
                 f"format <= {FORMAT_VERSION}: update the project"
             )
 
     @property
+    def is_local(self) -> bool:
+        """True for a local directory (rename protocol), False for a URL (object protocol)."""
+        return self._fs.local
+
+    @property
     def runs_dir(self) -> Path:
-        """Folder for run records (extraction summaries, generated manifests); not features."""
+        """Folder for run records (extraction summaries, generated manifests); not features.
+
+        Local stores only; use :meth:`write_run_file`, which works for every store.
+
+        Raises:
+            FeatureStoreError: the store is a URL, not a local directory.
+        """
+        if not self._fs.local:
+            raise FeatureStoreError(
+                f"{self.location} is not a local directory: write run records with "
+                "FeatureStore.write_run_file()"
+            )
         return self.path / RUNS_DIR
 
+    def write_run_file(self, name: str, text: str) -> str:
+        """Write (or replace, atomically) the run record ``_runs/<name>``; return where it is
+        (a path for a local store, a URL otherwise).
+
+        Raises:
+            InvalidMetadataError: ``name`` is not a plain file name.
+        """
+        if (
+            not isinstance(name, str)
+            or not name
+            or name.startswith((".", "_"))
+            or any(c in name for c in "/\\\0")
+        ):
+            raise InvalidMetadataError(f"run record names are plain file names, got {name!r}")
+        key = f"{RUNS_DIR}/{name}"
+        self._fs.write_bytes(key, text.encode("utf-8"))
+        return self._fs.url(key)
+
     def __repr__(self) -> str:
-        return f"FeatureStore({str(self.path)!r})"
+        return f"FeatureStore({self.location!r})"
 
     def _create_root(self) -> None:
+        if not self._fs.local:
+            self._create_root_in_place()
+            return
         if self.path.exists() and not self.path.is_dir():
             raise FeatureStoreError(f"{self.path} exists and is not a directory")
         self.path.mkdir(parents=True, exist_ok=True)
@@ -528,6 +719,24 @@ class FeatureStore:
         finally:
             _rmtree(tmp)
         logger.info("created feature store at %s", self.path)
+
+    def _create_root_in_place(self) -> None:
+        """Object stores: one PUT of the root ``zarr.json`` (concurrent creators write
+        identical bytes)."""
+        if self._fs.is_file(""):
+            raise FeatureStoreError(f"{self.location} exists and is a file, not a folder")
+        names = {e.name for e in self._fs.list("")}
+        if _META in names:
+            return  # created concurrently (anything else listed is that store's)
+        foreign = sorted(names - {_STAGING})
+        if foreign:
+            raise FeatureStoreError(
+                f"{self.location} is not empty and not a feature store "
+                f"(contains {foreign[:5]}); choose an empty or new location"
+            )
+        self._fs.write_bytes(f"{_STAGING}/{_META}", _group_meta_bytes({}))  # as a local store
+        self._fs.write_bytes(_META, _group_meta_bytes({_FORMAT_ATTR: FORMAT_VERSION}))
+        logger.info("created feature store at %s", self.location)
 
     # ------------------------------------------------------------------ feature sets
 
@@ -560,7 +769,9 @@ class FeatureStore:
                 one store holds a set in one dtype.
 
         Safe to call from many processes at once: the group is built in ``_staging`` and
-        renamed into place; losers of the race keep the winner's group.
+        renamed into place; losers of the race keep the winner's group. (Object stores: the
+        group is one PUT of its ``zarr.json``; concurrent creators with the same ``dtype``
+        write the same group.)
 
         Raises:
             ProvenanceMismatchError: the set exists with another explicit ``dtype``.
@@ -569,20 +780,25 @@ class FeatureStore:
         spec_c, sampling_c = _validated_spec_sampling(spec, sampling)
         dtype = None if dtype is None else _check_dtype(dtype)
         set_dir = self._set_dir(set_id)
-        if self._set_meta(set_id) is None:
+        group_attrs = {
+            "id": set_id,
+            "spec": spec_c,
+            "sampling": sampling_c,
+            "created": _now(),
+            _FORMAT_ATTR: FORMAT_VERSION,
+            "dtype": dtype or "float32",
+        }
+        if not self._fs.local:
+            meta_key = f"{self._set_key(set_id)}/{_META}"
+            if self._fs.read_bytes(meta_key) is None:  # present but damaged: reported below
+                # the same layout as a local store (readable as one), the set's group last
+                self._fs.write_bytes(f"{self._set_key(set_id)}/{_STAGING}/{_META}", _group_meta_bytes({}))
+                self._fs.write_bytes(meta_key, _group_meta_bytes(group_attrs))
+                logger.info("created feature set %s", set_id)
+        elif self._set_meta(set_id) is None:
             tmp = self.path / _STAGING / _staging_name("new")
             try:
-                _write_group(
-                    tmp,
-                    {
-                        "id": set_id,
-                        "spec": spec_c,
-                        "sampling": sampling_c,
-                        "created": _now(),
-                        _FORMAT_ATTR: FORMAT_VERSION,
-                        "dtype": dtype or "float32",
-                    },
-                )
+                _write_group(tmp, group_attrs)
                 _write_group(tmp / _STAGING, {})
                 os.rename(tmp, set_dir)
                 logger.info("created feature set %s", set_id)
@@ -610,13 +826,12 @@ class FeatureStore:
     def feature_sets(self) -> list[str]:
         """Ids of all feature sets, sorted (sets with damaged metadata are left out)."""
         ids = []
-        for entry in os.scandir(self.path):
-            if entry.name.startswith(("_", ".")) or not entry.is_dir():
-                continue
-            meta = _read_meta(Path(entry.path))
-            attrs = (meta or {}).get("attributes") or {}
+        nodes = [e.name for e in self._fs.list("") if e.is_dir and not e.name.startswith(("_", "."))]
+        for name, raw in self._fs.read_many([f"{n}/{_META}" for n in nodes]).items():
+            attrs = (_parse_meta(raw) or {}).get("attributes") or {}
             set_id = attrs.get("id")
-            if isinstance(set_id, str) and encode_node_name(set_id) == entry.name and _well_formed_set(attrs):
+            node = name[: -len(_META) - 1]
+            if isinstance(set_id, str) and encode_node_name(set_id) == node and _live_set(attrs):
                 ids.append(set_id)
         return sorted(ids)
 
@@ -651,42 +866,61 @@ class FeatureStore:
             f"no feature set matches {name!r}.{hint} Known feature sets: {known}"
         )
 
-    def _set_dir(self, set_id: str) -> Path:
-        return self.path / encode_node_name(set_id)
+    def _set_key(self, set_id: str) -> str:
+        return encode_node_name(set_id)
+
+    def _set_dir(self, set_id: str) -> Path | str:
+        """The set's folder: a Path for a local store, a URL (str) for a remote one."""
+        key = self._set_key(set_id)
+        return self._fs.path(key) if self._fs.local else self._fs.url(key)
 
     def _set_meta(self, set_id: str) -> dict | None:
-        meta = _read_meta(self._set_dir(set_id))
+        meta = _read_meta(self._fs, self._set_key(set_id))
         attrs = (meta or {}).get("attributes") or {}
-        if attrs.get("id") != set_id or not _well_formed_set(attrs):
+        if attrs.get("id") != set_id or not _live_set(attrs):
             return None
         return meta
 
     def _set_attrs(self, set_id: str) -> dict:
         """Attributes of an existing set; FeatureNotFoundError (with hints) otherwise."""
         meta = self._set_meta(set_id)
-        if meta is None and (self._set_dir(set_id) / _META).is_file():
-            raise InvalidMetadataError(
-                f"feature set {set_id!r} in {self.path} has damaged metadata: "
-                f"{self._set_dir(set_id) / _META} does not describe it (hand-edited or corrupt); "
-                "repair or remove that folder"
-            )
+        meta_key = f"{self._set_key(set_id)}/{_META}"
         if meta is None:
+            raw = self._fs.read_bytes(meta_key)
+            attrs = (_parse_meta(raw) or {}).get("attributes") or {}
+            if raw is not None and attrs.get("id") == set_id and attrs.get("status") == _REMOVING:
+                raise FeatureNotFoundError(
+                    f"feature set {set_id!r} in {self.location} is being removed (if that "
+                    "removal was killed, remove() with its full id or remove_incomplete() "
+                    "finishes it)"
+                )
+            if raw is not None:
+                raise InvalidMetadataError(
+                    f"feature set {set_id!r} in {self.location} has damaged metadata: "
+                    f"{self._fs.url(meta_key)} does not describe it (hand-edited or corrupt); "
+                    "repair or remove that folder"
+                )
             ids = self.feature_sets() if isinstance(set_id, str) else []
             close = difflib.get_close_matches(str(set_id), ids, n=3, cutoff=0.5)
             hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
             raise FeatureNotFoundError(
-                f"no feature set {set_id!r} in {self.path}.{hint} "
+                f"no feature set {set_id!r} in {self.location}.{hint} "
                 "(use resolve() for names and prefixes; ensure_feature_set() creates sets)"
             )
         return meta.get("attributes") or {}
 
     # ------------------------------------------------------------------ videos
 
-    def _video_dir(self, set_id: str, video_id: str) -> Path:
-        return self._set_dir(set_id) / encode_node_name(video_id)
+    def _video_key(self, set_id: str, video_id: str) -> str:
+        return f"{self._set_key(set_id)}/{encode_node_name(video_id)}"
+
+    def _video_dir(self, set_id: str, video_id: str) -> Path | str:
+        """The video's node: a Path for a local store, a URL (str) for a remote one."""
+        key = self._video_key(set_id, video_id)
+        return self._fs.path(key) if self._fs.local else self._fs.url(key)
 
     def _complete_meta(self, set_id: str, video_id: str) -> dict | None:
-        meta = _read_meta(self._video_dir(set_id, video_id))
+        meta = _read_meta(self._fs, self._video_key(set_id, video_id))
         return meta if _is_complete(meta, video_id) else None
 
     def has_video(self, set_id: str, video_id: str) -> bool:
@@ -743,13 +977,28 @@ class FeatureStore:
                     f"video {video_id!r}: provenance['set'][{key!r}] differs from the "
                     f"{key} of feature set {set_id!r}"
                 )
-        dest = self._video_dir(set_id, video_id)
-        if not overwrite and _is_complete(_read_meta(dest), video_id):
+        if not overwrite and self._complete_meta(set_id, video_id) is not None:
             logger.debug("%s / %s already stored; not overwriting", set_id, video_id)
             return
         set_hash = _sha256(prov["set"])
         self._warn_if_mixed(set_id, set_hash, video_id)
+        attributes = {
+            "video_id": video_id,
+            # unique per write: lets caches notice a replaced video (dataset stats)
+            "write_id": uuid.uuid4().hex,
+            "provenance": prov,
+            "set_provenance_sha256": set_hash,
+            "data_sha256": _data_sha256(data),
+            "written": _now(),
+            _FORMAT_ATTR: FORMAT_VERSION,
+            "status": _COMPLETE,
+        }
+        if not self._fs.local:
+            self._write_in_place(set_id, video_id, data, dtype, attributes, overwrite=overwrite)
+            logger.debug("stored %s / %s shape %s", set_id, video_id, data.shape)
+            return
 
+        dest = self._video_dir(set_id, video_id)
         staging_root = self._set_dir(set_id) / _STAGING
         staging = staging_root / _staging_name("new")
         try:
@@ -761,23 +1010,12 @@ class FeatureStore:
                 compressors=zarr.codecs.BloscCodec(**_CODEC),
                 fill_value=float("nan"),
                 dimension_names=("step", "dim"),
-                attributes={"video_id": video_id, "status": "writing"},
+                attributes={"video_id": video_id, "status": _WRITING},
                 zarr_format=3,
             )
             arr[...] = data
             # Attributes last: "complete" is only ever written after all chunks are.
-            arr.attrs.update(
-                {
-                    "video_id": video_id,
-                    # unique per write: lets caches notice a replaced video (dataset stats)
-                    "write_id": uuid.uuid4().hex,
-                    "provenance": prov,
-                    "set_provenance_sha256": set_hash,
-                    "written": _now(),
-                    _FORMAT_ATTR: FORMAT_VERSION,
-                    "status": _COMPLETE,
-                }
-            )
+            arr.attrs.update(attributes)
             self._place(staging, dest, video_id, overwrite=overwrite)
         finally:
             _rmtree(staging)  # no-op once renamed into place
@@ -796,7 +1034,7 @@ class FeatureStore:
                 except OSError as exc:
                     if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                         raise
-                meta = _read_meta(dest)
+                meta = _read_meta(LocalFS(dest), "")
                 if meta is not None and (meta.get("attributes") or {}).get(
                     "video_id", video_id
                 ) != video_id:
@@ -829,29 +1067,167 @@ class FeatureStore:
             for old in aside:
                 _rmtree(old)
 
+    def _write_in_place(
+        self,
+        set_id: str,
+        video_id: str,
+        data: np.ndarray,
+        dtype: str,
+        attributes: dict,
+        *,
+        overwrite: bool,
+    ) -> None:
+        """Object-store write (no rename): see "Remote stores" in the module docstring.
+
+        The node's ``zarr.json`` is first a marker (``"status": "writing"``, this write's id
+        and writer), then the chunks are PUT, then the complete ``zarr.json`` is the last PUT.
+        If another writer touched the node meanwhile (the marker is not ours any more), the
+        result is read back and checked against its ``data_sha256``; mixed chunks are
+        rewritten (a few rounds at most).
+        """
+        key = self._video_key(set_id, video_id)
+        meta_key = f"{key}/{_META}"
+        write_id = attributes["write_id"]
+        marker, chunks = _encode_array(
+            data,
+            dtype=dtype,
+            chunks=_chunk_shape(*data.shape, data.dtype.itemsize),
+            dimension_names=("step", "dim"),
+            attributes={
+                "video_id": video_id,
+                "status": _WRITING,
+                "write_id": write_id,
+                "writer": _staging_name("write"),  # lets verify/remove_incomplete check liveness
+            },
+            compressors=zarr.codecs.BloscCodec(**_CODEC),
+        )
+        final = _with_attributes(marker, attributes)
+        for _round in range(_MAX_WRITE_ROUNDS):
+            current = _read_meta(self._fs, key)
+            other = ((current or {}).get("attributes") or {}).get("video_id", video_id)
+            if other != video_id:
+                raise FeatureStoreError(
+                    f"video ids {video_id!r} and {other!r} map to the same node "
+                    f"{self._fs.url(key)!r} (case-insensitive filesystem?); rename one of them"
+                )
+            stale = set(self._fs.files(key)) - set(chunks) - {_META}
+            self._put_in_place(key, marker, chunks, stale)
+            current = _read_meta(self._fs, key)
+            now_attrs = (current or {}).get("attributes") or {}
+            raced = now_attrs.get("write_id") != write_id
+            if (
+                raced
+                and not overwrite
+                and _is_complete(current, video_id)
+                and now_attrs.get("data_sha256") == attributes["data_sha256"]
+            ):
+                logger.debug("%s stored concurrently with equal data; keeping that copy", video_id)
+                return
+            self._fs.write_bytes(meta_key, final)  # the completing PUT: always the last one
+            if not raced or self._consistent(set_id, video_id):
+                return
+            logger.info(
+                "video %r of %s was written concurrently and its chunks got mixed; rewriting",
+                video_id,
+                set_id,
+            )
+        raise FeatureStoreError(
+            f"could not store video {video_id!r} at {self._fs.url(key)}: too many concurrent "
+            "writers of the same video"
+        )
+
+    def _put_in_place(
+        self, key: str, marker: bytes, chunks: Mapping[str, bytes], stale: Iterable[str] = ()
+    ) -> None:
+        """Object stores: PUT an incomplete ``zarr.json`` (from now on the node does not
+        count), delete ``stale`` keys of an earlier array, then PUT the chunks. The caller
+        completes the node with a last PUT of its ``zarr.json``."""
+        self._fs.write_bytes(f"{key}/{_META}", marker)
+        self._fs.delete_many([f"{key}/{k}" for k in sorted(stale)])
+        self._fs.write_many({f"{key}/{k}": v for k, v in chunks.items()})
+
+    def _consistent(self, set_id: str, video_id: str) -> bool:
+        """After a race: False only if the stored video is complete but its data does not
+        match its checksum (an incomplete node belongs to a writer still at work)."""
+        try:
+            self.read_video(set_id, video_id)
+        except FeatureNotFoundError:
+            return True
+        except FeatureStoreError:
+            return False
+        return True
+
+    def _node_in_flight(self, key: str, meta: dict | None, now: float, min_age_s: float) -> bool:
+        """Object stores: whether an incomplete node in place may still be being written.
+
+        Its marker names the writer: a dead process on this host means a leftover, a live
+        one a write in flight; writers on other hosts cannot be checked, so the node is in
+        flight until its newest object is ``min_age_s`` old. A node without a readable
+        ``zarr.json`` is a leftover (writers PUT their marker first; removals delete it
+        first).
+        """
+        if meta is None:
+            return False
+        writer = (meta.get("attributes") or {}).get("writer")
+        alive = _owner_alive(writer) if isinstance(writer, str) else None
+        if alive is not None:
+            return alive
+        mtime = self._fs.mtime(key)
+        return mtime is not None and now - mtime < min_age_s
+
+    def _remove_node_in_place(self, key: str) -> None:
+        """Object stores: delete a video (or other array) node: its ``zarr.json`` first (it
+        stops counting at once), then everything else. Killed part-way, it leaves a node
+        without metadata, which :meth:`remove_incomplete` deletes."""
+        self._fs.delete(f"{key}/{_META}")
+        self._fs.rmtree(key)
+
+    def _remove_set_in_place(self, set_id: str) -> None:
+        """Object stores: mark the set ``"status": "removing"`` (it leaves every listing at
+        once), delete its files, its ``zarr.json`` last. Killed part-way, it leaves a marked
+        set that :meth:`remove_incomplete` (or another removal) finishes."""
+        key = self._set_key(set_id)
+        raw = self._fs.read_bytes(f"{key}/{_META}")
+        attrs = (_parse_meta(raw) or {}).get("attributes") or {}
+        if raw is not None and attrs.get("status") != _REMOVING:
+            attrs = {**attrs, "status": _REMOVING, "remover": _staging_name("rm")}
+            self._fs.write_bytes(f"{key}/{_META}", _with_attributes(raw, attrs))
+        self._finish_set_removal(key)
+
+    def _finish_set_removal(self, key: str) -> None:
+        self._fs.delete_many([f"{key}/{k}" for k in sorted(self._fs.files(key)) if k != _META])
+        self._fs.delete(f"{key}/{_META}")
+        self._fs.rmtree(key)
+
+    def _removing_sets(self) -> dict[str, dict]:
+        """Object stores: root nodes marked ``"status": "removing"``, by node name."""
+        nodes = [e.name for e in self._fs.list("") if e.is_dir and not e.name.startswith(("_", "."))]
+        out = {}
+        for name, raw in self._fs.read_many([f"{n}/{_META}" for n in nodes]).items():
+            meta = _parse_meta(raw)
+            if ((meta or {}).get("attributes") or {}).get("status") == _REMOVING:
+                out[name[: -len(_META) - 1]] = meta
+        return out
+
     def _warn_if_mixed(self, set_id: str, set_hash: str, video_id: str) -> None:
         """Log a warning if another stored video of the set has other set-level provenance
         (cheap: looks at the first complete video found)."""
-        try:
-            entries = os.scandir(self._set_dir(set_id))
-        except FileNotFoundError:
-            return
-        with entries:
-            for entry in entries:
-                if entry.name.startswith("_"):
-                    continue
-                meta = _read_meta(Path(entry.path))
-                if _is_complete(meta):
-                    other = meta["attributes"].get("set_provenance_sha256")
-                    if other != set_hash:
-                        logger.warning(
-                            "video %r gets set-level provenance that differs from stored "
-                            "video %r of feature set %s; reading them together will fail",
-                            video_id,
-                            meta["attributes"].get("video_id"),
-                            set_id,
-                        )
-                    return
+        set_key = self._set_key(set_id)
+        for entry in self._fs.list(set_key):
+            if entry.name.startswith("_"):
+                continue
+            meta = _read_meta(self._fs, f"{set_key}/{entry.name}")
+            if _is_complete(meta):
+                other = meta["attributes"].get("set_provenance_sha256")
+                if other != set_hash:
+                    logger.warning(
+                        "video %r gets set-level provenance that differs from stored "
+                        "video %r of feature set %s; reading them together will fail",
+                        video_id,
+                        meta["attributes"].get("video_id"),
+                        set_id,
+                    )
+                return
 
     def _open_video(self, set_id: str, video_id: str) -> zarr.Array:
         self._set_attrs(set_id)
@@ -861,7 +1237,7 @@ class FeatureStore:
             )
         try:
             return zarr.open_array(
-                store=LocalStore(self._video_dir(set_id, video_id), read_only=True),
+                store=self._fs.zarr_store(self._video_key(set_id, video_id), read_only=True),
                 mode="r",
                 zarr_format=3,
             )
@@ -871,7 +1247,7 @@ class FeatureStore:
     def _damaged(self, set_id: str, video_id: str, exc: Exception) -> InvalidMetadataError:
         return InvalidMetadataError(
             f"video {video_id!r} of feature set {set_id!r} is damaged "
-            f"({self._video_dir(set_id, video_id)}: {type(exc).__name__}: {exc}); "
+            f"({self._fs.url(self._video_key(set_id, video_id))}: {type(exc).__name__}: {exc}); "
             "re-extract it with overwrite"
         )
 
@@ -881,22 +1257,27 @@ class FeatureStore:
         Raises:
             FeatureNotFoundError: the set or the (complete) video does not exist.
             InvalidMetadataError: its metadata or data is damaged (malformed metadata,
-                undecodable or missing chunks).
+                undecodable or missing chunks, data that does not match its ``data_sha256``).
         """
         array = self._open_video(set_id, video_id)
         try:
-            data = np.asarray(array[...], dtype=np.float32)
+            stored = array[...]
+            data = np.asarray(stored, dtype=np.float32)
         except _DAMAGE_ERRORS as exc:
             raise self._damaged(set_id, video_id, exc) from exc
         if not np.isfinite(data).all():  # finite at write time, so a chunk went missing
             missing = int(data.size - np.count_nonzero(np.isfinite(data)))
             raise self._damaged(set_id, video_id, ValueError(f"{missing} of {data.size} values are NaN/Inf"))
+        problem = _checksum_problem(array, stored)
+        if problem:
+            raise self._damaged(set_id, video_id, ValueError(problem))
         return data
 
     def read_video_dask(self, set_id: str, video_id: str) -> "dask.array.Array":
         """Lazy features of one video, float32 [steps, dims], one dask chunk per Zarr chunk.
 
         The graph reads files by path when computed: do not overwrite the video meanwhile.
+        Lazy reads do not check ``data_sha256`` (:meth:`read_video` and ``verify`` do).
         """
         import dask.array as da  # imported here: dask is only needed for lazy reads
 
@@ -950,19 +1331,24 @@ class FeatureStore:
 
     def _video_metas(self, set_id: str) -> tuple[dict[str, dict], int]:
         """Complete videos' metadata by id, and the number of incomplete nodes."""
-        set_dir = self._set_dir(set_id)
+        set_key = self._set_key(set_id)
         metas: dict[str, dict] = {}
         incomplete = 0
-        for entry in os.scandir(set_dir):
+        nodes = []
+        for entry in self._fs.list(set_key):
             if entry.name == _STAGING:
-                incomplete += sum(1 for e in os.scandir(entry.path) if e.name != _META)
+                staged = self._fs.list(f"{set_key}/{_STAGING}")
+                incomplete += sum(1 for e in staged if e.name != _META)
                 continue
             if entry.name.startswith("_") or entry.name == _META:
                 continue
-            meta = _read_meta(Path(entry.path))
+            nodes.append(entry.name)
+        raws = self._fs.read_many([f"{set_key}/{n}/{_META}" for n in nodes])
+        for name in nodes:
+            meta = _parse_meta(raws[f"{set_key}/{name}/{_META}"])
             video_id = ((meta or {}).get("attributes") or {}).get("video_id")
             if _is_complete(meta) and isinstance(video_id, str):
-                if encode_node_name(video_id) == entry.name:
+                if encode_node_name(video_id) == name:
                     metas[video_id] = meta
                     continue
             incomplete += 1
@@ -988,7 +1374,7 @@ class FeatureStore:
 
         Returns a dict with ``id``, ``spec``, ``sampling``, ``created``, ``n_videos``,
         ``dims`` (int; a sorted list if videos disagree; ``spec["dims"]`` or None when
-        empty), ``total_steps``, ``bytes_on_disk`` (all files under the set's directory),
+        empty), ``total_steps``, ``bytes_on_disk`` (all files under the set's directory or prefix),
         ``dtype``, ``provenance`` (``{"consistent", "n_distinct", "set", "groups"}``, where
         ``set`` is the common set-level provenance when consistent) and ``incomplete``
         (staging leftovers and in-flight writes).
@@ -1009,7 +1395,7 @@ class FeatureStore:
             "n_videos": len(metas),
             "dims": dims[0] if len(dims) == 1 else (dims or (attrs.get("spec") or {}).get("dims")),
             "total_steps": int(sum(m["shape"][0] for m in metas.values())),
-            "bytes_on_disk": _dir_bytes(self._set_dir(set_id)),
+            "bytes_on_disk": self._fs.size(self._set_key(set_id)),
             "dtype": _set_dtype(attrs),
             "provenance": {
                 "consistent": len(groups) <= 1,
@@ -1034,43 +1420,64 @@ class FeatureStore:
         and video nodes in place that are not complete. Entries of live processes on this
         host are kept. Entries written from other hosts (shared filesystems) cannot be
         checked, so they are removed only when older than ``min_age_s`` seconds.
+
+        Object stores (URLs): incomplete video nodes are written in place, so they are
+        judged by the writer named in their marker (dead on this host: removed; alive:
+        kept; another host: removed when its newest object is ``min_age_s`` old); nodes
+        without metadata (killed removals) are removed, and so are feature sets whose
+        removal was killed.
         """
         removed = 0
-        staging_dirs = [self.path / _STAGING] + [
-            self._set_dir(s) / _STAGING for s in self.feature_sets()
-        ]
-        root_inits = [e for e in os.scandir(self.path) if e.name.startswith(".init.")]
         now = time.time()
+        set_ids = self.feature_sets()
+        root = self._fs.list("")
+        staging_dirs = [_STAGING] + [f"{self._set_key(s)}/{_STAGING}" for s in set_ids]
+        root_inits = [e.name for e in root if e.name.startswith(".init.")]
         for staging in [None, *staging_dirs]:
-            try:
-                entries = root_inits if staging is None else list(os.scandir(staging))
-            except FileNotFoundError:
-                continue
-            for entry in entries:
-                if entry.name == _META:
+            names = root_inits if staging is None else [e.name for e in self._fs.list(staging)]
+            for name in names:
+                if name == _META:
                     continue
-                alive = _owner_alive(entry.name.lstrip("."))
+                key = name if staging is None else f"{staging}/{name}"
+                alive = _owner_alive(name.lstrip("."))
                 if alive is None:
-                    try:
-                        alive = now - entry.stat(follow_symlinks=False).st_mtime < min_age_s
-                    except FileNotFoundError:
+                    mtime = self._fs.mtime(key)
+                    if mtime is None:
                         continue
+                    alive = now - mtime < min_age_s
                 if alive:
-                    logger.debug("keeping %s: its writer may still run", entry.path)
+                    logger.debug("keeping %s: its writer may still run", self._fs.url(key))
                     continue
-                _rmtree(Path(entry.path))
+                self._fs.rmtree(key)
                 removed += 1
-        for set_id in self.feature_sets():
-            set_dir = self._set_dir(set_id)
-            for entry in os.scandir(set_dir):
-                if entry.name.startswith("_") or entry.name == _META or not entry.is_dir():
+        for set_id in set_ids:
+            set_key = self._set_key(set_id)
+            for entry in self._fs.list(set_key):
+                if entry.name.startswith("_") or entry.name == _META or not entry.is_dir:
                     continue
-                meta = _read_meta(Path(entry.path))
+                key = f"{set_key}/{entry.name}"
+                meta = _read_meta(self._fs, key)
                 if meta is None or (meta.get("node_type") == "array" and not _is_complete(meta)):
-                    _rmtree(Path(entry.path))
+                    if self._fs.local:
+                        _rmtree(self._fs.path(key))
+                    elif self._node_in_flight(key, meta, now, min_age_s):
+                        logger.debug("keeping %s: its writer may still run", self._fs.url(key))
+                        continue
+                    else:
+                        self._remove_node_in_place(key)
+                    removed += 1
+        if not self._fs.local:
+            for node, meta in self._removing_sets().items():
+                remover = meta["attributes"].get("remover")
+                alive = _owner_alive(remover) if isinstance(remover, str) else None
+                if alive is None:
+                    mtime = self._fs.mtime(f"{node}/{_META}")
+                    alive = mtime is not None and now - mtime < min_age_s
+                if not alive:
+                    self._finish_set_removal(node)
                     removed += 1
         if removed:
-            logger.info("removed %d incomplete entries from %s", removed, self.path)
+            logger.info("removed %d incomplete entries from %s", removed, self.location)
         return removed
 
 

@@ -23,6 +23,7 @@ import csv
 import datetime as dt
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -266,7 +267,8 @@ def extract_folder_flow(
     """Extract the videos of ``folder`` that ``store`` does not hold yet: the nightly job.
 
     Lists the folder's video files (:func:`scan_video_folder`; ids are relative paths), writes
-    that manifest to ``manifest_out`` (default ``<store>/_runs/extract-folder-<UTC stamp>.csv``)
+    that manifest to ``manifest_out`` (default ``<store>/_runs/extract-folder-<UTC stamp>.csv``;
+    for a store URL, a local temporary file that is also copied there)
     and runs ``extract_flow`` on it as a subflow, which skips every video already complete in
     the store for all requested extractors and records failures (retried on the next run).
     ``dask_address`` / ``dask_workers`` / ``resources`` choose a Dask task runner for the
@@ -278,10 +280,15 @@ def extract_folder_flow(
     runner = make_task_runner(address=dask_address, n_workers=dask_workers, resources=resources)
     if runner is not None:
         require_api_server("a Dask extraction")
-    runs_dir = FeatureStore(store).runs_dir  # store created (or checked) before it receives the manifest
+    feature_store = FeatureStore(store)  # store created (or checked) before it receives the manifest
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    manifest, n_videos = write_folder_manifest(
-        folder, out=manifest_out or runs_dir / f"extract-folder-{stamp}.csv")
+    name = f"extract-folder-{stamp}.csv"
+    copy_to_store = manifest_out is None and not feature_store.is_local  # a URL: the flow reads a local file
+    if copy_to_store:
+        manifest_out = str(Path(tempfile.mkdtemp(prefix="vqa-manifest-")) / name)
+    manifest, n_videos = write_folder_manifest(folder, out=manifest_out or feature_store.runs_dir / name)
+    if copy_to_store:
+        feature_store.write_run_file(name, Path(manifest).read_text(encoding="utf-8"))
     log.info("%s: %d video file(s), listed in %s", folder, n_videos, manifest)
     if not n_videos:
         publish_markdown(f"no video files in `{folder}`", key="vqa-extract-folder", description="nothing to do")
