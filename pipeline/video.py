@@ -46,6 +46,12 @@ _MP4_FIRST_BOXES = {b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip"}
 _MAX_TOP_LEVEL_BOXES = 100_000
 # decord prefixes messages with "[hh:mm:ss] /path/file.cc:123: "; people do not need that.
 _DECORD_PREFIX = re.compile(r"\[\d{2}:\d{2}:\d{2}\] \S+:\d+: ")
+# FFmpeg's AVERROR_DECODER_NOT_FOUND, FFERRTAG(0xF8, 'D', 'E', 'C'). decord reports a stream its
+# FFmpeg build has no decoder for (AV1 in decord 0.6.0's wheels) as "Check failed: st_nb >= 0
+# (-1128613112 vs. 0) ERROR cannot find video stream with wanted index: -1".
+_AVERROR_DECODER_NOT_FOUND = -(0xF8 | ord("D") << 8 | ord("E") << 16 | ord("C") << 24)
+_DECODER_NOT_FOUND = re.compile(rf"(?<!\d){_AVERROR_DECODER_NOT_FOUND}(?!\d)")
+_REENCODE_HINT = "re-encode it, e.g. `ffmpeg -i IN -c:v libx264 -crf 18 OUT.mp4`"
 _MAX_CAUSE_CHARS = 240
 # decord keeps timestamps as float32; rounding to whole microseconds drops the float32 noise
 # (1.2000000476837158 -> 1.2) without losing anything float32 could represent.
@@ -382,6 +388,8 @@ def _diagnose_open_failure(path: str, err: Exception) -> str:
             if not others:
                 return "no video stream (the container holds no streams at all)"
             return f"no video stream (streams: {', '.join(others)})"
+        if _DECODER_NOT_FOUND.search(str(err)):
+            return _unsupported_codec(_codec_name(container.streams.best("video")))
         declared = _declared_duration_of(container)
         try:
             has_frame = next(iter(container.decode(video=0)), None) is not None
@@ -393,6 +401,22 @@ def _diagnose_open_failure(path: str, err: Exception) -> str:
             cause += f" although the container declares {declared:.2f} s (truncated?)"
         return cause
     return f"decord cannot read it: {_decord_cause(err)}"
+
+
+def _codec_name(stream) -> str:
+    """FFmpeg's name of a stream's codec (``av1``, ``h264``), as PyAV reports it."""
+    try:
+        codec = stream.codec_context.codec
+        return str(codec.canonical_name or codec.name)
+    except (AttributeError, ValueError, av.error.FFmpegError):
+        return "unknown"
+
+
+def _unsupported_codec(codec: str) -> str:
+    """The cause for a stream whose codec decord's own FFmpeg cannot decode."""
+    version = getattr(decord, "__version__", "")
+    return (f"codec {codec} is not supported by the decoder: decord {version}'s FFmpeg has no {codec} decoder; "
+            f"{_REENCODE_HINT}")
 
 
 def _declared_video_duration(path: str) -> float | None:

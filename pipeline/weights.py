@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +98,13 @@ class HubCheckpoint:
                 f"with --weights /path/to/{self.filename}. {self.alternative}For a test run only, --weights random.")
 
     def resolve(self, *, allow_download: bool | None = None) -> Path:
-        """The verified local file; downloads it first when allowed and a URL is known."""
+        """The verified local file; downloads it first when allowed and a URL is known.
+
+        A download goes to a temporary file beside the cache entry and is renamed into
+        place only once its sha256 matches the published prefix: a tampered or truncated
+        download raises :class:`WeightsError` naming the expected and the actual hash, and
+        leaves nothing in the cache. A cached file is checked the same way on every call.
+        """
         cached = self.path
         if allow_download is None:
             allow_download = not offline()
@@ -105,18 +112,43 @@ class HubCheckpoint:
             if self.url is None or not allow_download:
                 why = "cannot be downloaded automatically" if self.url is None else "downloads are disabled (VQA_OFFLINE)"
                 raise WeightsUnavailableError(f"{self.title} is not at {cached} and {why}. {self.instructions()}")
-            cached.parent.mkdir(parents=True, exist_ok=True)
+            self._download(cached)
+        elif self.sha256_prefix:
+            actual = file_sha256(cached)
+            if not actual.startswith(self.sha256_prefix):
+                raise WeightsError(
+                    f"{cached} does not match its published checksum: expected a sha256 starting with "
+                    f"{self.sha256_prefix}, got {actual}. The file is corrupt or not what its name says; "
+                    "delete it and retry."
+                )
+        return cached
+
+    def _download(self, cached: Path) -> None:
+        """Download ``self.url`` to ``cached``: into a temporary file, verified, then renamed."""
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=f".{cached.name}.", suffix=".download")
+        os.close(fd)
+        try:
             log.info("downloading %s to %s", self.url, cached)
             try:
-                torch.hub.download_url_to_file(self.url, str(cached), hash_prefix=self.sha256_prefix, progress=True)
+                # No hash_prefix here: torch's check raises a bare RuntimeError; ours names both hashes.
+                torch.hub.download_url_to_file(self.url, tmp, hash_prefix=None, progress=True)
             except (urllib.error.URLError, OSError, RuntimeError) as exc:
-                raise WeightsUnavailableError(f"cannot download {self.title} from {self.url}: {exc}. {self.instructions()}") from exc
-        if self.sha256_prefix and not file_sha256(cached).startswith(self.sha256_prefix):
-            raise WeightsError(
-                f"{cached} does not match its published checksum prefix {self.sha256_prefix}: the file is "
-                "corrupt or not what its name says. Delete it and retry."
-            )
-        return cached
+                raise WeightsUnavailableError(
+                    f"cannot download {self.title} from {self.url}: {exc}. {self.instructions()}"
+                ) from exc
+            actual = file_sha256(tmp)
+            if self.sha256_prefix and not actual.startswith(self.sha256_prefix):
+                raise WeightsError(
+                    f"the file downloaded from {self.url} for {self.title} does not match its published checksum: "
+                    f"expected a sha256 starting with {self.sha256_prefix}, got {actual}. It was discarded and "
+                    f"nothing was cached at {cached}; the download was damaged or tampered with. Retry, or fetch "
+                    "the file by hand and check its sha256."
+                )
+            os.replace(tmp, cached)
+            log.info("verified %s (sha256 %s)", cached, actual)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
 
 _KNOWN_CHECKPOINTS: dict[str, HubCheckpoint] = {}

@@ -5,7 +5,8 @@
 * :func:`train_val_test_splits` — VSFA: 60/20/20 train/validation/test, the validation
   part choosing the checkpoint (``SequenceRegressor.fit(..., X_val=, y_val=)``).
 * :func:`evaluate` — fits a fresh ``sklearn.base.clone`` of a head per split, scores
-  its test predictions with :func:`regressors.metrics.evaluate_predictions`.
+  its test predictions with :func:`regressors.metrics.evaluate_predictions`; with a
+  ``state_dir`` it records each finished split and resumes an interrupted protocol.
 
 ``groups`` keep every sample of one group on one side of each split (LIVE-style
 datasets, where several distorted videos share a source). Without groups every sample
@@ -16,9 +17,13 @@ is its own group, so both cases run through the same code. Splits are lists of
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
+import shutil
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from sklearn.base import clone
@@ -26,11 +31,13 @@ from tqdm import tqdm
 
 from regressors.errors import InvalidInputError, RegressorError
 from regressors.metrics import METRIC_NAMES, MIN_SAMPLES, evaluate_predictions
+from regressors.persistence import _atomic_write
 
 __all__ = [
     "EvaluationResult",
     "evaluate",
     "random_splits",
+    "split_state_paths",
     "repeated_kfold_splits",
     "train_val_test_splits",
 ]
@@ -235,6 +242,8 @@ class EvaluationResult:
         How many splits tested each video.
     video_ids : list or None
         The ids passed to :func:`evaluate`, if any.
+    resumed_splits : list of int
+        Splits read back from ``state_dir`` (finished before an interruption), not refitted.
     """
 
     per_split: list[dict]
@@ -242,6 +251,7 @@ class EvaluationResult:
     predictions: np.ndarray
     n_tested: np.ndarray
     video_ids: list | None = field(default=None)
+    resumed_splits: list[int] = field(default_factory=list)
 
 
 def _subset(X, idx: np.ndarray):
@@ -276,7 +286,49 @@ def _check_splits(splits, n: int) -> list[Split]:
     return checked
 
 
-def evaluate(head, X, y, *, splits, video_ids=None, progress: bool = True) -> EvaluationResult:
+_SPLIT_FORMAT = "vqa-split-result"
+
+
+def split_state_paths(state_dir, index: int) -> tuple[Path, Path, Path]:
+    """``(result JSON, predictions .npz, training checkpoint folder)`` of split ``index`` in ``state_dir``."""
+    base = Path(state_dir) / f"split-{index:04d}"
+    return base.with_suffix(".json"), base.with_suffix(".npz"), base
+
+
+def _load_split(state_dir: Path, index: int, test: np.ndarray, key: str):
+    """The recorded ``(metrics, predictions)`` of a finished split, or None if it did not finish."""
+    meta_path, arrays_path, _ = split_state_paths(state_dir, index)
+    if not meta_path.is_file():  # written last: without it the split did not finish
+        return None
+    try:
+        doc = json.loads(meta_path.read_text(encoding="utf-8"))
+        with np.load(arrays_path, allow_pickle=False) as arrays:
+            saved_test, pred = np.asarray(arrays["test"]), np.asarray(arrays["pred"], dtype=np.float64)
+    except (OSError, ValueError, KeyError) as exc:
+        raise InvalidInputError(f"the recorded result of split {index} in {state_dir} is unreadable: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("format") != _SPLIT_FORMAT or doc.get("key") != key:
+        raise InvalidInputError(
+            f"{meta_path} belongs to another run (its configuration key differs); "
+            f"delete {state_dir} or use another state folder"
+        )
+    if not np.array_equal(saved_test, test) or pred.shape != test.shape:
+        raise InvalidInputError(f"{meta_path} was recorded for other test videos than split {index} has now")
+    return {k: float(v) for k, v in doc["metrics"].items()}, pred
+
+
+def _save_split(state_dir: Path, index: int, test: np.ndarray, pred: np.ndarray, metrics: dict,
+                key: str, n_train: int) -> None:
+    """Record a finished split: predictions (.npz) first, then the JSON that marks it finished."""
+    meta_path, arrays_path, _ = split_state_paths(state_dir, index)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(arrays_path, lambda fh: np.savez(fh, test=test, pred=pred))
+    doc = {"format": _SPLIT_FORMAT, "split": index, "key": key, "n_train": n_train, "n_test": int(test.size),
+           "metrics": {k: float(v) for k, v in metrics.items()}}
+    _atomic_write(meta_path, lambda fh: fh.write((json.dumps(doc, indent=1) + "\n").encode("utf-8")))
+
+
+def evaluate(head, X, y, *, splits, video_ids=None, progress: bool = True, state_dir=None,
+             state_key: str | None = None) -> EvaluationResult:
     """Fit and score a fresh clone of ``head`` on every split.
 
     Parameters
@@ -293,6 +345,16 @@ def evaluate(head, X, y, *, splits, video_ids=None, progress: bool = True) -> Ev
         Kept in the result (and used in messages).
     progress : bool
         Show a tqdm progress bar on stderr.
+    state_dir : path or None
+        Resumable run: each finished split's test predictions and metrics are recorded
+        there (``split-NNNN.npz`` with ``test``/``pred`` arrays, then ``split-NNNN.json``;
+        no pickle) and read back instead of refitting when found; a head whose ``fit``
+        takes ``checkpoint_dir`` (:class:`~regressors.sequence.SequenceRegressor`) saves
+        its per-epoch training state in ``split-NNNN/`` and resumes from it, the folder
+        being removed once the split is recorded.
+    state_key : str or None
+        Identity of the run (e.g. a hash of its configuration); records and training
+        checkpoints made under another key are refused, never mixed in.
 
     Returns
     -------
@@ -314,19 +376,34 @@ def evaluate(head, X, y, *, splits, video_ids=None, progress: bool = True) -> Ev
             raise InvalidInputError(f"video_ids has {len(video_ids)} entries, expected {n}")
     checked = _check_splits(splits, n)
 
+    key = "" if state_key is None else str(state_key)
+    state_dir = None if state_dir is None else Path(state_dir)
+    checkpoints = "checkpoint_dir" in inspect.signature(head.fit).parameters
     pred_sum = np.zeros(n, dtype=np.float64)
     n_tested = np.zeros(n, dtype=np.int64)
-    per_split = []
+    per_split, resumed = [], []
     bar = tqdm(total=len(checked), desc="evaluate", unit="split", file=sys.stderr,
                disable=not progress, leave=False)
     try:
         for i, (train, test) in enumerate(checked):
-            model = clone(head).fit(_subset(X, train), y[train])
-            pred = np.asarray(model.predict(_subset(X, test)), dtype=np.float64).ravel()
-            try:
-                metrics = evaluate_predictions(y[test], pred)
-            except RegressorError as exc:
-                raise type(exc)(f"split {i} ({test.size} test videos): {exc}") from exc
+            recorded = _load_split(state_dir, i, test, key) if state_dir is not None else None
+            if recorded is not None:
+                metrics, pred = recorded
+                resumed.append(i)
+            else:
+                fit_kwargs = {}
+                if state_dir is not None and checkpoints:
+                    fit_kwargs = {"checkpoint_dir": split_state_paths(state_dir, i)[2],
+                                  "checkpoint_key": f"{key}/split-{i}"}
+                model = clone(head).fit(_subset(X, train), y[train], **fit_kwargs)
+                pred = np.asarray(model.predict(_subset(X, test)), dtype=np.float64).ravel()
+                try:
+                    metrics = evaluate_predictions(y[test], pred)
+                except RegressorError as exc:
+                    raise type(exc)(f"split {i} ({test.size} test videos): {exc}") from exc
+                if state_dir is not None:
+                    _save_split(state_dir, i, test, pred, metrics, key, int(train.size))
+                    shutil.rmtree(split_state_paths(state_dir, i)[2], ignore_errors=True)
             pred_sum[test] += pred
             n_tested[test] += 1
             per_split.append({**metrics, "split": i, "n_train": int(train.size), "n_test": int(test.size)})
@@ -343,5 +420,5 @@ def evaluate(head, X, y, *, splits, video_ids=None, progress: bool = True) -> Ev
     )
     return EvaluationResult(
         per_split=per_split, median=median, predictions=predictions, n_tested=n_tested,
-        video_ids=video_ids,
+        video_ids=video_ids, resumed_splits=resumed,
     )

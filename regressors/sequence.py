@@ -31,31 +31,53 @@ of floating-point sums). The global torch RNG state is restored after ``fit``.
 Time: ``train_seconds_`` is the wall time of ``fit`` and ``data_wait_seconds_`` the part
 spent reading items (``np.asarray``), standardising and padding, validation included;
 their ratio is the data-wait fraction. Reading is synchronous (no prefetching).
+
+Checkpoints and resume: ``fit(..., checkpoint_dir=DIR)`` writes ``DIR/epoch-NNNN.pt``
+after every epoch (NNNN: epochs completed, 1-based; written to a temporary file and
+renamed into place, the previous one then removed). It holds everything the loop needs to
+go on exactly as if it had not stopped: module, optimiser and scheduler state, epoch,
+best state and score, early-stopping counter, history, and the RNG states (torch CPU and
+CUDA generators, the numpy shuffling generator), as plain containers of tensors, numbers
+and strings, read back with ``torch.load(..., weights_only=True)``: nothing is unpickled.
+A later ``fit`` with the same ``DIR`` continues after the last completed epoch and gives
+bit-identical weights and predictions at the same torch thread count. Each checkpoint
+carries a fingerprint of the parameters, the data (lengths, labels, validation split,
+standardisation) and ``checkpoint_key``; a checkpoint from different training is refused
+with :class:`CheckpointMismatchError`, never silently continued. The last checkpoint is
+kept after ``fit`` (a repeated ``fit`` with the same ``DIR`` then trains nothing);
+deleting ``DIR`` is the caller's business.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
+import json
 import logging
 import math
+import os
+import re
 import sys
+import tempfile
 import time
 from numbers import Integral, Real
+from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 from tqdm import tqdm
 
-from regressors.errors import InvalidInputError, NotFittedError, TrainingError
+from regressors.errors import InvalidInputError, NotFittedError, RegressorError, TrainingError
 from regressors.losses import LABEL_SCALINGS, get_loss
 from regressors.metrics import MIN_SAMPLES, _as_vector, srcc
 from regressors.modules import build_module, list_modules
 from regressors.persistence import register_head
 from regressors.protocols import random_splits
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "SequenceRegressor", "lr_factors"]
+__all__ = ["CheckpointMismatchError", "OPTIMIZERS", "SCHEDULES", "SequenceRegressor", "latest_checkpoint_epoch",
+           "lr_factors"]
 
 logger = logging.getLogger(__name__)
 
@@ -284,6 +306,119 @@ class _SeededTorch:
         return self._fork.__exit__(*exc)
 
 
+# ---------------------------------------------------------------------------- checkpoints
+class CheckpointMismatchError(RegressorError, ValueError):
+    """A checkpoint directory holds training state that is not this training's, or is unreadable."""
+
+
+_CHECKPOINT_FORMAT = "vqa-sequence-checkpoint"
+_CHECKPOINT_VERSION = 1
+_CHECKPOINT_RE = re.compile(r"^epoch-(\d{4,})\.pt$")
+
+
+def _checkpoint_files(directory: Path) -> list[tuple[int, Path]]:
+    """``(epochs completed, path)`` of every checkpoint in ``directory``, oldest first."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        match = _CHECKPOINT_RE.match(path.name)
+        if match and path.is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint_epoch(directory) -> int | None:
+    """Epochs completed by the newest checkpoint in ``directory`` (1-based), or None if none."""
+    files = _checkpoint_files(Path(directory))
+    return files[-1][0] if files else None
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(value).hexdigest()
+
+
+class _Checkpointer:
+    """Writes and reads the per-epoch training state of one ``fit`` in one directory."""
+
+    def __init__(self, directory, fingerprint: str, key: str):
+        self.directory = Path(directory)
+        self.fingerprint = fingerprint
+        self.key = key
+
+    def _remove_temporaries(self) -> None:
+        for path in self.directory.glob(".epoch-*.tmp"):  # left by a writer killed mid-write
+            path.unlink(missing_ok=True)
+
+    def load(self) -> dict | None:
+        """The newest checkpoint's contents, checked to be this training's; None if there is none."""
+        files = _checkpoint_files(self.directory)
+        if not files:
+            return None
+        epochs, path = files[-1]
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several types for damaged or unsafe files
+            raise CheckpointMismatchError(
+                f"training checkpoint {path} cannot be read ({exc}); delete {self.directory} to train from scratch"
+            ) from exc
+        if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
+            raise CheckpointMismatchError(f"{path} is not a SequenceRegressor training checkpoint")
+        if state.get("version") != _CHECKPOINT_VERSION:
+            raise CheckpointMismatchError(
+                f"{path} has checkpoint version {state.get('version')!r}, this code reads {_CHECKPOINT_VERSION}; "
+                f"delete {self.directory} to train from scratch"
+            )
+        if state.get("key") != self.key or state.get("fingerprint") != self.fingerprint:
+            what = "checkpoint key" if state.get("key") != self.key else "parameters or training data"
+            raise CheckpointMismatchError(
+                f"training checkpoint {path} belongs to another training (its {what} differ from this fit's); "
+                f"refusing to resume from it. Delete {self.directory} or use another checkpoint_dir"
+            )
+        if state.get("epoch") != epochs:
+            raise CheckpointMismatchError(f"{path} says it was written after epoch {state.get('epoch')!r}")
+        return state
+
+    def save(self, state: dict) -> Path:
+        """Write ``state`` atomically as ``epoch-NNNN.pt``, then remove older checkpoints."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._remove_temporaries()
+        epochs = int(state["epoch"])
+        path = self.directory / f"epoch-{epochs:04d}.pt"
+        doc = {"format": _CHECKPOINT_FORMAT, "version": _CHECKPOINT_VERSION,
+               "fingerprint": self.fingerprint, "key": self.key, **state}
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save(doc, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        for older, old_path in _checkpoint_files(self.directory):
+            if older != epochs:
+                old_path.unlink(missing_ok=True)
+        return path
+
+
+def _cpu_state(module: torch.nn.Module) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def _fingerprint(params: dict, **data) -> str:
+    """sha256 naming one training: the estimator's parameters and what it is trained on."""
+    parts = {"params": {k: repr(v) for k, v in sorted(params.items())}}
+    for name, value in data.items():
+        if isinstance(value, np.ndarray):
+            value = f"{value.dtype.str}{list(value.shape)}:{_digest(np.ascontiguousarray(value).tobytes())}"
+        elif value is not None and not isinstance(value, (str, int, float, bool)):
+            value = repr(value)
+        parts[name] = value
+    return _digest(json.dumps(parts, sort_keys=True).encode("utf-8"))
+
+
 # ---------------------------------------------------------------------------- estimator
 @register_head("sequence", version=1)
 class SequenceRegressor(RegressorMixin, BaseEstimator):
@@ -341,8 +476,10 @@ class SequenceRegressor(RegressorMixin, BaseEstimator):
     ``[D]`` (None without ``standardize``), ``history_`` (dict of per-epoch lists
     ``train_loss`` (scaled labels), ``val_srcc`` (NaN without validation) and ``lr``
     (at the epoch's first step)), ``best_epoch_`` (0-based), ``n_epochs_`` (epochs run),
-    ``train_seconds_`` (wall time of ``fit``) and ``data_wait_seconds_`` (part of it spent
-    reading, standardising and padding batches).
+    ``train_seconds_`` (wall time of ``fit``), ``data_wait_seconds_`` (part of it spent
+    reading, standardising and padding batches; with a resumed fit both include the
+    epochs' reading before the restart, the wall time only this call) and
+    ``resumed_from_epoch_`` (epochs restored from ``checkpoint_dir``; 0 for a fresh fit).
     """
 
     def __init__(
@@ -452,7 +589,8 @@ class SequenceRegressor(RegressorMixin, BaseEstimator):
         return train, val
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X, y, groups=None, *, X_val=None, y_val=None):
+    def fit(self, X, y, groups=None, *, X_val=None, y_val=None, checkpoint_dir=None, checkpoint_key=None,
+            epoch_callback=None):
         """Train on videos ``X`` (N items ``[T_i, D]``) with MOS ``y [N]``; returns self.
 
         Parameters
@@ -466,17 +604,35 @@ class SequenceRegressor(RegressorMixin, BaseEstimator):
             Keeps every group on one side of the validation split.
         X_val, y_val : validation videos and MOS, or None
             An explicit validation set (VSFA 60/20/20 protocol); all of ``X`` then trains.
+        checkpoint_dir : path or None
+            Save the training state there after every epoch, and resume from the newest
+            checkpoint found there (see the module docstring). Needs an integer
+            ``random_state`` (a resumed run must redo the same split and initialisation).
+        checkpoint_key : str or None
+            Extra identity the checkpoint must match (e.g. a run's configuration hash and
+            split); a checkpoint written under another key is refused.
+        epoch_callback : callable or None
+            Called as ``epoch_callback(epochs_completed)`` after each epoch, once its
+            checkpoint (if any) is on disk. An exception raised there stops ``fit``
+            (tests use it to simulate a crash).
         """
         start = time.perf_counter()
         loss_fn, scaling = self._check_params()
         device = self._torch_device()
-        source, _, dims = _check_source(X, "X")
+        source, lengths, dims = _check_source(X, "X")
         y = _check_y(y, len(source), "y")
+        if checkpoint_dir is not None and (isinstance(self.random_state, bool)
+                                           or not isinstance(self.random_state, Integral)):
+            raise InvalidInputError(
+                f"checkpoint_dir needs an integer random_state (resuming redoes the same split and "
+                f"initialisation), got {self.random_state!r}"
+            )
         rng = np.random.default_rng(self.random_state)
+        val_lengths = None
         if X_val is not None or y_val is not None:
             if X_val is None or y_val is None:
                 raise InvalidInputError("pass both X_val and y_val, or neither")
-            val_source, _, val_dims = _check_source(X_val, "X_val")
+            val_source, val_lengths, val_dims = _check_source(X_val, "X_val")
             if val_dims != dims:
                 raise InvalidInputError(f"X_val has {val_dims} features per step, X has {dims}")
             y_val = _check_y(y_val, len(val_source), "y_val")
@@ -514,12 +670,23 @@ class SequenceRegressor(RegressorMixin, BaseEstimator):
         )
         shuffle_rng = np.random.default_rng(rng.integers(2**63))
         torch_seed = int(rng.integers(2**63))
+        checkpointer = None
+        if checkpoint_dir is not None:
+            params = {k: v for k, v in self.get_params(deep=False).items() if k != "progress"}
+            fingerprint = _fingerprint(
+                params, dims=int(dims), lengths=lengths, val_lengths=val_lengths, y=y, y_val=y_val,
+                train_idx=train_idx, val_idx=val_idx, label_scale=label_scale, x_mean=batcher.mean,
+                x_std=batcher.std, torch_seed=torch_seed, device=device.type,
+            )
+            key = "" if checkpoint_key is None else str(checkpoint_key)
+            checkpointer = _Checkpointer(checkpoint_dir, fingerprint, key)
         with _SeededTorch(torch_seed, device):
             module = _build(self.module, dims, dict(self.module_params or {})).to(device)
             history, best_epoch = self._train(
                 module, loss_fn, batcher, device, factors, steps_per_epoch,
                 source, train_idx, torch.as_tensor(y_train / label_scale, dtype=torch.float32),
                 val_source, val_idx, y_val[val_idx], shuffle_rng, val_where,
+                checkpointer=checkpointer, epoch_callback=epoch_callback,
             )
         module.eval()
 
@@ -543,8 +710,14 @@ class SequenceRegressor(RegressorMixin, BaseEstimator):
         return self
 
     def _train(self, module, loss_fn, batcher, device, factors, steps_per_epoch,
-               source, train_idx, y_train_scaled, val_source, val_idx, y_val, shuffle_rng, val_where):
-        """The epoch loop; leaves ``module`` at the best checkpoint, returns ``(history, best_epoch)``."""
+               source, train_idx, y_train_scaled, val_source, val_idx, y_val, shuffle_rng, val_where,
+               checkpointer=None, epoch_callback=None):
+        """The epoch loop; leaves ``module`` at the best checkpoint, returns ``(history, best_epoch)``.
+
+        With a ``checkpointer`` it first restores the newest saved state (module, optimiser,
+        scheduler, counters, history, RNG states) and goes on from the next epoch; after
+        every epoch it saves the state again.
+        """
         opt_cls = torch.optim.Adam if self.optimizer == "adam" else torch.optim.AdamW
         optimizer = opt_cls(module.parameters(), lr=float(self.lr), weight_decay=float(self.weight_decay))
         # Past the planned steps (never reached) the last factor holds.
@@ -554,10 +727,50 @@ class SequenceRegressor(RegressorMixin, BaseEstimator):
         y_dev = y_train_scaled.to(device)
         history = {key: [] for key in _HISTORY_KEYS}
         best_srcc, best_epoch, best_state, since_best = -math.inf, None, None, 0
-        bar = tqdm(total=int(self.epochs), desc=f"train {self.module}", unit="epoch", file=sys.stderr,
-                   disable=not self.progress, leave=False)
+        start_epoch, finished, prior_wait = 0, False, 0.0
+        saved = checkpointer.load() if checkpointer is not None else None
+        if saved is not None:
+            module.load_state_dict(saved["module"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            history = {key: list(saved["history"][key]) for key in _HISTORY_KEYS}
+            best = saved["best"]
+            best_srcc, since_best = float(best["srcc"]), int(best["since_best"])
+            best_epoch = None if best["epoch"] < 0 else int(best["epoch"])
+            best_state = None if best["state"] is None else {k: v.to(device) for k, v in best["state"].items()}
+            shuffle_rng.bit_generator.state = saved["rng"]["shuffle"]
+            torch.random.set_rng_state(saved["rng"]["torch"])
+            if device.type == "cuda" and saved["rng"]["cuda"] is not None:
+                torch.cuda.set_rng_state(saved["rng"]["cuda"], device)
+            start_epoch, finished = int(saved["epoch"]), bool(saved["finished"])
+            prior_wait = float(saved["data_wait_seconds"])  # the loop's reading time before the restart
+            logger.info("resuming %s training from %s after epoch %d of %d%s", self.module,
+                        checkpointer.directory, start_epoch, int(self.epochs), " (finished)" if finished else "")
+        self.resumed_from_epoch_ = start_epoch
+        loop_wait_start = batcher.wait_seconds
+
+        def save(epochs_done: int, done: bool) -> None:
+            checkpointer.save({
+                "epoch": epochs_done,
+                "finished": done,
+                "module": _cpu_state(module),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "history": {key: [float(v) for v in history[key]] for key in _HISTORY_KEYS},
+                "best": {"srcc": float(best_srcc), "epoch": -1 if best_epoch is None else int(best_epoch),
+                         "since_best": int(since_best),
+                         "state": None if best_state is None else {k: v.detach().to("cpu", copy=True)
+                                                                   for k, v in best_state.items()}},
+                "rng": {"shuffle": shuffle_rng.bit_generator.state,
+                        "torch": torch.random.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+                "data_wait_seconds": prior_wait + batcher.wait_seconds - loop_wait_start,
+            })
+
+        bar = tqdm(total=int(self.epochs), initial=start_epoch, desc=f"train {self.module}", unit="epoch",
+                   file=sys.stderr, disable=not self.progress, leave=False)
         try:
-            for epoch in range(int(self.epochs)):
+            for epoch in range(start_epoch, 0 if finished else int(self.epochs)):
                 history["lr"].append(float(optimizer.param_groups[0]["lr"]))
                 module.train()
                 order = shuffle_rng.permutation(train_idx.size)
@@ -590,12 +803,18 @@ class SequenceRegressor(RegressorMixin, BaseEstimator):
                 bar.update(1)
                 bar.set_postfix(loss=f"{train_loss:.4g}", val_srcc=f"{val_srcc:.4f}")
                 logger.debug("epoch %d: train loss %.6g, val SROCC %.4f", epoch, train_loss, val_srcc)
-                if self.patience is not None and best_state is not None and since_best >= self.patience:
+                stop = self.patience is not None and best_state is not None and since_best >= self.patience
+                if checkpointer is not None:
+                    save(epoch + 1, stop or epoch + 1 == int(self.epochs))
+                if epoch_callback is not None:
+                    epoch_callback(epoch + 1)
+                if stop:
                     logger.info("early stop after epoch %d: no better validation SROCC since epoch %d",
                                 epoch, best_epoch)
                     break
         finally:
             bar.close()
+        batcher.wait_seconds += prior_wait
         if best_state is None:
             if val_idx.size:
                 logger.warning("validation SROCC was never defined (constant predictions); keeping the last epoch")

@@ -211,8 +211,11 @@ def test_av1_gives_a_clear_decode_error(videos):
     try:
         probe, features, info = run(path)
     except VideoDecodeError as error:
-        # decord 0.6.0's own FFmpeg has no AV1 decoder: the file is refused at open, by name.
-        assert error.path == str(path) and "decord cannot read it" in error.cause
+        # decord 0.6.0's own FFmpeg has no AV1 decoder: the file is refused at open, naming the
+        # codec and how to re-encode it.
+        assert error.path == str(path)
+        assert error.cause.startswith("codec av1 is not supported by the decoder: decord ")
+        assert "has no av1 decoder" in error.cause and "ffmpeg -i IN -c:v libx264 -crf 18 OUT.mp4" in error.cause
     else:  # a decord built with an AV1 decoder reads it like any other file
         assert frame_numbers_ok(probe, range(8))
 
@@ -310,6 +313,7 @@ def test_flow_records_each_broken_video_and_goes_on(flow_run):
             assert fragment in failures[video_id], (video_id, failures[video_id])
     if "av1" in failures:
         assert "VideoDecodeError" in failures["av1"] and "av1.mkv" in failures["av1"]
+        assert "codec av1 is not supported by the decoder" in failures["av1"]
     assert summary["done"] == len(GOOD)
     (set_id,) = store.feature_sets()
     assert store.video_ids(set_id) == sorted(GOOD)

@@ -291,6 +291,28 @@ def test_bad_input_raises_video_decode_error(videos, make_bad, causes, opener):
         assert cause in message
 
 
+def test_codec_without_a_decoder_in_decords_ffmpeg_is_named_with_the_fix(tmp_path):
+    """Generic: a stream whose codec decord's own FFmpeg cannot decode (H.266/VVC here; AV1 is
+    checked in tests/test_hardening_inputs.py) is refused at open naming the codec and how to
+    re-encode it, not as an unreadable file."""
+    from pipeline.encode import encode_video
+    from pipeline.errors import PipelineError
+    from tests.helpers import grey_frames
+
+    try:
+        path = encode_video(tmp_path / "vvc.mp4", grey_frames(4), codec="libvvenc")
+    except PipelineError:
+        pytest.skip("the bundled ffmpeg has no VVC encoder (libvvenc)")
+    try:
+        info = probe_video(path)
+    except VideoDecodeError as error:  # decord 0.6.0
+        assert error.path == str(path)
+        assert error.cause.startswith("codec vvc is not supported by the decoder: decord ")
+        assert "has no vvc decoder" in error.cause and "ffmpeg -i IN -c:v libx264 -crf 18 OUT.mp4" in error.cause
+    else:  # a decord built with a VVC decoder reads it like any other file
+        assert info.num_frames == 4
+
+
 def test_mid_stream_decode_error_names_the_frame(videos, tmp_path):
     damaged = 20
     path = corrupt_frame(videos[1]["noise_faststart"], tmp_path / "corrupt.mp4", damaged)
