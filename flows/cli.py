@@ -28,8 +28,13 @@ def _extraction_params(args) -> dict:
 def _dask_options(args) -> dict:
     from .orchestration import parse_resources
 
-    return {"address": args.dask_address, "n_workers": args.dask_workers,
-            "resources": parse_resources(args.dask_resource or []) or None}
+    n_workers = args.dask_workers
+    if n_workers == "auto":  # one worker per GPU (1 without GPUs)
+        from pipeline.runner import gpu_worker_count
+
+        n_workers = gpu_worker_count(args.device)
+    return {"address": args.dask_address, "n_workers": n_workers,
+            "resources": parse_resources(args.dask_resource or []) or None, "device": args.device}
 
 
 def _announce_server(dask: dict) -> None:
@@ -54,13 +59,19 @@ def _extract(args) -> int:
     from .manifest import read_manifest
     from .orchestration import dask_session
 
+    from pipeline.extractors.base import check_compute_options
+
     read_manifest(args.manifest, root=args.root)  # a bad manifest is reported here, before Prefect starts
+    check_compute_options(precision=args.precision, channels_last=args.channels_last, device=args.device)  # likewise
+    compute = {"precision": args.precision, "channels_last": args.channels_last}
+    if args.prefetch is not None:
+        compute["prefetch"] = args.prefetch
     dask = _dask_options(args)
     _announce_server(dask)
     with dask_session(**dask) as runner:  # Dask: a real Prefect server unless PREFECT_API_URL is set
         flow = extract_flow if runner is None else extract_flow.with_options(task_runner=runner)
         summary = flow(manifest=args.manifest, **_extraction_params(args), progress=not args.quiet, root=args.root,
-                       resources=dask["resources"])
+                       resources=dask["resources"], **compute)
     return _print_summary(summary, args.extractor[0])
 
 
@@ -239,7 +250,8 @@ def _fit(args) -> int:
                       head=args.head, protocol=args.protocol, pooling=args.pooling, n_repeats=args.repeats,
                       seed=args.seed, progress=not args.quiet, overwrite=args.overwrite,
                       head_params=_parse_params(args.head_param or []), test_manifest=args.test_manifest,
-                      test_store=args.test_store)
+                      test_store=args.test_store, restart=args.restart,
+                      notify=lambda message: print(message, file=sys.stderr, flush=True))
     print(format_metrics_table(metrics))
     print(f"report: {args.out}")
     return 0
@@ -317,7 +329,7 @@ def _demo(args) -> int:
 
 
 def _add_extraction_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", required=True, help="feature store directory (created if missing)")
+    p.add_argument("--store", required=True, help="feature store directory or URL (s3://...; created if missing)")
     p.add_argument("--extractor", action="append", required=True, help="registered extractor name (repeatable)")
     p.add_argument("--weights", action="append",
                    help="imagenet | random[:SEED] | PATH, or NAME=CHOICE for one extractor (repeatable)")
@@ -332,10 +344,43 @@ def _add_dask_options(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--dask-address", help="run one task per video on an existing Dask cluster "
                                               "(tcp://HOST:PORT; its workers need PREFECT_API_URL)")
-    group.add_argument("--dask-workers", type=int, metavar="N",
-                       help="run one task per video on a local Dask cluster of N worker processes")
+    group.add_argument("--dask-workers", type=_worker_count, metavar="N|auto",
+                       help="run one task per video on a local Dask cluster of N worker processes; with CUDA "
+                            "devices each worker is pinned to one GPU (round-robin) and takes GPU=1; "
+                            "auto: one worker per GPU (1 without GPUs)")
     p.add_argument("--dask-resource", action="append", metavar="NAME=AMOUNT",
                    help="Dask resource each video task needs, e.g. GPU=1 (repeatable; local workers declare it)")
+
+
+def _worker_count(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of workers or auto, got {text!r}") from None
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def _add_compute_options(p: argparse.ArgumentParser) -> None:
+    """Compute options of `vqa extract`: precision and layout (own feature sets), decode-ahead depth."""
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="precision the networks run in (autocast; fp16 on CUDA only). Recorded in the feature "
+                        "set's spec: fp16/bf16 features form their own feature sets (default fp32)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels-last memory layout for the networks (own feature set, like --precision)")
+    p.add_argument("--prefetch", type=_non_negative_int, metavar="N",
+                   help="batches decoded ahead of the model per video, in a worker thread (0: no decode "
+                        "thread; default 2). Does not change the features; recorded in the run record")
 
 
 def _add_evaluation_options(p: argparse.ArgumentParser) -> None:
@@ -363,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest", help="CSV with video_id,path[,mos][,group]")
     _add_extraction_options(p)
     p.add_argument("--root", help="refuse manifest paths that resolve outside this folder (the dataset root)")
+    _add_compute_options(p)
     _add_dask_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_extract)
@@ -451,6 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a head setting, KEY=VALUE (repeatable), e.g. epochs=20 lr=1e-4")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--overwrite", action="store_true", help="replace a report and model already in --out")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the progress of an interrupted run in --out and start over (by default a run "
+                        "with the same configuration is resumed, and one with another configuration refused)")
     p.set_defaults(func=_fit)
 
     p = sub.add_parser("evaluate", help="fit several heads on the same features and compare them (Prefect flow)")

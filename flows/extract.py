@@ -6,6 +6,7 @@ import errno
 import functools
 import json
 import logging
+import os
 import pickle
 import platform
 import time
@@ -29,11 +30,13 @@ import pipeline
 from feature_store import FeatureStore
 from pipeline.errors import SamplingError
 from pipeline.extractors import Extractor, create_extractor, get_entry, sampling_for
-from pipeline.runner import extract_video
+from pipeline.extractors.base import check_compute_options
+from pipeline.runner import DEFAULT_PREFETCH, extract_video, release_accelerator_memory
 from pipeline.sampling import parse_sampling
 
+from .errors import FlowError
 from .manifest import read_manifest
-from .orchestration import publish_table
+from .orchestration import publish_table, task_resources
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +47,29 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 @dataclass(frozen=True)
 class ExtractionConfig:
     """What to extract. ``weights`` and ``sampling`` map extractor name -> choice; missing names
-    use the extractor's default."""
+    use the extractor's default.
+
+    ``precision`` (``fp32``, ``bf16``, ``fp16`` on CUDA only) and ``channels_last`` are the
+    extractors' compute options (:meth:`pipeline.extractors.Extractor.set_compute`): recorded
+    in their spec, so they change the feature sets' identity. ``prefetch`` (batches decoded
+    ahead in a worker thread, :func:`pipeline.runner.extract_video`) does not change features
+    and only appears in the run record. Invalid options raise ``ComputeOptionError`` /
+    ``FlowError`` here, before anything touches the store.
+    """
 
     extractors: tuple[str, ...]
     weights: Mapping[str, str] = field(default_factory=dict)
     sampling: Mapping[str, str] = field(default_factory=dict)
     device: str = "auto"
     batch_size: int = 16
+    precision: str = "fp32"
+    channels_last: bool = False
+    prefetch: int = DEFAULT_PREFETCH
+
+    def __post_init__(self) -> None:
+        check_compute_options(precision=self.precision, channels_last=self.channels_last, device=self.device)
+        if isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int) or self.prefetch < 0:
+            raise FlowError(f"prefetch must be a non-negative integer (batches decoded ahead), got {self.prefetch!r}")
 
 
 def parse_per_extractor_option(values: Sequence[str], extractors: Sequence[str]) -> dict[str, str]:
@@ -81,13 +100,16 @@ def resolve_samplings(sampling: str | Mapping[str, str], extractors: Sequence[st
 
 
 @functools.lru_cache(maxsize=8)
-def _build(name: str, weights: str | None, device: str) -> Extractor:
-    return create_extractor(name, weights=weights, device=device)
+def _build(name: str, weights: str | None, device: str, precision: str = "fp32",
+           channels_last: bool = False) -> Extractor:
+    return create_extractor(name, weights=weights, device=device, precision=precision, channels_last=channels_last)
 
 
 def build_extractors(config: ExtractionConfig) -> list[Extractor]:
-    """Extractors are built once per process and reused for every video."""
-    return [_build(name, config.weights.get(name), config.device) for name in config.extractors]
+    """Extractors are built once per process (per name, weights, device and compute options)
+    and reused for every video."""
+    return [_build(name, config.weights.get(name), config.device, config.precision, config.channels_last)
+            for name in config.extractors]
 
 
 def feature_set_ids(store: FeatureStore, extractors: Sequence[Extractor], config: ExtractionConfig) -> list[str]:
@@ -140,7 +162,7 @@ def extract_video_task(video_id: str, path: str, store_path: str, config: Extrac
     samplings = [parse_sampling(config.sampling[config.extractors[i]]) for i in todo]
     started = time.perf_counter()
     features, info = extract_video(path, [extractors[i] for i in todo], sampling=samplings,
-                                    batch_size=config.batch_size, video_key=video_id)
+                                    batch_size=config.batch_size, video_key=video_id, prefetch=config.prefetch)
     seconds = time.perf_counter() - started
     video_provenance = {
         "source": info.to_dict(),
@@ -152,6 +174,8 @@ def extract_video_task(video_id: str, path: str, store_path: str, config: Extrac
         "device": str(extractors[0].device),
         "host": platform.node(),
     }
+    if extractors[0].device.type == "cuda" and os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        video_provenance["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]  # the physical GPU
     for i, feats, sampling in zip(todo, features, samplings):
         set_provenance = {"spec": extractors[i].spec.to_dict(), "sampling": sampling.to_dict()}
         try:
@@ -178,6 +202,9 @@ def extract_flow(
     progress: bool = True,
     root: str | None = None,
     resources: dict[str, float] | None = None,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    prefetch: int = DEFAULT_PREFETCH,
 ) -> dict:
     """Extract features for every video of ``manifest`` into ``store``.
 
@@ -192,19 +219,32 @@ def extract_flow(
     DaskTaskRunner(...))``, see ``flows.orchestration``) every pending video is submitted as
     its own task; each worker builds its extractors once and writes its own videos to the
     store. ``resources`` (e.g. ``{"GPU": 1}``) are Dask resources each video task needs
-    (``dask.annotate``); only the workers that declare them run the tasks.
+    (``dask.annotate``); only the workers that declare them run the tasks. On a local cluster
+    of GPU-pinned workers (``make_task_runner`` on a machine with GPUs) they default to
+    ``{"GPU": 1}``. A video whose Dask worker died (killed, out of host memory) is retried on
+    another worker by Dask; when Dask gives up (``KilledWorker``) it is recorded as failed with
+    a reason saying the worker was lost, and the next run retries it.
+
+    ``precision`` / ``channels_last``: compute options of every extractor (their own feature
+    sets: ``bf16`` features never mix with ``fp32`` ones); ``prefetch``: batches decoded ahead
+    per video (run record only). See :class:`ExtractionConfig`.
     """
     entries = read_manifest(manifest, root=root)  # validated before anything touches the store
     config = ExtractionConfig(tuple(extractors), dict(weights or {}), resolve_samplings(sampling, extractors),
-                              device, batch_size)
+                              device, batch_size, precision=precision, channels_last=channels_last,
+                              prefetch=prefetch)
+    built = build_extractors(config)  # fail fast here if weights cannot be had, before the store is created
     feature_store = FeatureStore(store)
-    built = build_extractors(config)  # fail fast here if weights cannot be had
     set_ids = feature_set_ids(feature_store, built, config)
     summary = {"done": 0, "skipped": 0, "failed": 0, "frames": 0, "failures": {}, "feature_sets": set_ids}
     started = time.perf_counter()
     if _runner_distributes():
+        if any(e.device.type == "cuda" for e in built):  # the workers build their own: free this GPU's memory
+            del built
+            _build.cache_clear()
+            release_accelerator_memory()
         _extract_submitted(entries, feature_store, set_ids, str(store), config, summary,
-                           resources=resources, progress=progress)
+                           resources=task_resources(FlowRunContext.get().task_runner, resources), progress=progress)
     else:
         bar = tqdm(entries, desc="extract", unit="video", disable=not progress)
         for entry in bar:
@@ -216,7 +256,7 @@ def extract_flow(
             bar.set_postfix(done=summary["done"], skipped=summary["skipped"], failed=summary["failed"])
     summary["seconds"] = round(time.perf_counter() - started, 2)
     summary["frames_per_second"] = round(summary["frames"] / summary["seconds"], 2) if summary["seconds"] else 0.0
-    _write_run_record(Path(store), summary, config)
+    _write_run_record(store, summary, config)
     _publish_summary(summary, store)
     return summary
 
@@ -253,21 +293,61 @@ def _extract_submitted(entries, feature_store: FeatureStore, set_ids: list[str],
     with tqdm(total=len(futures), desc="extract", unit="video", disable=not progress) as bar:
         for future in as_completed(list(futures)):
             future.wait()
-            _record(summary, futures[future], future.state)
+            _record(summary, futures[future], future.state, reason=_lost_worker_reason(future))
             bar.update()
             bar.set_postfix(done=summary["done"], skipped=summary["skipped"], failed=summary["failed"])
 
 
-def _record(summary: dict, video_id: str, state) -> None:
-    """Add one finished video task's final state to the run summary."""
+def _record(summary: dict, video_id: str, state, *, reason: str | None = None) -> None:
+    """Add one finished video task's final state to the run summary (``reason``: why it failed,
+    when the state cannot say, e.g. its worker was lost)."""
     if state.is_completed():
         result = state.result()
         summary[result["status"]] += 1
         summary["frames"] += result.get("frames", 0)
     else:
         summary["failed"] += 1
-        summary["failures"][video_id] = _failure_reason(state)
+        summary["failures"][video_id] = reason or _failure_reason(state)
         log.warning("failed %s: %s", video_id, summary["failures"][video_id])
+
+
+def _lost_worker_reason(future) -> str | None:
+    """Why a Dask-run video task ended without a final Prefect state, or ``None`` when it has one.
+
+    A task whose worker process died (SIGKILL, out of host memory, a crash in native code) is
+    rescheduled by Dask on another worker; after ``distributed.scheduler.allowed-failures``
+    (default 3) lost workers, or for tasks queued on a worker that died, Dask gives up with
+    ``KilledWorker`` and the task run stays Running/Pending in Prefect. The reason says so,
+    and the task run is marked Crashed (best effort)."""
+    state = future.state
+    if state.is_final():
+        return None
+    wrapped = getattr(future, "wrapped_future", None)
+    if getattr(wrapped, "status", None) not in ("error", "cancelled"):  # not a Dask future, or no Dask failure
+        return None
+    try:
+        exc = wrapped.exception(timeout=30)  # done already: a round trip to the client's event loop
+    except Exception as error:  # noqa: BLE001  (cancelled, timed out: report what we know)
+        exc = error
+    if exc is None:
+        return None
+    from distributed.scheduler import KilledWorker
+
+    if isinstance(exc, KilledWorker):
+        reason = (f"lost Dask worker: the worker process running this video died (killed, out of memory or "
+                  f"crashed) and Dask gave up on the task; no half-written features count, re-run to retry it "
+                  f"({type(exc).__name__}: {exc})")
+    else:  # e.g. cancelled, or the task could not even start on its worker
+        reason = f"Dask could not run the task ({type(exc).__name__}: {exc}); re-run to retry it"
+    try:
+        from prefect.client.orchestration import get_client
+        from prefect.states import Crashed
+
+        with get_client(sync_client=True) as client:
+            client.set_task_run_state(future.task_run_id, Crashed(message=reason), force=True)
+    except Exception as error:  # noqa: BLE001  (the API's view is a convenience; the summary has the reason)
+        log.debug("could not mark task run %s crashed: %s", future.task_run_id, error)
+    return reason
 
 
 def _failure_reason(state) -> str:
@@ -280,10 +360,8 @@ def _failure_reason(state) -> str:
     return state.message or state.name
 
 
-def _write_run_record(store: Path, summary: dict, config: ExtractionConfig) -> None:
-    runs = FeatureStore(store).runs_dir
-    runs.mkdir(parents=True, exist_ok=True)
+def _write_run_record(store: str, summary: dict, config: ExtractionConfig) -> None:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     record = {"config": {**config.__dict__, "weights": dict(config.weights), "sampling": dict(config.sampling)},
               **summary}
-    (runs / f"extract-{stamp}.json").write_text(json.dumps(record, indent=2, default=str))
+    FeatureStore(store).write_run_file(f"extract-{stamp}.json", json.dumps(record, indent=2, default=str))

@@ -6,6 +6,7 @@ artifacts that never fail a run, and scheduled deployments.
     vqa extract ... --dask-workers N | --dask-address tcp://host:8786
         |-- ensure_api_server(): PREFECT_API_URL if set, else prefect_server() (a subprocess)
         |-- make_task_runner():  DaskTaskRunner(LocalCluster(N processes)) | DaskTaskRunner(address)
+        |                        (with CUDA devices: worker rank pinned to GPU rank % GPUs, GPU=1 each)
         '-- extract_flow.with_options(task_runner=...): one extract_video_task per video,
             each worker builds its extractors once and writes its own videos to the store
 
@@ -282,6 +283,7 @@ def make_task_runner(
     address: str | None = None,
     n_workers: int | None = None,
     resources: Mapping[str, float] | None = None,
+    device: str | None = "auto",
 ) -> "DaskTaskRunner | None":
     """A Dask task runner for these options, or ``None`` (Prefect's default: in this process).
 
@@ -293,6 +295,12 @@ def make_task_runner(
         resources: Dask resources each LocalCluster worker declares (e.g. ``{"GPU": 1}``), so
             that tasks annotated with them can run; ignored with ``address`` (declared by the
             workers you started).
+        device: the extraction device. On a machine with CUDA devices and ``device`` ``"auto"``
+            or ``"cuda"``, LocalCluster worker ``rank`` is pinned to GPU ``rank % gpus``
+            (``CUDA_VISIBLE_DEVICES``, :func:`pipeline.runner.gpu_worker_envs`, via
+            :func:`gpu_pinned_nanny`) and declares ``GPU=1``, so that video tasks annotated with
+            it (:func:`task_resources`) run one per GPU. ``"cpu"``, ``"cuda:N"`` or no CUDA:
+            no pinning (unchanged CPU behaviour).
 
     Raises:
         FlowError: both or invalid options, or prefect-dask is not installed.
@@ -323,7 +331,40 @@ def make_task_runner(
     }
     if resources:
         cluster_kwargs["resources"] = dict(resources)
+    from pipeline.runner import gpu_worker_envs
+
+    gpu_ids = [env["CUDA_VISIBLE_DEVICES"] for env in gpu_worker_envs(n_workers, device=device) if env]
+    if gpu_ids:  # one worker per GPU: pinned, declaring GPU=1 (an explicit --dask-resource GPU=... wins)
+        cluster_kwargs["worker_class"] = f"{__name__}.gpu_pinned_nanny"
+        cluster_kwargs["gpu_ids"] = gpu_ids
+        cluster_kwargs["resources"] = {GPU_RESOURCE: 1.0, **(resources or {})}
+        log.info("local Dask cluster: %d worker(s) pinned to GPU(s) %s", n_workers, ", ".join(gpu_ids))
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=cluster_kwargs)
+
+
+def gpu_pinned_nanny(scheduler_address: str, *, name: Any, gpu_ids: Sequence[str],
+                     env: Mapping[str, str] | None = None, **options: Any):
+    """A ``distributed.Nanny`` whose worker process sees one GPU: ``CUDA_VISIBLE_DEVICES`` =
+    ``gpu_ids[rank % len(gpu_ids)]`` with ``rank`` the worker's name (``LocalCluster`` names its
+    workers 0, 1, ...; a restarted or added worker keeps the scheme). The LocalCluster's
+    ``worker_class`` in :func:`make_task_runner` on a machine with GPUs; ``gpu_ids`` arrives
+    as a worker keyword of ``LocalCluster``. The nanny sets the variable before it spawns the
+    worker process, so CUDA never sees the other GPUs there."""
+    from distributed import Nanny
+
+    rank = int(name)
+    env = {**(env or {}), "CUDA_VISIBLE_DEVICES": str(gpu_ids[rank % len(gpu_ids)])}
+    return Nanny(scheduler_address, name=name, env=env, **options)
+
+
+def task_resources(runner: Any, resources: Mapping[str, float] | None = None) -> dict[str, float] | None:
+    """The Dask resources each video task asks for: ``resources`` when given, else ``GPU=1``
+    when ``runner`` is a local cluster of GPU-pinned workers (:func:`make_task_runner`), so that
+    each task takes one GPU; else ``None`` (no annotation)."""
+    if resources:
+        return dict(resources)
+    cluster_kwargs = getattr(runner, "cluster_kwargs", None) or {}
+    return {GPU_RESOURCE: 1.0} if cluster_kwargs.get("gpu_ids") else None
 
 
 @contextmanager
@@ -332,11 +373,12 @@ def dask_session(
     address: str | None = None,
     n_workers: int | None = None,
     resources: Mapping[str, float] | None = None,
+    device: str | None = "auto",
     **server_options: Any,
 ) -> Iterator["DaskTaskRunner | None"]:
     """The task runner of :func:`make_task_runner`, with a Prefect server it can use for the
     block (:func:`ensure_api_server`); yields ``None`` and starts nothing without Dask options."""
-    runner = make_task_runner(address=address, n_workers=n_workers, resources=resources)
+    runner = make_task_runner(address=address, n_workers=n_workers, resources=resources, device=device)
     if runner is None:
         yield None
         return
@@ -550,7 +592,8 @@ def serve_deployments(*deployments: "RunnerDeployment") -> None:
 
 __all__ = [
     "DEPLOYABLE", "PrefectServer", "PrefectServerError", "build_deployment", "configured_api_url",
-    "dask_session", "deployable_flow", "ensure_api_server", "make_task_runner", "parse_resources",
+    "dask_session", "deployable_flow", "ensure_api_server", "gpu_pinned_nanny", "make_task_runner",
+    "parse_resources", "task_resources",
     "prefect_server", "publish_markdown", "publish_table", "require_api_server", "serve_deployments",
     "slurm_cluster", "slurm_cluster_kwargs", "slurm_job_script", "slurm_task_runner",
 ]

@@ -31,7 +31,9 @@ same as with the full batch. A single step that does not fit raises
 ``ExtractorOutOfMemoryError``.
 
 Several GPUs: one worker process per GPU, each with its own extractors; see
-:func:`assign_devices`.
+:func:`assign_devices`, and :func:`gpu_worker_envs` for pinning each worker process to its own
+GPU with ``CUDA_VISIBLE_DEVICES`` (what ``flows.orchestration.make_task_runner`` does for a
+local Dask cluster).
 """
 from __future__ import annotations
 
@@ -319,8 +321,9 @@ def assign_devices(n_workers: int, *, gpu_count: int | None = None) -> list[str]
     - Dask / Prefect ``DaskTaskRunner``: start ``n`` single-threaded worker processes
       (``LocalCluster(n_workers=n, threads_per_worker=1)``) and give each its device by rank,
       e.g. ``device = assign_devices(n)[rank]`` with the rank from the worker's name, or
-      start worker ``rank`` with ``CUDA_VISIBLE_DEVICES=rank`` (:func:`cuda_visible_devices`)
-      and ``device="cuda"`` inside it. Declare ``resources={"GPU": 1}`` per worker and
+      start worker ``rank`` with ``CUDA_VISIBLE_DEVICES=rank`` (:func:`cuda_visible_devices`,
+      :func:`gpu_worker_envs`: what ``flows.orchestration.make_task_runner`` does for a local
+      cluster) and ``device="cuda"`` inside it. Declare ``resources={"GPU": 1}`` per worker and
       annotate extraction tasks with it, so one task runs per GPU at a time.
     - Plain processes / Slurm arrays: ``device = assign_devices(world_size)[rank]``.
     """
@@ -355,3 +358,42 @@ def cuda_visible_devices(rank: int, *, gpu_count: int | None = None, visible: st
     if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 0:
         raise ValueError(f"rank must be a non-negative integer, got {rank!r}")
     return {"CUDA_VISIBLE_DEVICES": ids[int(rank) % len(ids)]}
+
+
+def pins_gpus(device: str | None) -> bool:
+    """Whether workers running extractors on ``device`` should each be pinned to one GPU: yes
+    for ``"auto"`` and ``"cuda"`` (inside a pinned worker they mean its one visible GPU), no for
+    ``"cpu"`` and for an explicit ``"cuda:N"`` (the caller chose that GPU for every worker)."""
+    return str(device if device is not None else "auto").strip().lower() in ("auto", "cuda")
+
+
+def visible_gpu_count() -> int:
+    """CUDA devices this process can use (0 without CUDA; honours ``CUDA_VISIBLE_DEVICES``)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def gpu_worker_count(device: str | None = "auto") -> int:
+    """How many extraction worker processes make one per GPU: the number of visible CUDA
+    devices when ``device`` pins GPUs (:func:`pins_gpus`) and there are some, else 1."""
+    gpus = visible_gpu_count() if pins_gpus(device) else 0
+    return max(1, gpus)
+
+
+def gpu_worker_envs(n_workers: int, *, device: str | None = "auto") -> list[dict[str, str]]:
+    """Per-worker environment pinning each of ``n_workers`` worker processes to one GPU.
+
+    Worker ``rank`` gets ``{"CUDA_VISIBLE_DEVICES": ids[rank % len(ids)]}`` (:func:`cuda_visible_devices`:
+    the parent's ``CUDA_VISIBLE_DEVICES`` entries, else ``0..count-1``), so inside it ``"cuda"``
+    and ``"auto"`` mean its own GPU (``cuda:0`` there) and nothing it does, pinned host memory
+    included, creates a context on another GPU. Every worker gets ``{}`` (unchanged, CPU
+    behaviour) when ``device`` does not pin GPUs (:func:`pins_gpus`) or no CUDA device is
+    visible. With more workers than GPUs some share one (round-robin, as :func:`assign_devices`).
+    """
+    if isinstance(n_workers, bool) or not isinstance(n_workers, (int, np.integer)) or n_workers < 1:
+        raise ValueError(f"n_workers must be a positive integer, got {n_workers!r}")
+    gpus = visible_gpu_count() if pins_gpus(device) else 0
+    if gpus == 0:
+        return [{} for _ in range(int(n_workers))]
+    if n_workers > gpus:
+        log.info("%d workers on %d GPU(s): some GPUs are shared", n_workers, gpus)
+    return [cuda_visible_devices(rank, gpu_count=gpus) for rank in range(int(n_workers))]

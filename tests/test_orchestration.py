@@ -298,12 +298,23 @@ def test_slurm_recipe_kwargs_and_task_runner():
 
 
 def test_slurm_job_script_renders_gpu_directives(tmp_path):
-    pytest.importorskip("dask_jobqueue")
+    """dask-jobqueue is pinned in requirements.txt: SLURMCluster(...).job_script() of the recipe,
+    rendered without Slurm."""
+    import dask_jobqueue
+
+    assert dask_jobqueue.__version__ == "0.9.0"
     script = orchestration.slurm_job_script(queue="gpu", account="vqa", api_url="http://login1:4200/api",
                                             python="/opt/vqa/.venv/bin/python", log_directory=tmp_path)
     assert "#SBATCH --gres=gpu:1" in script and "#SBATCH -p gpu" in script and "#SBATCH -A vqa" in script
     assert "/opt/vqa/.venv/bin/python -m distributed.cli.dask_worker" in script
     assert "--resources GPU=1" in script and "export PREFECT_API_URL=http://login1:4200/api" in script
+    worker_line = next(line for line in script.splitlines() if "distributed.cli.dask_worker" in line)
+    assert "--nthreads 8" in worker_line and "--nanny" in worker_line  # one worker (process) per job: its GPU
+    # by default the workers start with the interpreter running the recipe: this venv's python
+    default = orchestration.slurm_job_script(api_url="http://login1:4200/api", log_directory=tmp_path)
+    assert f"{sys.executable} -m distributed.cli.dask_worker" in default and "--gres=gpu:1" in default
+    cpu_only = orchestration.slurm_job_script(gpu=False, api_url="http://login1:4200/api", log_directory=tmp_path)
+    assert "--gres" not in cpu_only and "--resources" not in cpu_only
 
 
 def test_serve_builds_a_cron_deployment_without_blocking(server, tmp_path, monkeypatch, capsys):
