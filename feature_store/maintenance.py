@@ -139,7 +139,7 @@ def format_verify_report(report: VerifyReport, *, max_lines: int = 50) -> str:
     if report.leftovers:
         lines.append(
             f"leftovers of killed runs ({len(report.leftovers)}; harmless, "
-            "FeatureStore.remove_incomplete() deletes them):"
+            "`vqa store clean STORE` deletes them):"
         )
         lines.extend(f"  {p}" for p in report.leftovers[:max_lines])
         if len(report.leftovers) > max_lines:

@@ -1536,7 +1536,7 @@ def format_store_info(infos: Sequence[dict]) -> str:
         if info["incomplete"]:
             lines.append(
                 f"  incomplete: {info['incomplete']} staging leftovers or in-flight writes "
-                "(remove_incomplete() cleans leftovers of killed runs)"
+                "(`vqa store clean` deletes leftovers of killed runs)"
             )
     n_sets = len(infos)
     n_videos = sum(i["n_videos"] for i in infos)

@@ -16,13 +16,20 @@ EXIT_USAGE = 2
 def _extraction_params(args) -> dict:
     """extract_flow keyword arguments shared by extract, extract-folder and serve."""
     from .extract import parse_per_extractor_option
+    from pipeline.extractors.base import check_compute_options
 
     weights = parse_per_extractor_option(args.weights or [], args.extractor)
     samplings = args.sampling or ["all"]
     sampling = samplings[0] if len(samplings) == 1 and "=" not in samplings[0] \
         else parse_per_extractor_option(samplings, args.extractor)
-    return {"store": args.store, "extractors": args.extractor, "weights": weights, "sampling": sampling,
-            "device": args.device, "batch_size": args.batch_size}
+    # a bad combination (fp16 on CPU) is reported here, before Prefect starts
+    check_compute_options(precision=args.precision, channels_last=args.channels_last, device=args.device)
+    params = {"store": args.store, "extractors": args.extractor, "weights": weights, "sampling": sampling,
+              "device": args.device, "batch_size": args.batch_size, "precision": args.precision,
+              "channels_last": args.channels_last}
+    if args.prefetch is not None:
+        params["prefetch"] = args.prefetch
+    return params
 
 
 def _dask_options(args) -> dict:
@@ -59,19 +66,14 @@ def _extract(args) -> int:
     from .manifest import read_manifest
     from .orchestration import dask_session
 
-    from pipeline.extractors.base import check_compute_options
-
     read_manifest(args.manifest, root=args.root)  # a bad manifest is reported here, before Prefect starts
-    check_compute_options(precision=args.precision, channels_last=args.channels_last, device=args.device)  # likewise
-    compute = {"precision": args.precision, "channels_last": args.channels_last}
-    if args.prefetch is not None:
-        compute["prefetch"] = args.prefetch
+    params = _extraction_params(args)
     dask = _dask_options(args)
     _announce_server(dask)
     with dask_session(**dask) as runner:  # Dask: a real Prefect server unless PREFECT_API_URL is set
         flow = extract_flow if runner is None else extract_flow.with_options(task_runner=runner)
-        summary = flow(manifest=args.manifest, **_extraction_params(args), progress=not args.quiet, root=args.root,
-                       resources=dask["resources"], **compute)
+        summary = flow(manifest=args.manifest, **params, progress=not args.quiet, root=args.root,
+                       resources=dask["resources"])
     return _print_summary(summary, args.extractor[0])
 
 
@@ -150,6 +152,15 @@ def _store_verify(args) -> int:
     report = verify(store, set_ids=[store.resolve(s) for s in args.set] if args.set else None)
     print(report)
     return 0 if report.ok else 1
+
+
+def _store_clean(args) -> int:
+    from feature_store import FeatureStore
+
+    store = FeatureStore(args.store, create=False)
+    removed = store.remove_incomplete(min_age_s=args.min_age)
+    print(f"removed {removed} leftover(s) of killed writers from {args.store}")
+    return 0
 
 
 def _store_rm(args) -> int:
@@ -338,6 +349,7 @@ def _add_extraction_options(p: argparse.ArgumentParser) -> None:
                         "default all; clip extractors keep their clips)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--batch-size", type=int, default=16, help="frames per forward pass (default 16)")
+    _add_compute_options(p)
 
 
 def _add_dask_options(p: argparse.ArgumentParser) -> None:
@@ -372,7 +384,7 @@ def _non_negative_int(text: str) -> int:
 
 
 def _add_compute_options(p: argparse.ArgumentParser) -> None:
-    """Compute options of `vqa extract`: precision and layout (own feature sets), decode-ahead depth."""
+    """Compute options of the extraction commands: precision and layout (own feature sets), decode-ahead depth."""
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="precision the networks run in (autocast; fp16 on CUDA only). Recorded in the feature "
                         "set's spec: fp16/bf16 features form their own feature sets (default fp32)")
@@ -408,7 +420,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest", help="CSV with video_id,path[,mos][,group]")
     _add_extraction_options(p)
     p.add_argument("--root", help="refuse manifest paths that resolve outside this folder (the dataset root)")
-    _add_compute_options(p)
     _add_dask_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_extract)
@@ -467,6 +478,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("store")
     q.add_argument("--set", action="append", help="only these feature sets (repeatable)")
     q.set_defaults(func=_store_verify)
+    q = store_sub.add_parser("clean", help="delete leftovers of killed writers (staging entries, unfinished "
+                                           "videos, interrupted removals); stored videos are never touched")
+    q.add_argument("store")
+    q.add_argument("--min-age", type=float, default=3600.0, metavar="SECONDS",
+                   help="leftovers whose writer cannot be checked (another host, object stores) are deleted "
+                        "only when this old; live writers on this host are always kept (default 3600)")
+    q.set_defaults(func=_store_clean)
     q = store_sub.add_parser("rm", help="remove a feature set, or some of its videos (asks first)")
     q.add_argument("store")
     q.add_argument("feature_set", help="feature set id or extractor name")

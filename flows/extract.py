@@ -12,7 +12,6 @@ import platform
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Mapping, Sequence
 
 from . import prefect_env  # noqa: F401  (must precede the prefect import)

@@ -37,7 +37,7 @@ from regressors.metrics import METRIC_NAMES
 from regressors.report import compare_runs, write_comparison
 
 from .errors import FlowError
-from .extract import extract_flow
+from .extract import DEFAULT_PREFETCH, extract_flow
 from .fit import fit_job, predict_job
 from .manifest import ManifestEntry
 from .orchestration import make_task_runner, publish_markdown, publish_table, require_api_server
@@ -263,6 +263,9 @@ def extract_folder_flow(
     dask_workers: int | None = None,
     resources: dict[str, float] | None = None,
     progress: bool = False,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    prefetch: int = DEFAULT_PREFETCH,
 ) -> dict:
     """Extract the videos of ``folder`` that ``store`` does not hold yet: the nightly job.
 
@@ -277,7 +280,7 @@ def extract_folder_flow(
     Returns ``extract_flow``'s summary plus ``manifest`` and ``videos`` (files found); with no
     video files nothing is extracted and ``videos`` is 0.
     """
-    runner = make_task_runner(address=dask_address, n_workers=dask_workers, resources=resources)
+    runner = make_task_runner(address=dask_address, n_workers=dask_workers, resources=resources, device=device)
     if runner is not None:
         require_api_server("a Dask extraction")
     feature_store = FeatureStore(store)  # store created (or checked) before it receives the manifest
@@ -297,5 +300,6 @@ def extract_folder_flow(
     subflow = extract_flow if runner is None else extract_flow.with_options(task_runner=runner)
     summary = subflow(manifest=str(manifest), store=str(store), extractors=list(extractors), weights=weights,
                       sampling=sampling, device=device, batch_size=batch_size, progress=progress,
-                      root=str(Path(folder).expanduser().resolve()), resources=resources)
+                      root=str(Path(folder).expanduser().resolve()), resources=resources,
+                      precision=precision, channels_last=channels_last, prefetch=prefetch)
     return {**summary, "videos": n_videos, "manifest": str(manifest)}

@@ -142,3 +142,14 @@ def test_the_extractor_cache_key_includes_the_compute_options():
                              prefetch=0)
     assert build_extractors(again)[0] is built[1]  # prefetch is not part of the extractor
     flows.extract._build.cache_clear()
+
+
+def test_extract_folder_takes_the_compute_options(manifest, tmp_path, prefect_harness, capsys):
+    store_path = tmp_path / "store"
+    assert vqa(["extract-folder", str(manifest.parent), "--store", str(store_path), "--extractor", EXTRACTOR,
+                "--weights", "random", "--sampling", SAMPLING, "--device", "cpu", "-q", "--precision", "bf16",
+                "--prefetch", "0"]) == 0
+    store = FeatureStore(store_path, create=False)
+    (set_id,) = store.feature_sets()
+    assert _spec(store, set_id)["precision"] == "bf16" and len(store.video_ids(set_id)) == 4
+    assert _run_records(store_path)[0]["config"]["prefetch"] == 0

@@ -156,8 +156,22 @@ def test_verify_lists_leftovers_but_stays_ok(store, set_id):
     assert len(report.leftovers) == 2 and len(report.in_flight) == 1
     assert any(p.endswith("/torn") for p in report.leftovers)
     assert "leftovers of killed runs (2" in format_verify_report(report)
+    assert "vqa store clean" in format_verify_report(report)
+
+
+def test_cli_clean_removes_leftovers_keeps_live_writes_and_videos(store, set_id, capsys):
+    from flows.cli import main
+
+    staging = store.path / encode_node_name(set_id) / "_staging"
+    shutil.copytree(video_dir(store, set_id, "plain"), staging / f"new.999999999.ab.{store_mod._host_tag()}")
+    live = staging / store_mod._staging_name("new")  # our own pid: a write in flight
+    live.mkdir()
+    before = store.read_video(set_id, "plain")
+    assert main(["store", "clean", str(store.path)]) == 0
+    assert "removed 1 leftover(s)" in capsys.readouterr().out
+    assert live.is_dir()  # a live writer's staging entry is never deleted
+    np.testing.assert_array_equal(store.read_video(set_id, "plain"), before)
     live.rmdir()
-    assert store.remove_incomplete() == 2
     report = verify(store)
     assert report.ok and report.leftovers == [] and report.in_flight == []
 
