@@ -20,15 +20,21 @@ the frames', not the network's (which depends on the batch only) and ResNet-50 o
 frame would take an hour on the CPU. Ours runs on every length; the reference on the short one
 only (on the long one it would need the whole video in memory: estimated, not attempted).
 Besides peak RSS, the numpy peak (tracemalloc) shows the frames the method itself holds.
+Last, the decoders alone on the short and the long video: decord read in batches of
+consecutive frames (as ``Video.frames`` reads) and PyAV's sequential decoder, each dropping
+every frame at once, so that what grows with the video is the decoder's own memory.
 
 decord 0.6.0 note (measured here): once a reader has decoded a frame, it keeps decoding in
 background threads while the caller is busy elsewhere (about 1.6 of 2 cores and ~700 MB/s of
 RGB frames at 720p, up to a few GB per reader), and that work is not reused by later reads.
-That is what makes ours' RSS grow with the length of a long 720p video although the frames it
-holds stay bounded; it also competes with the model for the CPU. Only deleting the reader stops
-it, which is why the runner closes it as soon as the last needed frame is decoded.
+On a long video with the encoder's default keyframe interval (x264: 250) the reader's memory
+also grows with the number of frames read, with no slow consumer at all (the "decoding
+alone" rows): the runner's RSS grows with the length of a long 1080p video although the frames
+it holds stay bounded (numpy peak). Only deleting the reader frees it, which is why the runner
+closes it as soon as the last needed frame is decoded. PyAV's decoder stays flat.
 
     python bench/reference_loop.py [--frames 24 --width 320 --height 180] [--short 60 --long 600 --fps 2]
+                                   [--size 1920x1080] [--parts 1,2]
 """
 from __future__ import annotations
 
@@ -137,6 +143,29 @@ def ours(paths: Sequence[str], weights_file: str | None, batch_size: int, prefet
     return _report(started, baseline, features)
 
 
+def decode_only(path: str, decoder: str, batch_size: int) -> dict:
+    """Decode every frame of ``path`` to RGB and drop it: decord in batches of consecutive frames
+    (what ``Video.frames`` does) or PyAV's sequential decoder (``av`` is installed). Isolates the
+    decoder's own memory from the pipeline's."""
+    baseline = psutil.Process().memory_info().rss
+    tracemalloc.start()
+    started = time.perf_counter()
+    if decoder == "decord":
+        reader = decord.VideoReader(path)
+        for start in range(0, len(reader), batch_size):
+            reader.get_batch(list(range(start, min(len(reader), start + batch_size)))).asnumpy()
+        del reader
+    else:
+        import av
+
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for frame in container.decode(stream):
+                frame.to_ndarray(format="rgb24")
+    return _report(started, baseline, [])
+
+
 def _report(started: float, baseline: int, features: list[np.ndarray]) -> dict:
     return {"seconds": time.perf_counter() - started, "baseline": baseline,
             "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -200,7 +229,8 @@ def main() -> None:
     parser.add_argument("--short", type=float, default=60.0, help="part 2: seconds of the short video")
     parser.add_argument("--long", type=float, default=600.0, help="part 2: seconds of the long video")
     parser.add_argument("--fps", type=float, default=2.0, help="part 2: frame rate")
-    parser.add_argument("--size", default="1280x720", help="part 2: frame size")
+    parser.add_argument("--size", default="1920x1080", help="part 2: frame size")
+    parser.add_argument("--parts", default="1,2", help="which parts to run (1,2)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     started = time.perf_counter()
@@ -210,45 +240,62 @@ def main() -> None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             torch.save(resnet50(weights=None).state_dict(), weights_file)
-        paths = part1_videos(tmp, frames=args.frames, width=args.width, height=args.height, count=args.videos)
-        names = ", ".join(Path(p).stem for p in paths)
-        print(f"part 1: {len(paths)} videos ({names}), first {args.frames} frames at {args.width}x{args.height}, "
-              f"every frame, ResNet-50 layer4 mean+std (seeded random weights from a file); "
-              f"{torch.get_num_threads()} threads; best of {args.repeats} fresh processes each")
-        runs = [(in_fresh_process(ours, paths, str(weights_file), args.batch_size, args.prefetch),
-                 in_fresh_process(reference_loop, paths, str(weights_file), args.frame_batch_size))
-                for _ in range(args.repeats)]  # alternated, so that load changes hit both alike
-        mine, ref = (best_of([run[i] for run in runs]) for i in (0, 1))
-        worst = max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(mine["features"], ref["features"]))
-        _table([(f"ours (batch {args.batch_size}, prefetch {args.prefetch})", mine),
-                (f"VSFA-style loop (frame_batch_size {args.frame_batch_size})", ref)])
-        print(f"ours / reference: wall time {mine['seconds'] / ref['seconds']:.2f}, peak RSS "
-              f"{mine['peak'] / ref['peak']:.2f}, working memory "
-              f"{(mine['peak'] - mine['baseline']) / max(1, ref['peak'] - ref['baseline']):.2f}; "
-              f"features agree to {worst:.1e} (max abs difference / max abs value)")
-
-        lengths = (args.short, args.long / 2, args.long)
-        videos = [pattern_video(tmp / f"pattern{i}.mp4", seconds=seconds, fps=args.fps, size=args.size)
-                  for i, seconds in enumerate(lengths)]
-        print(f"\npart 2: {args.size} test pattern at {args.fps:g} fps, "
-              + ", ".join(f"{seconds:g} s ({int(seconds * args.fps)} frames)" for seconds in lengths)
-              + "; every frame, pooling stand-in instead of the network")
-        rows = [(f"ours, {seconds:g} s", in_fresh_process(ours, [video], None, args.batch_size, args.prefetch))
-                for seconds, video in zip(lengths, videos)]
-        rows += [(f"ours, {args.long:g} s, prefetch 0", in_fresh_process(ours, videos[-1:], None, args.batch_size, 0)),
-                 (f"VSFA-style loop, {args.short:g} s", in_fresh_process(reference_loop, videos[:1], None,
-                                                                           args.frame_batch_size))]
-        _table(rows)
-        (_, s), (_, mid), (_, lg), _, (_, r) = rows
-        working = [x["peak"] - x["baseline"] for x in (s, mid, lg)]
-        per_frame = (r["peak"] - r["baseline"]) / (args.short * args.fps)
-        estimate = r["baseline"] + per_frame * args.long * args.fps
-        print(f"ours, working memory: {lengths[0]:g} -> {lengths[1]:g} s x{working[1] / working[0]:.2f}, "
-              f"{lengths[1]:g} -> {lengths[2]:g} s x{working[2] / working[1]:.2f}; numpy peak "
-              f"{s['numpy'] / MB:.0f} / {mid['numpy'] / MB:.0f} / {lg['numpy'] / MB:.0f} MiB")
-        print(f"VSFA-style loop on the {args.long:g} s video: ~{estimate / MB / 1024:.1f} GiB peak RSS "
-              f"(estimated from the short run, {per_frame / MB:.1f} MiB per frame; not run)")
+        parts = {p.strip() for p in args.parts.split(",")}
+        if "1" in parts:
+            part1(args, tmp, weights_file)
+        if "2" in parts:
+            part2(args, tmp)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
+
+
+def part1(args, tmp: Path, weights_file: Path) -> None:
+    """Ours vs the VSFA-style loop on the same real clips: time, memory, features."""
+    paths = part1_videos(tmp, frames=args.frames, width=args.width, height=args.height, count=args.videos)
+    names = ", ".join(Path(p).stem for p in paths)
+    print(f"part 1: {len(paths)} videos ({names}), first {args.frames} frames at {args.width}x{args.height}, "
+          f"every frame, ResNet-50 layer4 mean+std (seeded random weights from a file); "
+          f"{torch.get_num_threads()} threads; best of {args.repeats} fresh processes each")
+    runs = [(in_fresh_process(ours, paths, str(weights_file), args.batch_size, args.prefetch),
+             in_fresh_process(reference_loop, paths, str(weights_file), args.frame_batch_size))
+            for _ in range(args.repeats)]  # alternated, so that load changes hit both alike
+    mine, ref = (best_of([run[i] for run in runs]) for i in (0, 1))
+    worst = max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(mine["features"], ref["features"]))
+    _table([(f"ours (batch {args.batch_size}, prefetch {args.prefetch})", mine),
+            (f"VSFA-style loop (frame_batch_size {args.frame_batch_size})", ref)])
+    print(f"ours / reference: wall time {mine['seconds'] / ref['seconds']:.2f}, peak RSS "
+          f"{mine['peak'] / ref['peak']:.2f}, working memory "
+          f"{(mine['peak'] - mine['baseline']) / max(1, ref['peak'] - ref['baseline']):.2f}; "
+          f"features agree to {worst:.1e} (max abs difference / max abs value)")
+
+
+
+def part2(args, tmp: Path) -> None:
+    """Memory vs video length: ours at three lengths, the reference on the short one, and the
+    decoders alone (decord as the runner uses it vs PyAV sequential) on the long one."""
+    lengths = (args.short, args.long / 2, args.long)
+    videos = [pattern_video(tmp / f"pattern{i}.mp4", seconds=seconds, fps=args.fps, size=args.size)
+              for i, seconds in enumerate(lengths)]
+    print(f"\npart 2: {args.size} test pattern at {args.fps:g} fps, "
+          + ", ".join(f"{seconds:g} s ({int(seconds * args.fps)} frames)" for seconds in lengths)
+          + "; every frame, pooling stand-in instead of the network")
+    rows = [(f"ours, {seconds:g} s", in_fresh_process(ours, [video], None, args.batch_size, args.prefetch))
+            for seconds, video in zip(lengths, videos)]
+    rows += [(f"ours, {args.long:g} s, prefetch 0", in_fresh_process(ours, videos[-1:], None, args.batch_size, 0)),
+             (f"VSFA-style loop, {args.short:g} s", in_fresh_process(reference_loop, videos[:1], None,
+                                                                       args.frame_batch_size))]
+    _table(rows)
+    (_, s), (_, mid), (_, lg), _, (_, r) = rows
+    working = [x["peak"] - x["baseline"] for x in (s, mid, lg)]
+    per_frame = (r["peak"] - r["baseline"]) / (args.short * args.fps)
+    estimate = r["baseline"] + per_frame * args.long * args.fps
+    print(f"ours, working memory: {lengths[0]:g} -> {lengths[1]:g} s x{working[1] / working[0]:.2f}, "
+          f"{lengths[1]:g} -> {lengths[2]:g} s x{working[2] / working[1]:.2f}; numpy peak "
+          f"{s['numpy'] / MB:.0f} / {mid['numpy'] / MB:.0f} / {lg['numpy'] / MB:.0f} MiB")
+    print(f"VSFA-style loop on the {args.long:g} s video: ~{estimate / MB / 1024:.1f} GiB peak RSS "
+          f"(estimated from the short run, {per_frame / MB:.1f} MiB per frame; not run)")
+    decoders = [(f"{name} decoding alone, {seconds:g} s", in_fresh_process(decode_only, video, name, args.batch_size))
+                for name in ("decord", "pyav") for seconds, video in ((lengths[0], videos[0]), (lengths[2], videos[2]))]
+    _table(decoders)
 
 
 def _table(rows: list[tuple[str, dict]]) -> None:

@@ -25,9 +25,10 @@ import numpy as np
 from sklearn.base import clone
 
 from feature_store import FeatureStore
+from pipeline.weights import file_sha256
 from feature_store.errors import ProvenanceMismatchError
 from regressors.a2inet import align_steps
-from regressors.persistence import _atomic_write, load_head, save_head, to_json
+from regressors.persistence import atomic_write, load_head, save_head, to_json
 from regressors.protocols import (evaluate, random_splits, repeated_kfold_splits, split_state_paths,
                                   train_val_test_splits)
 from regressors.report import write_report
@@ -125,14 +126,6 @@ def feature_set_identity(store: FeatureStore, set_id: str) -> dict:
     return {"id": set_id, "spec": info["spec"], "sampling": info["sampling"]}
 
 
-def _file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode("utf-8")).hexdigest()
 
@@ -177,7 +170,7 @@ def _open_state(state: Path, config: dict, *, restart: bool, overwrite: bool, no
             )
     state.mkdir(parents=True, exist_ok=True)
     doc = {"format": _STATE_FORMAT, "version": _STATE_VERSION, "config_hash": config_hash, "config": config}
-    _atomic_write(record, lambda fh: fh.write((json.dumps(doc, indent=1) + "\n").encode("utf-8")))
+    atomic_write(record, lambda fh: fh.write((json.dumps(doc, indent=1) + "\n").encode("utf-8")))
     return config_hash, False
 
 
@@ -258,8 +251,8 @@ def fit_job(
         "head": head,
         "head_params": {k: v for k, v in estimator.get_params().items() if k != "progress"},
         "protocol": protocol, "protocol_params": kwargs, "pooling": pooling, "seed": seed,
-        "feature_sets": feature_sets, "manifest": _file_sha256(manifest),
-        "test_manifest": _file_sha256(test_manifest) if test_manifest is not None else None,
+        "feature_sets": feature_sets, "manifest": file_sha256(manifest),
+        "test_manifest": file_sha256(test_manifest) if test_manifest is not None else None,
         "test_feature_sets": test_sets,
     }, strict=False)
     out = Path(out)

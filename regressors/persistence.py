@@ -131,12 +131,15 @@ def to_json(value, *, where: str = "value", strict: bool = True):
     return str(value)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same directory, then rename over ``path``."""
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(fh)`` on a temporary file in ``path``'s directory, sync it, then rename it
+    over ``path``: a reader (or a run resumed after a kill) sees the old file or the new one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -205,8 +208,8 @@ def save_head(head, directory, *, feature_info: dict, overwrite: bool = False) -
     if overwrite:
         # Remove the marker first: a crash between the two writes leaves no half head.
         meta_path.unlink(missing_ok=True)
-    _atomic_write(directory / ARRAYS_FILE, lambda fh: np.savez(fh, **clean_arrays))
-    _atomic_write(meta_path, lambda fh: fh.write(text.encode("utf-8")))
+    atomic_write(directory / ARRAYS_FILE, lambda fh: np.savez(fh, **clean_arrays))
+    atomic_write(meta_path, lambda fh: fh.write(text.encode("utf-8")))
     logger.info("saved %s head to %s", name, directory)
     return directory
 

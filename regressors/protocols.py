@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from regressors.errors import InvalidInputError, RegressorError
 from regressors.metrics import METRIC_NAMES, MIN_SAMPLES, evaluate_predictions
-from regressors.persistence import _atomic_write
+from regressors.persistence import atomic_write
 
 __all__ = [
     "EvaluationResult",
@@ -321,10 +321,10 @@ def _save_split(state_dir: Path, index: int, test: np.ndarray, pred: np.ndarray,
     """Record a finished split: predictions (.npz) first, then the JSON that marks it finished."""
     meta_path, arrays_path, _ = split_state_paths(state_dir, index)
     state_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(arrays_path, lambda fh: np.savez(fh, test=test, pred=pred))
+    atomic_write(arrays_path, lambda fh: np.savez(fh, test=test, pred=pred))
     doc = {"format": _SPLIT_FORMAT, "split": index, "key": key, "n_train": n_train, "n_test": int(test.size),
            "metrics": {k: float(v) for k, v in metrics.items()}}
-    _atomic_write(meta_path, lambda fh: fh.write((json.dumps(doc, indent=1) + "\n").encode("utf-8")))
+    atomic_write(meta_path, lambda fh: fh.write((json.dumps(doc, indent=1) + "\n").encode("utf-8")))
 
 
 def evaluate(head, X, y, *, splits, video_ids=None, progress: bool = True, state_dir=None,

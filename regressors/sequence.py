@@ -56,10 +56,8 @@ import importlib.util
 import json
 import logging
 import math
-import os
 import re
 import sys
-import tempfile
 import time
 from numbers import Integral, Real
 from pathlib import Path
@@ -73,7 +71,7 @@ from regressors.errors import InvalidInputError, NotFittedError, RegressorError,
 from regressors.losses import LABEL_SCALINGS, get_loss
 from regressors.metrics import MIN_SAMPLES, _as_vector, srcc
 from regressors.modules import build_module, list_modules
-from regressors.persistence import register_head
+from regressors.persistence import atomic_write, register_head
 from regressors.protocols import random_splits
 
 __all__ = ["CheckpointMismatchError", "OPTIMIZERS", "SCHEDULES", "SequenceRegressor", "latest_checkpoint_epoch",
@@ -387,16 +385,7 @@ class _Checkpointer:
         path = self.directory / f"epoch-{epochs:04d}.pt"
         doc = {"format": _CHECKPOINT_FORMAT, "version": _CHECKPOINT_VERSION,
                "fingerprint": self.fingerprint, "key": self.key, **state}
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(doc, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda fh: torch.save(doc, fh))
         for older, old_path in _checkpoint_files(self.directory):
             if older != epochs:
                 old_path.unlink(missing_ok=True)
