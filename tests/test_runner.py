@@ -127,20 +127,30 @@ def test_batches_waiting_for_the_extractor_are_bounded_by_prefetch(noise_video, 
     assert max(slow.ahead) <= 2 + 2 and max(slow.ahead) >= 2  # it did run ahead
 
 
+def _watch_batches(monkeypatch, hook) -> None:
+    """Call ``hook(video, indices)`` as each batch is decoded, whichever decoder reads it."""
+    real = Video._iter_batches
+
+    def watched(self, idx, batch_size):
+        for indices, frames in real(self, idx, batch_size):
+            hook(self, indices)
+            yield indices, frames
+
+    monkeypatch.setattr(Video, "_iter_batches", watched)
+
+
 @pytest.mark.parametrize("prefetch", [0, 2])
 def test_a_decode_error_in_the_worker_reaches_the_caller_and_the_reader_is_closed(
     noise_video, opened, monkeypatch, prefetch
 ):
     raised = []
-    real_decode = Video._decode
 
-    def failing_decode(self, chunk):
-        if chunk[0] >= 16:  # the third batch of 8
-            raised.append(VideoDecodeError(self.path, f"decoding failed at frame {chunk[0]}"))
+    def fail_from_frame_16(video, indices):
+        if indices[0] >= 16:  # the third batch of 8
+            raised.append(VideoDecodeError(video.path, f"decoding failed at frame {indices[0]}"))
             raise raised[-1]
-        return real_decode(self, chunk)
 
-    monkeypatch.setattr(Video, "_decode", failing_decode)
+    _watch_batches(monkeypatch, fail_from_frame_16)
     extractor = RecordingExtractor()
     with pytest.raises(VideoDecodeError) as caught:
         extract_video(noise_video, [extractor], sampling=parse_sampling("all"), batch_size=8, prefetch=prefetch)
@@ -165,8 +175,7 @@ def test_a_corrupt_frame_raises_the_same_error_with_and_without_prefetch(tmp_pat
 @pytest.mark.parametrize("prefetch", [0, 1, 3])
 def test_an_extractor_error_stops_the_worker_early_and_closes_the_reader(noise_video, opened, monkeypatch, prefetch):
     decoded = []
-    real_decode = Video._decode
-    monkeypatch.setattr(Video, "_decode", lambda self, chunk: decoded.append(len(chunk)) or real_decode(self, chunk))
+    _watch_batches(monkeypatch, lambda video, indices: decoded.append(len(indices)))
     with pytest.raises(RuntimeError, match="extractor failed"):
         extract_video(noise_video, [RecordingExtractor(fail_on_call=1)], sampling=parse_sampling("all"),
                       batch_size=2, prefetch=prefetch)

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import os
 
 import numpy as np
 import pytest
 
 from pipeline.errors import VideoDecodeError
+import pipeline.video as video_module
 from pipeline.video import Video, VideoInfo, open_video, probe_video
 from tests.helpers import (
     corrupt_frame,
@@ -124,7 +126,8 @@ class _SpyReader:
 
 
 @pytest.mark.parametrize("batch_size", [1, 4, 16, 100])
-def test_batches_are_bounded_lazy_and_sequential(videos, batch_size):
+def test_batches_are_bounded_lazy_and_sequential(videos, batch_size, monkeypatch):
+    monkeypatch.setattr(video_module, "_STREAM_MAX_MEAN_GAP", 0)  # the decord path
     with Video(videos[1]["grey_mp4"]) as video:
         spy = video._reader = _SpyReader(video._reader)
         iterator = video.frames(batch_size=batch_size)
@@ -138,6 +141,50 @@ def test_batches_are_bounded_lazy_and_sequential(videos, batch_size):
     flat = [index for call in spy.calls for index in call]
     assert flat == list(range(NUM_FRAMES))
     assert all(len(call) <= batch_size for call in spy.calls)
+
+
+MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
+
+
+def _decord_frames(path, indices, batch_size, monkeypatch) -> np.ndarray:
+    with monkeypatch.context() as patch:
+        patch.setattr(video_module, "_STREAM_MAX_MEAN_GAP", 0)
+        with Video(path) as video:
+            return np.concatenate([f for _, f in video.frames(indices, batch_size=batch_size)])
+
+
+@pytest.mark.parametrize("key", ["grey_mp4", "grey_mkv", "noise_mp4", "noise_faststart", "noise_mkv", "konvid"])
+def test_dense_reads_stream_through_pyav_pixel_identical_to_decord(videos, key, monkeypatch):
+    if key == "konvid":
+        clips = sorted(MEDIA.glob("*.mp4"))
+        if not clips:
+            pytest.skip("no KoNViD clips in ../shared/media")
+        path, indices = clips[0], list(range(0, 240, 3))  # a real 960x540 clip, fps:8-like sampling
+    else:
+        path, indices = videos[1][key], [1, 2, 3, 7, 8, 20, 29]
+    batch_size = 4
+    with Video(path) as video:
+        batches = video.frames(indices, batch_size=batch_size)
+        got_indices, frames = next(batches)
+        assert video._reader is None  # decord released: PyAV streams these frames
+        pairs = [(got_indices, frames), *batches]
+    assert all(len(f) <= batch_size for _, f in pairs)
+    np.testing.assert_array_equal(np.concatenate([i for i, _ in pairs]), indices)
+    np.testing.assert_array_equal(np.concatenate([f for _, f in pairs]),
+                                  _decord_frames(path, indices, batch_size, monkeypatch))
+
+
+def test_sparse_reads_and_rotated_videos_keep_decord(videos, tmp_path):
+    with Video(videos[1]["grey_mp4"]) as video:
+        list(video.frames([0, 29], batch_size=2))  # 2 of 30 frames: decord seeks
+        assert video._reader is not None
+    landscape = make_video(tmp_path / "landscape.mp4", 6, fps=FPS, width=96, height=64)
+    rotated = tmp_path / "rotated.mp4"
+    run_ffmpeg("-display_rotation", "90", "-i", str(landscape), "-c", "copy", str(rotated))
+    with Video(rotated) as video:
+        frames = np.concatenate([f for _, f in video.frames(batch_size=4)])
+        assert video._reader is not None  # PyAV does not rotate: decord read them
+    assert frames.shape[1:3] == (96, 64)  # portrait, as decord applies the rotation
 
 
 def test_empty_indices_yield_nothing(videos):
