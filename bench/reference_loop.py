@@ -29,9 +29,9 @@ background threads while the caller is busy elsewhere (about 1.6 of 2 cores and 
 RGB frames at 720p, up to a few GB per reader), and that work is not reused by later reads.
 On a long video with the encoder's default keyframe interval (x264: 250) the reader's memory
 also grows with the number of frames read, with no slow consumer at all (the "decoding
-alone" rows): the runner's RSS grows with the length of a long 1080p video although the frames
-it holds stay bounded (numpy peak). Only deleting the reader frees it, which is why the runner
-closes it as soon as the last needed frame is decoded. PyAV's decoder stays flat.
+alone" rows), while PyAV's sequential decoder stays flat. That is why ``Video.frames`` streams
+dense reads through PyAV with the decord reader released: the runner's RSS stays bounded on a
+long 1080p video.
 
     python bench/reference_loop.py [--frames 24 --width 320 --height 180] [--short 60 --long 600 --fps 2]
                                    [--size 1920x1080] [--parts 1,2]
