@@ -49,6 +49,13 @@ def step_statistics(frames: np.ndarray) -> np.ndarray:
     return np.stack([flat.mean(1), flat.std(1), flat[:, 0], flat[:, -1]], axis=1).astype(np.float32)
 
 
+def writer_values(writer: int, video: str, steps: int, dims: int) -> np.ndarray:
+    """Features that concurrent-writer tests store: distinct per (writer, video), reproducible
+    in every process, so a read tells which writer's copy won."""
+    seed = [writer, *video.encode()]
+    return np.random.default_rng(seed).standard_normal((steps, dims)).astype(np.float32)
+
+
 def make_video(
     path: str | Path,
     num_frames: int = 30,

@@ -33,6 +33,7 @@ from feature_store import (
 from feature_store import _fs as fs_mod
 from feature_store import store as store_mod
 from flows.cli import main as vqa
+from tests.helpers import writer_values
 
 SPEC = {"name": "remote", "dims": 8}
 SAMPLING = {"strategy": "all"}
@@ -41,9 +42,7 @@ CTX = mp.get_context("spawn")
 
 
 def values(writer: int, video: str, steps: int = 12) -> np.ndarray:
-    """What ``writer`` stores for ``video``: distinct per (writer, video)."""
-    seed = [writer, *video.encode()]
-    return np.random.default_rng(seed).standard_normal((steps, SPEC["dims"])).astype(np.float32)
+    return writer_values(writer, video, steps, SPEC["dims"])
 
 
 def prov(writer: int = 0) -> dict:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from feature_store import FeatureNotFoundError, FeatureStore, export_hdf5, import_hdf5, verify
+from tests.helpers import writer_values
 
 SPEC = {"name": "conc", "dims": 64}
 SAMPLING = {"strategy": "all"}
@@ -21,9 +22,7 @@ CTX = mp.get_context("spawn")
 
 
 def values(writer: int, video: str, steps: int = 40) -> np.ndarray:
-    """What ``writer`` stores for ``video``: distinct per (writer, video)."""
-    seed = [writer, *video.encode()]
-    return np.random.default_rng(seed).standard_normal((steps, SPEC["dims"])).astype(np.float32)
+    return writer_values(writer, video, steps, SPEC["dims"])
 
 
 def _writer(
