@@ -56,6 +56,15 @@ def writer_values(writer: int, video: str, steps: int, dims: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((steps, dims)).astype(np.float32)
 
 
+def tiny_demo_dataset(root: str | Path, n_sources: int) -> Path:
+    """Manifest of ``n_sources`` photos x (reference + 3 blur levels) clips of 64x48, 0.5 s at
+    12 fps: the smallest real dataset the flow tests extract."""
+    from pipeline.synthetic import make_demo_dataset
+
+    return make_demo_dataset(root, n_sources=n_sources, clip_seconds=0.5, fps=12, size=(64, 48),
+                             distortions=("blur",), progress=False)
+
+
 def make_video(
     path: str | Path,
     num_frames: int = 30,

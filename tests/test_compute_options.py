@@ -19,7 +19,7 @@ from flows.cli import main as vqa
 from flows.errors import FlowError
 from flows.extract import ExtractionConfig, build_extractors, extract_flow
 from pipeline.errors import ComputeOptionError
-from pipeline.synthetic import make_demo_dataset
+from tests.helpers import tiny_demo_dataset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -32,8 +32,7 @@ BF16_BOUND = 0.02  # per-frame relative error; measured 0.72-0.79% (module docst
 def manifest(tmp_path_factory):
     """1 photo x (reference + 3 blur levels) = 4 tiny clips."""
     root = tmp_path_factory.mktemp("compute_data")
-    return make_demo_dataset(root, n_sources=1, clip_seconds=0.5, fps=12, size=(64, 48), distortions=("blur",),
-                             progress=False)
+    return tiny_demo_dataset(root, n_sources=1)
 
 
 def _extract(manifest: Path, store: Path, *options: str) -> int:

@@ -27,7 +27,7 @@ from feature_store import FeatureStore
 from feature_store.maintenance import verify
 from flows.cli import main as vqa
 from flows.orchestration import prefect_server
-from pipeline.synthetic import make_demo_dataset
+from tests.helpers import tiny_demo_dataset
 
 EXTRACTOR = "resnet50-vsfa"
 
@@ -70,8 +70,7 @@ class KillOnce(WorkerPlugin):
 def manifest(tmp_path_factory):
     """1 photo x (reference + 3 blur levels) = 4 tiny clips."""
     root = tmp_path_factory.mktemp("faults_data")
-    return make_demo_dataset(root, n_sources=1, clip_seconds=0.5, fps=12, size=(64, 48), distortions=("blur",),
-                             progress=False)
+    return tiny_demo_dataset(root, n_sources=1)
 
 
 @pytest.fixture(scope="module")

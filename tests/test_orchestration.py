@@ -28,7 +28,7 @@ from flows.manifest import read_manifest
 from flows.orchestration import (build_deployment, configured_api_url, dask_session, make_task_runner,
                                  parse_resources, prefect_server, publish_table, slurm_cluster_kwargs,
                                  slurm_task_runner)
-from pipeline.synthetic import make_demo_dataset
+from tests.helpers import tiny_demo_dataset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # same thread count as the 1-thread Dask workers
 
@@ -40,8 +40,7 @@ SAMPLING = "uniform:2"
 def dataset(tmp_path_factory):
     """2 photos x (reference + 3 blur levels) = 8 tiny clips."""
     root = tmp_path_factory.mktemp("orch_data")
-    return make_demo_dataset(root, n_sources=2, clip_seconds=0.5, fps=12, size=(64, 48), distortions=("blur",),
-                             progress=False)
+    return tiny_demo_dataset(root, n_sources=2)
 
 
 @pytest.fixture(scope="module")
