@@ -7,7 +7,7 @@ For CNN-like features of four shapes -- per-frame matrices of 512, 4096 and 7680
 * ``zarr f16``: the same with a float16 feature set,
 * ``npy``: one plain ``.npy`` file per video (VSFA style; ``np.save`` / ``np.load``),
 * alternatives to the default codec and chunking (``--variants``), through the same store
-  API with the codec/chunk constants of :mod:`feature_store.store` patched.
+  API with the codec/chunk constants of :mod:`feature_store._format` patched.
 
 Reported per video: bytes on disk (all files, metadata included), write MB/s, and read
 throughput both from the page cache ("hot") and after ``posix_fadvise(DONTNEED)`` has dropped
@@ -40,7 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from feature_store import FeatureStore  # noqa: E402
-from feature_store import store as store_mod  # noqa: E402
+from feature_store import _format as format_mod  # noqa: E402
 
 logger = logging.getLogger("bench.store_layout")
 
@@ -124,10 +124,10 @@ def dir_bytes(root: Path) -> int:
 def patched(layout: Layout):
     with contextlib.ExitStack() as stack:
         if layout.codec is not None:
-            stack.enter_context(mock.patch.object(store_mod, "_CODEC", layout.codec))
+            stack.enter_context(mock.patch.object(format_mod, "CODEC", layout.codec))
         if layout.chunk_steps is not None:
             stack.enter_context(
-                mock.patch.object(store_mod, "_MAX_CHUNK_STEPS", layout.chunk_steps)
+                mock.patch.object(format_mod, "MAX_CHUNK_STEPS", layout.chunk_steps)
             )
         yield
 

@@ -2,9 +2,17 @@
 (a local directory, or an fsspec URL such as ``s3://bucket/features``; see docs/remote_stores.md).
 
 See :mod:`feature_store.store` for the layout on disk, the atomic-write protocol and the
-provenance split (``{"set": {...}, "video": {...}}``); :mod:`feature_store.maintenance` for
-verify / remove / HDF5 export and import / ``.npy`` folder import; and
+provenance split (``{"set": {...}, "video": {...}}``); :mod:`feature_store.verify`,
+:mod:`feature_store.maintenance` (remove) and :mod:`feature_store.transfer` (HDF5 export and
+import, ``.npy`` folder import) for the ``vqa store`` commands; and
 :mod:`feature_store.dataset` for joining feature sets by video for training.
+
+Inside the package: :mod:`~feature_store._format` (constants, canonical JSON, validation,
+metadata, checksums), :mod:`~feature_store._naming` (node names, owner tags),
+:mod:`~feature_store._fs` (local path or fsspec URL), :mod:`~feature_store._commit` (the
+two commit strategies: rename locally, PUT in object stores), :mod:`~feature_store._layout`
+(where sets and videos are; the node-level interface the modules above share) and
+:mod:`feature_store.info` (``vqa store info`` text).
 """
 
 from feature_store.dataset import FeatureDataset, feature_stats
@@ -16,16 +24,7 @@ from feature_store.errors import (
     OutputExistsError,
     ProvenanceMismatchError,
 )
-from feature_store.maintenance import (
-    ImportCounts,
-    VerifyReport,
-    export_hdf5,
-    format_verify_report,
-    import_hdf5,
-    import_npy_folder,
-    remove,
-    verify,
-)
+from feature_store.maintenance import remove
 from feature_store.store import (
     DTYPES,
     FORMAT_VERSION,
@@ -34,6 +33,8 @@ from feature_store.store import (
     encode_node_name,
     format_store_info,
 )
+from feature_store.transfer import ImportCounts, export_hdf5, import_hdf5, import_npy_folder
+from feature_store.verify import VerifyReport, format_verify_report, verify
 
 __all__ = [
     "DTYPES",

@@ -4,10 +4,11 @@ One small interface, two implementations, so that the store's logic (listing fea
 videos, reading metadata, sizes, removals, run records) is written once:
 
 * :class:`LocalFS` -- a plain path. The store keeps its local protocol (staging + ``os.rename``,
-  see :mod:`feature_store.store`); this class only lists, reads, sizes and deletes.
+  see :mod:`feature_store._commit`); this class lists, reads, sizes, deletes, and writes
+  single files atomically (run records).
 * :class:`FsspecFS` -- a URL (``s3://``, ``gs://``, ``memory://``, ``file://``, ...). Object
   stores have no rename: the store writes nodes in place and completes them with one last
-  ``PUT`` of their ``zarr.json`` (see :mod:`feature_store.store`). Each :meth:`write_bytes` is
+  ``PUT`` of their ``zarr.json`` (see :mod:`feature_store._commit`). Each :meth:`write_bytes` is
   one object ``PUT``, atomic on S3/GCS/Azure and in memory; on a POSIX filesystem
   (``file://``) it is emulated with a temporary file in ``<root>/_staging`` and
   ``os.replace``, so readers never see a torn file there either.
@@ -25,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from feature_store._naming import staging_name
 from feature_store.errors import FeatureStoreError
+from vqa_core.atomic import atomic_write
 
 __all__ = ["Entry", "FsspecFS", "LocalFS", "is_url", "open_fs"]
 
@@ -50,7 +53,7 @@ def is_url(location: Any) -> bool:
     return isinstance(location, str) and "://" in location
 
 
-def open_fs(location: Any, storage_options: Mapping[str, Any] | None = None) -> "LocalFS | FsspecFS":
+def open_fs(location: Any, storage_options: Mapping[str, Any] | None = None) -> LocalFS | FsspecFS:
     """The filesystem layer of a store location (a path, or a URL with ``storage_options``).
 
     Raises:
@@ -70,14 +73,6 @@ def open_fs(location: Any, storage_options: Mapping[str, Any] | None = None) -> 
         raise FeatureStoreError(
             f"a store location is a path or an fsspec URL, got {type(location).__name__} {location!r}"
         ) from None
-
-
-def _tmp_name() -> str:
-    # Same form as feature_store.store._staging_name, so leftovers can be checked for a live
-    # owner (imported lazily there to avoid a cycle; the format is: kind.pid.uuid.host).
-    from feature_store.store import _staging_name
-
-    return _staging_name("put")
 
 
 class LocalFS:
@@ -116,12 +111,7 @@ class LocalFS:
         """Replace ``key`` atomically (temporary sibling + ``os.replace``)."""
         dest = self.path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{_tmp_name()}")
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write(dest, data)
 
     def is_file(self, key: str) -> bool:
         return self.path(key).is_file()
@@ -173,7 +163,7 @@ class LocalFS:
 def _as_timestamp(value: Any) -> float | None:
     if isinstance(value, _dt.datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=_dt.timezone.utc)
+            value = value.replace(tzinfo=_dt.UTC)
         return value.timestamp()
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
@@ -295,9 +285,10 @@ class FsspecFS:
         if not self._posix:
             self.fs.pipe_file(path, data)
             return
-        # file://: a temporary file in <root>/_staging, then os.replace (same filesystem).
+        # file://: a temporary file in <root>/_staging, then os.replace (same filesystem); its
+        # owner-tagged name lets remove_incomplete delete those of killed writers.
         staging = Path(self._path("_staging"))
-        tmp = staging / _tmp_name()
+        tmp = staging / staging_name("put")
         try:
             for _attempt in range(3):  # a concurrent rmtree may remove a fresh folder
                 try:

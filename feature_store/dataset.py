@@ -21,26 +21,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
-import zarr
-from zarr.storage import LocalStore
 
+from feature_store._commit import ArrayDraft
+from feature_store._format import DAMAGE_ERRORS, check_one_provenance, json_sha256, now
 from feature_store.errors import (
     FeatureNotFoundError,
     InvalidFeaturesError,
     InvalidMetadataError,
 )
-from feature_store.store import (
-    _DAMAGE_ERRORS,
-    _META,
-    _STAGING,
-    FeatureStore,
-    _encode_array,
-    _now,
-    _rmtree,
-    _sha256,
-    _staging_name,
-    _with_attributes,
-)
+from feature_store.store import FeatureStore
 
 if TYPE_CHECKING:
     import dask.array
@@ -96,7 +85,7 @@ class FeatureDataset:
                     + ", ".join(map(repr, unique))
                 )
                 continue
-            metas = {v: store._complete_meta(set_id, v) for v in unique}
+            metas = {v: store.layout.complete_meta(set_id, v) for v in unique}
             absent = [v for v, m in metas.items() if m is None]
             if absent:
                 missing += [(set_id, v) for v in absent]
@@ -105,7 +94,7 @@ class FeatureDataset:
                     + ", ".join(map(repr, absent))
                 )
                 continue
-            store._check_one_provenance(set_id, metas)
+            check_one_provenance(set_id, metas)
             self._shapes[set_id] = [tuple(metas[v]["shape"]) for v in video_ids]
         if missing:
             err = FeatureNotFoundError(
@@ -145,7 +134,7 @@ class FeatureDataset:
         video_id = self.video_ids[i]  # IndexError, negative indices as for lists
         return [self.store.read_video(s, video_id) for s in self.set_ids]
 
-    def to_dask(self) -> list[list["dask.array.Array"]]:
+    def to_dask(self) -> list[list[dask.array.Array]]:
         """Lazy features: ``out[i][k]`` is video ``i`` in set ``set_ids[k]``, a float32
         dask array [steps, dims] with one dask chunk per Zarr chunk. Building it reads only
         metadata; computing reads the files (do not overwrite those videos meanwhile)."""
@@ -170,7 +159,7 @@ def _stats_key(metas: dict[str, dict]) -> tuple[str, str]:
     """(cache key, hash of the sorted video ids). The key also covers each video's write id
     so that a replaced video invalidates the cache as an added or removed one does."""
     ids = sorted(metas)
-    key = _sha256(
+    key = json_sha256(
         {
             "version": _STATS_VERSION,
             "videos": [
@@ -179,24 +168,19 @@ def _stats_key(metas: dict[str, dict]) -> tuple[str, str]:
             ],
         }
     )
-    return key, _sha256(ids)
+    return key, json_sha256(ids)
 
 
 def _read_cached(store: FeatureStore, stats_key: str, key: str) -> tuple[np.ndarray, np.ndarray] | None:
-    if store._fs.read_bytes(f"{stats_key}/{_META}") is None:
-        return None  # never computed (zarr's errors for an absent node differ between stores)
-    stats_dir = store._fs.url(stats_key)
     try:
-        arr = zarr.open_array(
-            store=store._fs.zarr_store(stats_key, read_only=True), mode="r", zarr_format=3
-        )
-        if arr.attrs.get("key") != key:
+        arr = store.layout.open_array(stats_key)
+        if arr is None or arr.attrs.get("key") != key:
             return None
         data = np.asarray(arr[...], dtype=np.float64)
     except (FileNotFoundError, ValueError, KeyError, OSError):
         return None  # absent, or being replaced right now: recompute
     except Exception:  # noqa: BLE001 -- zarr raises various errors on a damaged node
-        logger.warning("cached statistics at %s are unreadable; recomputing", stats_dir)
+        logger.warning("cached statistics at %s are unreadable; recomputing", store.layout.fs.url(stats_key))
         return None
     if data.ndim != 2 or data.shape[0] != 2:
         return None
@@ -220,11 +204,11 @@ def feature_stats(
         ProvenanceMismatchError: the set's videos were made differently.
         InvalidFeaturesError: the videos disagree in dims, or one is damaged.
     """
-    store._set_attrs(set_id)
-    metas, _incomplete = store._video_metas(set_id)
+    store.layout.set_attrs(set_id)
+    metas, _incomplete = store.layout.video_metas(set_id)
     if not metas:
         raise FeatureNotFoundError(f"feature set {set_id!r} has no complete video")
-    store._check_one_provenance(set_id, metas)
+    check_one_provenance(set_id, metas)
     dims = {m["shape"][1] for m in metas.values()}
     if len(dims) != 1:
         raise InvalidFeaturesError(
@@ -232,7 +216,7 @@ def feature_stats(
         )
     key, ids_hash = _stats_key(metas)
     if not recompute:
-        cached = _read_cached(store, f"{store._set_key(set_id)}/{_STATS}", key)
+        cached = _read_cached(store, _stats_node(store, set_id), key)
         if cached is not None:
             logger.debug("statistics of %s from the cache", set_id)
             return cached
@@ -242,7 +226,7 @@ def feature_stats(
     mean = np.zeros(d, np.float64)
     m2 = np.zeros(d, np.float64)
     for video_id in sorted(metas):
-        arr = store._open_video(set_id, video_id)
+        arr = store.layout.open_video(set_id, video_id)
         step = arr.chunks[0]
         expected = arr.attrs.get("data_sha256")
         digest = hashlib.sha256()  # whole rows in order: the C-order bytes of the array
@@ -251,7 +235,7 @@ def feature_stats(
                 stored = arr[start : start + step]
                 digest.update(np.ascontiguousarray(stored).tobytes())
                 block = np.asarray(stored, dtype=np.float64)
-            except _DAMAGE_ERRORS as exc:
+            except DAMAGE_ERRORS as exc:
                 raise InvalidFeaturesError(
                     f"{set_id} / {video_id}: chunks do not decode ({exc}); run verify"
                 ) from exc
@@ -282,47 +266,22 @@ def feature_stats(
         "n_steps": count,
         "ddof": 0,
         "rows": ["mean", "std"],
-        "computed": _now(),
+        "computed": now(),
         "version": _STATS_VERSION,
     })
     return mean, std
 
 
-def _write_cache(store: FeatureStore, set_id: str, data: np.ndarray, attrs: dict) -> None:
-    """Atomically put ``data`` [2, D] at ``<set>/_stats`` (staging + rename, replacing).
+def _stats_node(store: FeatureStore, set_id: str) -> str:
+    return f"{store.layout.set_key(set_id)}/{_STATS}"
 
-    Object stores: in place, the attributes (holding ``key``) in the last PUT; readers
-    ignore the node until then.
-    """
-    if not store.is_local:
-        stats_key = f"{store._set_key(set_id)}/{_STATS}"
-        try:
-            marker, chunks = _encode_array(
-                data, dtype="float64", chunks=data.shape, dimension_names=("stat", "dim"),
-                attributes={},
-            )
-            stale = set(store._fs.files(stats_key)) - set(chunks) - {_META}
-            store._put_in_place(stats_key, marker, chunks, stale)
-            store._fs.write_bytes(f"{stats_key}/{_META}", _with_attributes(marker, attrs))
-        except OSError as exc:  # a read-only store still gives statistics, just uncached
-            logger.warning("could not cache statistics of %s: %s", set_id, exc)
-        return
-    set_dir = store._set_dir(set_id)
-    staging = set_dir / _STAGING / _staging_name("new")
+
+def _write_cache(store: FeatureStore, set_id: str, data: np.ndarray, attrs: dict) -> None:
+    """Atomically put ``data`` [2, D] at ``<set>/_stats`` (replacing it) through the store's
+    commit strategy: readers see the previous cache, the new one, or none (then they
+    recompute); the ``key`` attribute is only in the completed node."""
+    draft = ArrayDraft(data, chunks=data.shape, dimension_names=("stat", "dim"), attributes=attrs)
     try:
-        arr = zarr.create_array(
-            store=LocalStore(staging),
-            shape=data.shape,
-            chunks=data.shape,
-            dtype="float64",
-            fill_value=float("nan"),
-            dimension_names=("stat", "dim"),
-            zarr_format=3,
-        )
-        arr[...] = data
-        arr.attrs.update(attrs)
-        store._place(staging, set_dir / _STATS, _STATS, overwrite=True)
+        store.layout.write_array(_stats_node(store, set_id), draft)
     except OSError as exc:  # a read-only store still gives statistics, just uncached
         logger.warning("could not cache statistics of %s: %s", set_id, exc)
-    finally:
-        _rmtree(staging)

@@ -23,6 +23,8 @@ from feature_store import (
     FeatureStoreError,
     InvalidFeaturesError,
     InvalidMetadataError,
+    _format,
+    _naming,
     export_hdf5,
     feature_stats,
     format_store_info,
@@ -31,7 +33,7 @@ from feature_store import (
     verify,
 )
 from feature_store import _fs as fs_mod
-from feature_store import store as store_mod
+from feature_store._commit import PutCommit
 from flows.cli import main as vqa
 from tests.helpers import writer_values
 
@@ -82,8 +84,8 @@ def test_memory_round_trip(url, tmp_path):
         np.testing.assert_array_equal(store.read_video(set_id, video_id), values(0, video_id, 5 + i))
         lazy = store.read_video_dask(set_id, video_id)
         np.testing.assert_array_equal(lazy.compute(), values(0, video_id, 5 + i))
-    meta = store._complete_meta(set_id, "a.mp4")
-    assert meta["attributes"]["data_sha256"] == store_mod._data_sha256(values(0, "a.mp4", 5))
+    meta = store.layout.complete_meta(set_id, "a.mp4")
+    assert meta["attributes"]["data_sha256"] == _format.data_sha256(values(0, "a.mp4", 5))
     assert "writer" not in meta["attributes"]  # the marker's fields are gone once complete
 
     # same video again without overwrite: kept; with overwrite: replaced (other shape)
@@ -93,13 +95,13 @@ def test_memory_round_trip(url, tmp_path):
     np.testing.assert_array_equal(store.read_video(set_id, "a.mp4"), values(1, "a.mp4", 300))
     store.write_video(set_id, "a.mp4", values(2, "a.mp4", 3), provenance=prov(2), overwrite=True)
     np.testing.assert_array_equal(store.read_video(set_id, "a.mp4"), values(2, "a.mp4", 3))
-    chunks = [k for k in store._fs.files(store._video_key(set_id, "a.mp4")) if k.startswith("c/")]
+    chunks = [k for k in store.layout.fs.files(store.layout.video_key(set_id, "a.mp4")) if k.startswith("c/")]
     assert chunks == ["c/0/0"]  # chunks of the longer earlier copy were deleted
     assert store.video_provenance(set_id, "a.mp4")["video"] == {"writer": 2}
 
     (info,) = store.info()
     assert (info["n_videos"], info["dims"], info["total_steps"], info["incomplete"]) == (3, 8, 3 + 6 + 7, 0)
-    assert 0 < info["bytes_on_disk"] == store._fs.size(store._set_key(set_id))
+    assert 0 < info["bytes_on_disk"] == store.layout.fs.size(store.layout.set_key(set_id))
     assert "3 video(s)" in format_store_info([info])
     report = verify(store)
     assert report.ok and report.n_videos == {set_id: 3} and not report.leftovers, str(report)
@@ -113,9 +115,9 @@ def test_memory_round_trip(url, tmp_path):
     ref = np.concatenate([store.read_video(set_id, v) for v in sorted(ids)]).astype(np.float64)
     np.testing.assert_allclose(mean, ref.mean(0), rtol=1e-12)
     np.testing.assert_allclose(std, ref.std(0), rtol=1e-12)
-    assert store._fs.is_file(f"{store._set_key(set_id)}/_stats/zarr.json")
+    assert store.layout.fs.is_file(f"{store.layout.set_key(set_id)}/_stats/zarr.json")
     cached_store = FeatureStore(url, create=False)
-    cached_store._open_video = None  # any video read would fail: the cache must answer
+    cached_store.layout.open_video = None  # any video read would fail: the cache must answer
     m2, _ = feature_stats(cached_store, set_id)
     np.testing.assert_array_equal(m2, mean)
     assert url.split("://")[1] in repr(ds)
@@ -132,9 +134,9 @@ def test_memory_round_trip(url, tmp_path):
     # run records, pickling (same process: same memory filesystem)
     where = store.write_run_file("extract-1.json", '{"done": 3}')
     assert where == f"{store.location}/_runs/extract-1.json"
-    assert store._fs.read_bytes("_runs/extract-1.json") == b'{"done": 3}'
+    assert store.layout.fs.read_bytes("_runs/extract-1.json") == b'{"done": 3}'
     with pytest.raises(FeatureStoreError, match="write_run_file"):
-        store.runs_dir
+        _ = store.runs_dir
     with pytest.raises(InvalidMetadataError):
         store.write_run_file("../escape", "x")
     clone = pickle.loads(pickle.dumps(store))
@@ -143,11 +145,13 @@ def test_memory_round_trip(url, tmp_path):
 
     # removal: videos, then whole sets
     assert remove(store, set_id, video_ids=["a.mp4"]) == 1
-    assert store.video_ids(set_id) == sorted(ids[1:]) and not store._fs.is_dir(store._video_key(set_id, "a.mp4"))
+    assert store.video_ids(set_id) == sorted(ids[1:])
+    assert not store.layout.fs.is_dir(store.layout.video_key(set_id, "a.mp4"))
     with pytest.raises(FeatureNotFoundError):
         remove(store, set_id, video_ids=["a.mp4"])
     assert remove(store, set_id) == 2 and remove(store, f16) == 1
-    assert store.feature_sets() == [] and {e.name for e in store._fs.list("")} == {"zarr.json", "_runs", "_staging"}
+    assert store.feature_sets() == []
+    assert {e.name for e in store.layout.fs.list("")} == {"zarr.json", "_runs", "_staging"}
     assert verify(store).ok
 
 
@@ -156,7 +160,7 @@ def test_reopen_and_refuse_foreign_locations(url):
         FeatureStore(url, create=False)
     store, set_id = _open(url)
     assert FeatureStore(url, create=False).feature_sets() == [set_id]
-    store._fs.write_bytes("zarr.json", b'{"node_type": "group", "attributes": {}}')
+    store.layout.fs.write_bytes("zarr.json", b'{"node_type": "group", "attributes": {}}')
     with pytest.raises(FeatureStoreError, match="not a feature store"):
         FeatureStore(url)
     fs_mod.open_fs(url + "-foreign").write_bytes("data/x.bin", b"1")  # not a store, not empty
@@ -200,8 +204,8 @@ def test_tampered_chunk_is_detected(url, tmp_path):
         store.write_video(set_id, "v2", values(0, "v2"), provenance=prov())
         assert verify(store).ok
         # a valid chunk of the same shape, but the other video's: decodes fine, wrong data
-        good = store._fs.read_bytes(f"{store._video_key(set_id, 'v2')}/c/0/0")
-        store._fs.write_bytes(f"{store._video_key(set_id, 'v1')}/c/0/0", good)
+        good = store.layout.fs.read_bytes(f"{store.layout.video_key(set_id, 'v2')}/c/0/0")
+        store.layout.fs.write_bytes(f"{store.layout.video_key(set_id, 'v1')}/c/0/0", good)
         with pytest.raises(InvalidMetadataError, match="data_sha256.*re-extract it with overwrite"):
             store.read_video(set_id, "v1")
         report = verify(store)
@@ -219,10 +223,10 @@ def test_videos_without_checksum_still_read(url):
     """Stores written before data_sha256 existed read as before."""
     store, set_id = _open(url)
     store.write_video(set_id, "old", values(0, "old"), provenance=prov())
-    key = f"{store._video_key(set_id, 'old')}/zarr.json"
-    meta = json.loads(store._fs.read_bytes(key))
+    key = f"{store.layout.video_key(set_id, 'old')}/zarr.json"
+    meta = json.loads(store.layout.fs.read_bytes(key))
     del meta["attributes"]["data_sha256"]
-    store._fs.write_bytes(key, json.dumps(meta).encode())
+    store.layout.fs.write_bytes(key, json.dumps(meta).encode())
     np.testing.assert_array_equal(store.read_video(set_id, "old"), values(0, "old"))
     assert verify(store).ok
 
@@ -232,17 +236,17 @@ def test_race_with_different_data_is_repaired(url, monkeypatch):
     its chunks and its completing PUT. A notices (its marker is gone), completes, reads back,
     finds B's chunks under its checksum and rewrites: the result is A's data, consistent."""
     store, set_id = _open(url)
-    real_put = FeatureStore._put_in_place
+    real_put = PutCommit._put_incomplete
     calls = []
 
-    def put_then_race(self, key, marker, chunks, stale=()):
-        real_put(self, key, marker, chunks, stale)
+    def put_then_race(self, key, marker, chunks):
+        real_put(self, key, marker, chunks)
         calls.append(key)
         if len(calls) == 1:  # only during A's first round
             other = FeatureStore(url)
             other.write_video(set_id, "v", values(2, "v"), provenance=prov(2))
 
-    monkeypatch.setattr(FeatureStore, "_put_in_place", put_then_race)
+    monkeypatch.setattr(PutCommit, "_put_incomplete", put_then_race)
     store.write_video(set_id, "v", values(1, "v"), provenance=prov(1))
     # A's first round, B's write, A's second round (after a checksum mismatch)
     assert len(calls) == 3
@@ -253,16 +257,16 @@ def test_race_with_different_data_is_repaired(url, monkeypatch):
 
 def test_race_with_equal_data_keeps_the_first_copy(url, monkeypatch):
     store, set_id = _open(url)
-    real_put = FeatureStore._put_in_place
+    real_put = PutCommit._put_incomplete
     calls = []
 
-    def put_then_race(self, key, marker, chunks, stale=()):
-        real_put(self, key, marker, chunks, stale)
+    def put_then_race(self, key, marker, chunks):
+        real_put(self, key, marker, chunks)
         calls.append(key)
         if len(calls) == 1:
             FeatureStore(url).write_video(set_id, "v", values(1, "v"), provenance=prov(2))
 
-    monkeypatch.setattr(FeatureStore, "_put_in_place", put_then_race)
+    monkeypatch.setattr(PutCommit, "_put_incomplete", put_then_race)
     store.write_video(set_id, "v", values(1, "v"), provenance=prov(1))
     assert len(calls) == 2  # no rewrite: the data were equal
     assert store.video_provenance(set_id, "v")["video"] == {"writer": 2}  # the first complete copy
@@ -272,16 +276,16 @@ def test_race_with_equal_data_keeps_the_first_copy(url, monkeypatch):
 def test_leftovers_of_other_hosts_wait_for_min_age(url):
     store, set_id = _open(url)
     store.write_video(set_id, "v", values(0, "v"), provenance=prov())
-    key = f"{store._video_key(set_id, 'v')}/zarr.json"
-    meta = json.loads(store._fs.read_bytes(key))
+    key = f"{store.layout.video_key(set_id, 'v')}/zarr.json"
+    meta = json.loads(store.layout.fs.read_bytes(key))
     meta["attributes"] = {"video_id": "v", "status": "writing", "writer": "write.12.ab.another-host"}
-    store._fs.write_bytes(key, json.dumps(meta).encode())
+    store.layout.fs.write_bytes(key, json.dumps(meta).encode())
     assert not store.has_video(set_id, "v") and store.feature_set_info(set_id)["incomplete"] == 1
     report = verify(store)
     assert report.ok and report.leftovers == [] and len(report.in_flight) == 1
     assert store.remove_incomplete() == 0  # another host, written just now: may still run
     assert store.remove_incomplete(min_age_s=0) == 1
-    assert not store._fs.is_dir(store._video_key(set_id, "v")) and verify(store).in_flight == []
+    assert not store.layout.fs.is_dir(store.layout.video_key(set_id, "v")) and verify(store).in_flight == []
 
 
 def test_killed_set_removal_is_finished(url, monkeypatch):
@@ -291,34 +295,34 @@ def test_killed_set_removal_is_finished(url, monkeypatch):
     def killed(self, key):
         raise KeyboardInterrupt  # stands for SIGKILL right after the "removing" mark
 
-    monkeypatch.setattr(FeatureStore, "_finish_set_removal", killed)
+    monkeypatch.setattr(PutCommit, "_delete_group", killed)
     with pytest.raises(KeyboardInterrupt):
         remove(store, set_id)
     monkeypatch.undo()
     assert store.feature_sets() == []
     with pytest.raises(FeatureNotFoundError, match="being removed"):
         store.video_ids(set_id)
-    node = store._set_key(set_id)
+    node = store.layout.set_key(set_id)
     meta_key = f"{node}/zarr.json"
-    meta = json.loads(store._fs.read_bytes(meta_key))
-    assert store_mod._owner_alive(meta["attributes"]["remover"]) is True  # ours: still "running"
+    meta = json.loads(store.layout.fs.read_bytes(meta_key))
+    assert _naming.owner_alive(meta["attributes"]["remover"]) is True  # ours: still "running"
     assert store.remove_incomplete() == 0
-    meta["attributes"]["remover"] = f"rm.999999999.ab.{store_mod._host_tag()}"  # a dead remover
-    store._fs.write_bytes(meta_key, json.dumps(meta).encode())
+    meta["attributes"]["remover"] = f"rm.999999999.ab.{_naming.host_tag()}"  # a dead remover
+    store.layout.fs.write_bytes(meta_key, json.dumps(meta).encode())
     report = verify(store)
     assert report.ok and report.leftovers == [node], str(report)
     assert store.remove_incomplete() == 1
-    assert not store._fs.is_dir(node) and verify(store).leftovers == []
+    assert not store.layout.fs.is_dir(node) and verify(store).leftovers == []
     assert store.ensure_feature_set(spec=SPEC, sampling=SAMPLING) == set_id  # can be made again
 
     # removing again also finishes a killed removal
     store.write_video(set_id, "v", values(0, "v"), provenance=prov())
-    monkeypatch.setattr(FeatureStore, "_finish_set_removal", killed)
+    monkeypatch.setattr(PutCommit, "_delete_group", killed)
     with pytest.raises(KeyboardInterrupt):
         remove(store, set_id)
     monkeypatch.undo()
-    assert store.feature_sets() == [] and store._fs.is_dir(node)
-    assert remove(store, set_id) == 0 and not store._fs.is_dir(node)
+    assert store.feature_sets() == [] and store.layout.fs.is_dir(node)
+    assert remove(store, set_id) == 0 and not store.layout.fs.is_dir(node)
 
 
 # --------------------------------------------------------------------------- several processes
@@ -364,10 +368,10 @@ def test_disjoint_writers_into_one_file_url(file_url):
     report = verify(store)
     assert report.ok and report.leftovers == [] and report.in_flight == [], str(report)
     assert store.feature_set_info(set_id)["incomplete"] == 0
-    staging = Path(store._fs.root) / "_staging"
+    staging = Path(store.layout.fs.root) / "_staging"
     assert [p.name for p in staging.iterdir()] == ["zarr.json"]  # no temporary files left
     # the same layout as a local store: the folder opened as a plain path reads the same
-    local = FeatureStore(Path(store._fs.root), create=False)
+    local = FeatureStore(Path(store.layout.fs.root), create=False)
     assert local.is_local and local.video_ids(set_id) == store.video_ids(set_id)
     assert verify(local).ok, str(verify(local))
 
@@ -383,8 +387,8 @@ def test_two_processes_racing_on_the_same_videos(file_url):
     assert store.video_ids(set_id) == videos
     for video_id in videos:
         np.testing.assert_array_equal(store.read_video(set_id, video_id), values(0, video_id))
-        meta = store._complete_meta(set_id, video_id)
-        assert meta["attributes"]["data_sha256"] == store_mod._data_sha256(values(0, video_id))
+        meta = store.layout.complete_meta(set_id, video_id)
+        assert meta["attributes"]["data_sha256"] == _format.data_sha256(values(0, video_id))
     report = verify(store)
     assert report.ok and report.leftovers == [] and report.in_flight == [], str(report)
 
@@ -417,12 +421,12 @@ def test_writer_killed_before_the_completing_put(file_url):
     store.write_video(set_id, "kept", values(0, "kept"), provenance=prov())
     _kill_during_write(file_url, "new", False)  # a new video
     _kill_during_write(file_url, "kept", True)  # an overwrite: not atomic in object stores
-    node = store._set_key(set_id)
+    node = store.layout.set_key(set_id)
     assert store.video_ids(set_id) == [] and not store.has_video(set_id, "new")
     with pytest.raises(FeatureNotFoundError):
         store.read_video(set_id, "kept")
     assert store.feature_set_info(set_id)["incomplete"] == 2
-    new_files = store._fs.files(store._video_key(set_id, "new"))
+    new_files = store.layout.fs.files(store.layout.video_key(set_id, "new"))
     assert sum(k.startswith("c/") for k in new_files) == 2  # all chunks were there (300 steps)
     report = verify(store)
     assert report.ok and sorted(report.leftovers) == [f"{node}/kept", f"{node}/new"], str(report)
@@ -431,7 +435,7 @@ def test_writer_killed_before_the_completing_put(file_url):
     # re-extraction over the leftover works without cleaning first ...
     store.write_video(set_id, "new", values(0, "new"), provenance=prov())
     np.testing.assert_array_equal(store.read_video(set_id, "new"), values(0, "new"))
-    assert sum(k.startswith("c/") for k in store._fs.files(store._video_key(set_id, "new"))) == 1
+    assert sum(k.startswith("c/") for k in store.layout.fs.files(store.layout.video_key(set_id, "new"))) == 1
     # ... and remove_incomplete deletes the other leftover (its writer is dead)
     assert store.remove_incomplete() == 1
     report = verify(store)

@@ -23,11 +23,12 @@ from feature_store import (
     InvalidFeaturesError,
     InvalidMetadataError,
     ProvenanceMismatchError,
+    _format,
+    _naming,
     decode_node_name,
     encode_node_name,
     format_store_info,
 )
-from feature_store import store as store_mod
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = {"name": "resnet50", "version": 1, "dims": 8, "layer": "avgpool"}
@@ -99,8 +100,8 @@ def test_node_names_are_safe_reversible_and_distinct():
     names = [encode_node_name(v) for v in TRICKY_IDS]
     assert len(set(names)) == len(names)
     assert len({n.lower() for n in names}) == len(names)
-    for vid, name in zip(TRICKY_IDS, names):
-        assert set(name) <= set(store_mod._SAFE_CHARS) | {"%", "~"}
+    for vid, name in zip(TRICKY_IDS, names, strict=True):
+        assert set(name) <= set(_naming.SAFE_CHARS) | {"%", "~"}
         assert not name.startswith((".", "_")) and name.lower() != "zarr.json"
         assert len(name) <= 185
         if "~" not in name:
@@ -108,6 +109,9 @@ def test_node_names_are_safe_reversible_and_distinct():
     for bad in ["", None, 3, "lone\udcff"]:
         with pytest.raises(InvalidMetadataError):
             encode_node_name(bad)
+    for bad in ["%G1", "%C3", "caf\u00e9"]:  # bad escape, truncated UTF-8, not escaped
+        with pytest.raises(InvalidMetadataError, match="not an escaped node name"):
+            decode_node_name(bad)
 
 
 @settings(max_examples=200, deadline=None)
@@ -155,8 +159,8 @@ def test_chunking_and_dtype_conversion(store):
     assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [256, 3]
     assert meta["fill_value"] == "NaN" and meta["codecs"][1]["name"] == "blosc"
     np.testing.assert_array_equal(store.read_video(sid, "v"), x.astype(np.float32))
-    assert store_mod._chunk_shape(1000, 2**20) == (4, 2**20)  # 16 MiB cap
-    assert store_mod._chunk_shape(10, 2**23) == (1, 2**22)
+    assert _format.chunk_shape(1000, 2**20) == (4, 2**20)  # 16 MiB cap
+    assert _format.chunk_shape(10, 2**23) == (1, 2**22)
 
 
 def test_overwrite_false_is_noop_true_replaces(store, set_id):
@@ -202,6 +206,7 @@ def test_race_lost_at_rename_keeps_first(store, set_id, monkeypatch):
         (np.zeros((0, 8)), "empty"),
         (np.array([["a"] * 8]), "numeric"),
         (np.zeros((2, 8), bool), "numeric"),
+        ([[0.0] * 8, [0.0] * 7], "not an array"),  # ragged rows
     ],
 )
 def test_invalid_features_rejected_and_nothing_stored(store, set_id, x, match):
@@ -269,7 +274,7 @@ def test_half_written_leftovers_are_absent_and_removed(store, set_id):
     import shutil
 
     shutil.copytree(set_dir / "donor", staging / "new.999999999.deadbeef.otherhost")
-    shutil.copytree(set_dir / "donor", staging / f"new.999999999.deadbeef.{store_mod._host_tag()}")
+    shutil.copytree(set_dir / "donor", staging / f"new.999999999.deadbeef.{_naming.host_tag()}")
     half = staging / "garbage-name"
     (half / "c" / "0").mkdir(parents=True)
     (half / "c" / "0" / "0").write_bytes(b"\0" * 10)
@@ -296,7 +301,7 @@ def test_half_written_leftovers_are_absent_and_removed(store, set_id):
 
 
 def test_live_writer_staging_is_kept(store, set_id):
-    own = store.path / encode_node_name(set_id) / "_staging" / store_mod._staging_name("new")
+    own = store.path / encode_node_name(set_id) / "_staging" / _naming.staging_name("new")
     own.mkdir()
     assert store.remove_incomplete(min_age_s=0) == 0
     assert own.exists()

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from feature_store import FeatureNotFoundError, FeatureStore, export_hdf5, import_hdf5, verify
+from feature_store import FeatureNotFoundError, FeatureStore, encode_node_name, export_hdf5, import_hdf5, verify
 from tests.helpers import writer_values
 
 SPEC = {"name": "conc", "dims": 64}
@@ -125,7 +125,7 @@ def test_one_of_several_writers_killed(tmp_path):
         try:
             store = FeatureStore(path, create=False)
             (set_id,) = store.feature_sets()
-            staged = os.listdir(store._set_dir(set_id) / "_staging")
+            staged = os.listdir(store.path / encode_node_name(set_id) / "_staging")
         except (FeatureNotFoundError, ValueError, FileNotFoundError):
             continue
         mine = [n for n in staged if n.startswith(f"new.{victim.pid}.")]

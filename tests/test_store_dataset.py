@@ -13,6 +13,7 @@ from feature_store import (
     InvalidFeaturesError,
     InvalidMetadataError,
     ProvenanceMismatchError,
+    encode_node_name,
     feature_stats,
     remove,
     verify,
@@ -126,7 +127,7 @@ def test_stats_match_numpy_and_are_cached(store, sets, monkeypatch):
     assert mean.shape == std.shape == (6,) and mean.dtype == std.dtype == np.float64
     np.testing.assert_allclose(mean, ref.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(std, ref.std(axis=0), rtol=1e-12)
-    assert (store.path / store._set_dir(sets[0]).name / "_stats" / "zarr.json").is_file()
+    assert (store.path / encode_node_name(sets[0]) / "_stats" / "zarr.json").is_file()
     assert store.video_ids(sets[0]) == sorted(VIDEOS)  # the cache is not a video
     assert verify(store).ok
 
@@ -134,7 +135,7 @@ def test_stats_match_numpy_and_are_cached(store, sets, monkeypatch):
     def no_reads(*args, **kwargs):
         raise AssertionError("video data read although the statistics are cached")
 
-    monkeypatch.setattr(store, "_open_video", no_reads)
+    monkeypatch.setattr(store.layout, "open_video", no_reads)
     m2, s2 = FeatureDataset(store, sets, VIDEOS).stats(sets[0])
     np.testing.assert_array_equal(m2, mean)
     np.testing.assert_array_equal(s2, std)
@@ -165,9 +166,9 @@ def test_stats_cache_follows_the_video_list(store, sets, change):
 
 
 def test_stats_streaming_is_stable_and_multi_chunk(tmp_path, monkeypatch):
-    from feature_store import store as store_mod
+    from feature_store import _format
 
-    monkeypatch.setattr(store_mod, "_MAX_CHUNK_STEPS", 4)  # several chunks per video
+    monkeypatch.setattr(_format, "MAX_CHUNK_STEPS", 4)  # several chunks per video
     store = FeatureStore(tmp_path / "s")
     sid = store.ensure_feature_set(spec={"name": "big"}, sampling={"strategy": "all"})
     rng = np.random.default_rng(0)
@@ -188,7 +189,7 @@ def test_stats_streaming_is_stable_and_multi_chunk(tmp_path, monkeypatch):
     empty = store.ensure_feature_set(spec={"name": "empty"}, sampling={"strategy": "all"})
     with pytest.raises(FeatureNotFoundError, match="no complete video"):
         feature_stats(store, empty)
-    for chunk in (store._video_dir(sid, "v3") / "c").rglob("*"):
+    for chunk in (store.path / encode_node_name(sid) / "v3" / "c").rglob("*"):
         if chunk.is_file():
             chunk.unlink()
             break

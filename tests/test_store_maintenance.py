@@ -20,6 +20,7 @@ from feature_store import (
     InvalidMetadataError,
     OutputExistsError,
     ProvenanceMismatchError,
+    _naming,
     encode_node_name,
     export_hdf5,
     format_store_info,
@@ -29,8 +30,7 @@ from feature_store import (
     remove,
     verify,
 )
-from feature_store import maintenance as maint_mod
-from feature_store import store as store_mod
+from feature_store import transfer as transfer_mod
 
 SPEC = {"name": "resnet50", "version": 1, "dims": 8}
 SAMPLING = {"strategy": "uniform", "value": 16}
@@ -144,9 +144,9 @@ def test_verify_dims_and_dtype(store):
 
 def test_verify_lists_leftovers_but_stays_ok(store, set_id):
     staging = store.path / encode_node_name(set_id) / "_staging"
-    dead = staging / f"new.999999999.ab.{store_mod._host_tag()}"
+    dead = staging / f"new.999999999.ab.{_naming.host_tag()}"
     shutil.copytree(video_dir(store, set_id, "plain"), dead)
-    live = staging / store_mod._staging_name("new")  # our own pid: a write in flight
+    live = staging / _naming.staging_name("new")  # our own pid: a write in flight
     live.mkdir()
     torn = store.path / encode_node_name(set_id) / "torn"
     torn.mkdir()
@@ -163,8 +163,8 @@ def test_cli_clean_removes_leftovers_keeps_live_writes_and_videos(store, set_id,
     from flows.cli import main
 
     staging = store.path / encode_node_name(set_id) / "_staging"
-    shutil.copytree(video_dir(store, set_id, "plain"), staging / f"new.999999999.ab.{store_mod._host_tag()}")
-    live = staging / store_mod._staging_name("new")  # our own pid: a write in flight
+    shutil.copytree(video_dir(store, set_id, "plain"), staging / f"new.999999999.ab.{_naming.host_tag()}")
+    live = staging / _naming.staging_name("new")  # our own pid: a write in flight
     live.mkdir()
     before = store.read_video(set_id, "plain")
     assert main(["store", "clean", str(store.path)]) == 0
@@ -257,14 +257,14 @@ def test_export_refuses_to_clobber_and_is_atomic(tmp_path, store, set_id, monkey
     def boom(*args, **kwargs):
         raise OSError(28, "simulated: disk full")
 
-    monkeypatch.setattr(maint_mod, "_export_set", boom)
+    monkeypatch.setattr(transfer_mod, "_export_set", boom)
     with pytest.raises(OSError, match="disk full"):
         export_hdf5(store, out, overwrite=True)
     monkeypatch.undo()
     assert out.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.h5", "store"]
     # a temp file of a dead export is cleaned by the next export
-    stale = tmp_path / f".f.h5.tmp.999999999.ab.{store_mod._host_tag()}"
+    stale = tmp_path / f".f.h5.tmp.999999999.ab.{_naming.host_tag()}"
     stale.write_bytes(b"half")
     assert export_hdf5(store, out, set_ids=[set_id], overwrite=True, compression=None) == {
         set_id: len(IDS)
@@ -285,6 +285,9 @@ def test_import_hdf5_checks_everything_first(tmp_path, store, set_id):
         group["narrow"].attrs["provenance"] = json.dumps(prov())
         group[encode_node_name(".hidden")].attrs["provenance"] = "{not json"
     fresh = FeatureStore(tmp_path / "fresh")
+    (tmp_path / "not.h5").write_bytes(b"plain text, not HDF5")
+    with pytest.raises(InvalidMetadataError, match="is not an HDF5 file"):
+        import_hdf5(fresh, tmp_path / "not.h5")
     with pytest.raises(InvalidMetadataError, match="nothing was imported") as info:
         import_hdf5(fresh, out)
     assert ".hidden: attribute 'provenance' is not valid JSON" in str(info.value)
@@ -468,4 +471,5 @@ def test_cli_verify_export_import_rm(tmp_path, capsys, monkeypatch):
     (tmp_path / "spec.json").write_text(_json.dumps({"name": "vsfa-old", "dims": 3}))
     assert main(["store", "import", str(tmp_path / "s"), str(npy), "--format", "npy",
                  "--spec", str(tmp_path / "spec.json"), "--sampling", "all"]) == 0
-    assert FeatureStore(tmp_path / "s").read_video(FeatureStore(tmp_path / "s").resolve("vsfa-old"), "v1").shape == (4, 3)
+    imported = FeatureStore(tmp_path / "s")
+    assert imported.read_video(imported.resolve("vsfa-old"), "v1").shape == (4, 3)
