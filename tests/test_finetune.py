@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-from flows.manifest import read_manifest
 from pipeline.errors import PipelineError, WeightsError, WeightsUnavailableError
 from pipeline.extractors import create_extractor
 from pipeline.finetune import (
@@ -42,6 +41,7 @@ from pipeline.synthetic import (
     render_camera_clip,
 )
 from pipeline.weights import file_sha256, load_checkpoint
+from vqa_core.manifest import read_manifest
 
 IQA = dict(n_sources=3, size=(80, 80), distortions=("blur", "noise", "jpeg"), levels=(2, 5), seed=0, progress=False)
 N_IMAGES = 3 * (1 + 3 * 2)
@@ -310,7 +310,8 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(entries, tmp_path):
     first = finetune(paths, mos, out=tmp_path / "parts", stop_after_epochs=1, **args)
     assert not first.finished and first.checkpoint is None and first.epochs_done == 1
     saved = load_checkpoint(tmp_path / "parts" / STATE_NAME)  # weights_only=True
-    assert saved["epoch"] == 1 and set(saved) >= {"model", "optimizer", "history", "best_model"}
+    assert saved["epoch"] == 1 and set(saved) >= {"model", "optimizer", "history", "best", "fingerprint"}
+    assert saved["best"]["epoch"] == 1 and saved["best"]["model"] is None  # the best epoch's weights are "model"
     rest = finetune(paths, mos, out=tmp_path / "parts", **args)
     assert rest.finished and rest.epochs_run == 1
 
@@ -329,6 +330,10 @@ def test_resume_refuses_a_state_made_differently(entries, tmp_path):
         finetune(paths, mos, out=tmp_path, seed=1, **args)
     restarted = finetune(paths, mos, out=tmp_path, seed=1, resume=False, stop_after_epochs=1, **args)
     assert restarted.epochs_done == 1
+    # a state of the layout before the shared epoch loop is refused by its version, not misread
+    torch.save({"format": "vqa-finetune-state/1", "epoch": 1}, tmp_path / STATE_NAME)
+    with pytest.raises(FinetuneError, match=r"layout version 1, this code reads 2; pass resume=False"):
+        finetune(paths, mos, out=tmp_path, seed=1, **args)
 
 
 # --------------------------------------------------------------------------- refusals

@@ -25,6 +25,7 @@ from flows.fit import STATE_DIR
 from regressors.persistence import load_head
 from regressors.protocols import evaluate, random_splits
 from regressors.sequence import CheckpointMismatchError, SequenceRegressor, latest_checkpoint_epoch
+from vqa_core.training import STATE_VERSION
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -92,7 +93,8 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path, case, crash_after):
     assert [p.name for p in ckpt.iterdir()] == [f"epoch-{crash_after:04d}.pt"]  # older ones removed, no temporaries
     # plain containers only: loads with weights_only=True
     saved = torch.load(ckpt / f"epoch-{crash_after:04d}.pt", weights_only=True)
-    assert saved["epoch"] == crash_after and len(saved["history"]["train_loss"]) == crash_after
+    assert saved["epoch"] == crash_after and saved["version"] == STATE_VERSION
+    assert [set(row) for row in saved["history"]] == [{"train_loss", "val_srcc", "lr", "data_wait_seconds"}] * crash_after
 
     # the global torch RNG of the caller is moved in between: the resumed fit must not care
     torch.manual_seed(12345)
@@ -131,6 +133,10 @@ def test_checkpoint_of_other_training_is_refused(tmp_path):
 
     (ckpt / "epoch-0002.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointMismatchError, match="cannot be read"):
+        SequenceRegressor(**params).fit(X, y, checkpoint_dir=ckpt, checkpoint_key="run-a")
+    # a checkpoint of the layout before the shared epoch loop is refused by its version, not misread
+    torch.save({"format": "vqa-sequence-checkpoint", "version": 1, "epoch": 2}, ckpt / "epoch-0002.pt")
+    with pytest.raises(CheckpointMismatchError, match=rf"layout version 1, this code reads {STATE_VERSION}.*delete"):
         SequenceRegressor(**params).fit(X, y, checkpoint_dir=ckpt, checkpoint_key="run-a")
     with pytest.raises(Exception, match="integer random_state"):
         SequenceRegressor(**dict(params, random_state=None)).fit(X, y, checkpoint_dir=tmp_path / "other")
