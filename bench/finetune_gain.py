@@ -27,12 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.manifest import read_manifest  # noqa: E402
 from pipeline.extractors import create_extractor  # noqa: E402
 from pipeline.finetune import finetune, load_image  # noqa: E402
 from pipeline.synthetic import list_sources, make_iqa_dataset  # noqa: E402
 from regressors.protocols import evaluate, random_splits, repeated_kfold_splits  # noqa: E402
 from regressors.svr import SVRHead  # noqa: E402
+from vqa_core.manifest import read_manifest  # noqa: E402
 
 START = "random:0"  # ImageNet weights are not downloadable here
 

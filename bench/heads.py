@@ -24,8 +24,8 @@ from feature_store import FeatureStore  # noqa: E402
 from flows.cli import main as vqa  # noqa: E402
 from flows.extract import extract_flow  # noqa: E402
 from flows.fit import load_features, make_head  # noqa: E402
-from flows.manifest import read_manifest  # noqa: E402
 from pipeline.synthetic import make_demo_dataset  # noqa: E402
+from vqa_core.manifest import read_manifest  # noqa: E402
 
 SAMPLING = "fps:4"
 

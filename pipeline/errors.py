@@ -17,11 +17,30 @@ class VideoDecodeError(PipelineError, ValueError):
         super().__init__(f"{self.path}: {cause}")
 
     def __reduce__(self):  # picklable, so the error crosses process boundaries (Dask workers) intact
-        return (type(self), (self.path, self.cause))
+        return (type(self), (self.path, self.cause), self.__dict__)  # with attributes added later (notes)
 
 
 class SamplingError(PipelineError, ValueError):
     """A sampling specification is malformed or cannot be applied to a video."""
+
+
+class DatasetError(PipelineError, ValueError):
+    """A dataset folder or its label files cannot be turned into a manifest.
+
+    ``problems`` lists every problem found (the message summarises them by kind); nothing was
+    written.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = list(problems) if problems is not None else [message]
+
+
+class UnknownDatasetError(PipelineError, KeyError):
+    """No dataset adapter is registered under the requested name."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
 
 
 class ComputeOptionError(PipelineError, ValueError):
@@ -29,11 +48,19 @@ class ComputeOptionError(PipelineError, ValueError):
     suit its device (fp16 needs CUDA; bf16 on CUDA needs a GPU that supports it)."""
 
 
+class ExtractorOptionError(PipelineError, ValueError):
+    """An extractor builder option (``resampler``, ``short_side``, ``size``, crop size...) is invalid."""
+
+
 class UnknownExtractorError(PipelineError, KeyError):
     """No extractor is registered under the requested name."""
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])
+
+
+class FinetuneError(PipelineError, ValueError):
+    """Fine-tuning inputs are invalid (data, split, recipe, overrides) or a saved state does not fit."""
 
 
 class WeightsError(PipelineError, RuntimeError):

@@ -31,19 +31,21 @@ differs from it. A level's parameter is ``DISTORTIONS[distortion][level - 1]``.
 """
 from __future__ import annotations
 
-import csv
 import difflib
 import logging
 import math
-import os
 import sys
 import time
 import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+
+from vqa_core.atomic import atomic_path
+from vqa_core.manifest import MANIFEST_COLUMNS as BASE_MANIFEST_COLUMNS
+from vqa_core.manifest import write_manifest
 
 from .encode import encode_video
 from .errors import PipelineError
@@ -71,7 +73,8 @@ PSEUDO_MOS: Mapping[str, tuple[float, ...]] = MappingProxyType({
 })
 
 REFERENCE_NAME = "reference"
-MANIFEST_COLUMNS = ("video_id", "path", "mos", "group", "distortion", "level")
+# The manifest's columns, plus what made each item (extra columns are ignored by read_manifest).
+MANIFEST_COLUMNS = (*BASE_MANIFEST_COLUMNS, "distortion", "level")
 
 # Real photographs bundled in scikit-image's own distribution (no pooch download), colour
 # first. Grayscale ones are replicated to RGB.
@@ -204,7 +207,7 @@ def _camera_frames(
     cols = (np.arange(width, dtype=np.float64) + 0.5) / width - 0.5   # [-0.5, 0.5) of the view
     rows = (np.arange(height, dtype=np.float64) + 0.5) / height - 0.5
     planes = np.empty((3, height, width), dtype=np.float32)
-    for (centre_x, centre_y), time_ in zip(centres, times):
+    for (centre_x, centre_y), time_ in zip(centres, times, strict=True):
         zoom = zoom_from * (zoom_to / zoom_from) ** time_
         view_w, view_h = win_w / zoom, win_h / zoom
         ys, xs = np.meshgrid(centre_y + rows * view_h, centre_x + cols * view_w, indexing="ij")
@@ -369,7 +372,7 @@ def make_demo_dataset(
                 })
                 bar.update(1)
 
-    _write_manifest(manifest_path, rows)
+    write_manifest(manifest_path, rows, columns=MANIFEST_COLUMNS, overwrite=True)
     logger.info("wrote %d clips of %d frames (%dx%d) from %d photos to %s in %.1f s",
                 len(rows), num_frames, width, height, n_sources, out_dir,
                 time.perf_counter() - started)
@@ -415,27 +418,11 @@ def _load_photos(n_sources: int) -> list[tuple[str, np.ndarray]]:
 
 def _encode_atomic(path: Path, frames: Iterable[np.ndarray], *, fps: float, crf: int) -> None:
     """Encode to a temporary name and rename, so an interrupted build leaves no truncated mp4."""
-    partial = path.with_name(f".{path.stem}.partial.mp4")
-    try:
+    with atomic_path(path) as partial:
         # One encoder thread: x264's output depends on its thread count, and these clips are
-        # too small to gain from threads anyway.
+        # too small to gain from threads anyway. "-f mp4": the temporary name ends in .tmp.
         encode_video(partial, frames, fps=fps, codec="libx264", crf=crf, pix_fmt="yuv420p",
-                     extra_args=["-threads", "1", "-preset", "medium"])
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def _write_manifest(path: Path, rows: list[dict[str, str]]) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        with open(partial, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+                     extra_args=["-threads", "1", "-preset", "medium", "-f", "mp4"])
 
 
 # --------------------------------------------------------------------------- still images (IQA)
@@ -542,7 +529,7 @@ def make_iqa_dataset(
     :data:`IQA_DISTORTIONS`) as ``out_dir/images/<photo>__v<view>__<distortion>_<level>.png``
     (lossless PNG: a JPEG level is decoded before it is stored). ``out_dir/manifest.csv`` has
     the columns ``video_id,path,mos,group,distortion,level`` (the video manifest's, so
-    ``flows.manifest.read_manifest`` reads it): ``path`` relative to ``out_dir``, ``group`` the
+    ``vqa_core.manifest.read_manifest`` reads it): ``path`` relative to ``out_dir``, ``group`` the
     source photo (all views and versions of a photo share it, for grouped splits), ``mos`` from
     :func:`iqa_pseudo_mos`. Rows: ``n_sources * views * (include_reference + len(distortions)
     * len(levels))``, less the ``saturation`` rows of greyscale photos (``camera``, ``coins``,
@@ -604,7 +591,7 @@ def make_iqa_dataset(
                     })
                     bar.update(1)
 
-    _write_manifest(manifest_path, rows)
+    write_manifest(manifest_path, rows, columns=MANIFEST_COLUMNS, overwrite=True)
     logger.info("wrote %d images (%dx%d) from %d photos x %d views to %s in %.1f s", len(rows), width, height,
                 n_sources, views, out_dir, time.perf_counter() - started)
     return manifest_path
@@ -614,9 +601,5 @@ def _save_png_atomic(path: Path, image: np.ndarray) -> None:
     """Write a PNG under a temporary name and rename, so an interrupted build leaves no truncated file."""
     from PIL import Image
 
-    partial = path.with_name(f".{path.stem}.partial.png")
-    try:
+    with atomic_path(path) as partial:
         Image.fromarray(image).save(partial, format="PNG")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)

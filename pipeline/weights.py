@@ -9,17 +9,20 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import urllib.error
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
+from vqa_core.atomic import atomic_path
+from vqa_core.registry import Registry
+
 from .errors import WeightsError, WeightsUnavailableError
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 RANDOM_WARNING = "RANDOM WEIGHTS: features carry no learned meaning; use only for tests and demos"
 
@@ -80,7 +83,7 @@ class HubCheckpoint:
     alternative: str = ""
 
     @classmethod
-    def from_torchvision(cls, enum_member) -> "HubCheckpoint":
+    def from_torchvision(cls, enum_member) -> HubCheckpoint:
         url = enum_member.url
         filename = url.rsplit("/", 1)[-1]
         return cls(
@@ -110,7 +113,8 @@ class HubCheckpoint:
             allow_download = not offline()
         if not cached.is_file():
             if self.url is None or not allow_download:
-                why = "cannot be downloaded automatically" if self.url is None else "downloads are disabled (VQA_OFFLINE)"
+                why = ("cannot be downloaded automatically" if self.url is None
+                       else "downloads are disabled (VQA_OFFLINE)")
                 raise WeightsUnavailableError(f"{self.title} is not at {cached} and {why}. {self.instructions()}")
             self._download(cached)
         elif self.sha256_prefix:
@@ -126,10 +130,8 @@ class HubCheckpoint:
     def _download(self, cached: Path) -> None:
         """Download ``self.url`` to ``cached``: into a temporary file, verified, then renamed."""
         cached.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=f".{cached.name}.", suffix=".download")
-        os.close(fd)
-        try:
-            log.info("downloading %s to %s", self.url, cached)
+        with atomic_path(cached) as tmp:  # any error below leaves nothing in the cache
+            logger.info("downloading %s to %s", self.url, cached)
             try:
                 # No hash_prefix here: torch's check raises a bare RuntimeError; ours names both hashes.
                 torch.hub.download_url_to_file(self.url, tmp, hash_prefix=None, progress=True)
@@ -145,29 +147,29 @@ class HubCheckpoint:
                     f"nothing was cached at {cached}; the download was damaged or tampered with. Retry, or fetch "
                     "the file by hand and check its sha256."
                 )
-            os.replace(tmp, cached)
-            log.info("verified %s (sha256 %s)", cached, actual)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        logger.info("verified %s (sha256 %s)", cached, actual)
 
 
-_KNOWN_CHECKPOINTS: dict[str, HubCheckpoint] = {}
+#: Published checkpoints by file name (what ``vqa weights`` lists).
+CHECKPOINTS: Registry[HubCheckpoint] = Registry("checkpoint", error=WeightsUnavailableError)
+_USED_BY: dict[str, list[str]] = {}
 
 
 def register_checkpoint(checkpoint: HubCheckpoint, *, used_by: str) -> HubCheckpoint:
-    """Record a published checkpoint so ``vqa weights`` can report whether it is available."""
-    _KNOWN_CHECKPOINTS.setdefault(checkpoint.filename, checkpoint)
+    """Record a published checkpoint so ``vqa weights`` can report whether it is available.
+
+    Several extractors may register one checkpoint (equal entries); another checkpoint under
+    a taken file name is refused.
+    """
+    CHECKPOINTS.register(checkpoint.filename, checkpoint)
     _USED_BY.setdefault(checkpoint.filename, []).append(used_by)
     return checkpoint
-
-
-_USED_BY: dict[str, list[str]] = {}
 
 
 def known_checkpoints() -> list[dict]:
     """Every registered checkpoint: title, local path, whether present, who uses it, how to get it."""
     rows = []
-    for filename, ckpt in sorted(_KNOWN_CHECKPOINTS.items()):
+    for filename, ckpt in CHECKPOINTS.items():
         rows.append({
             "title": ckpt.title, "path": str(ckpt.path), "present": ckpt.path.is_file(),
             "used_by": sorted(set(_USED_BY[filename])), "url": ckpt.url, "how_to_get": ckpt.instructions(),
@@ -226,7 +228,7 @@ def read_training_sidecar(path: str | Path, *, sha256: str) -> dict | None:
 
 
 def random_weights(seed: int = 0) -> ResolvedWeights:
-    log.warning("%s (seed %d)", RANDOM_WARNING, seed)
+    logger.warning("%s (seed %d)", RANDOM_WARNING, seed)
     return ResolvedWeights(state_dict=None, identity={"source": "random", "seed": seed, "warning": RANDOM_WARNING})
 
 

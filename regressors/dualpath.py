@@ -75,7 +75,7 @@ but gives no sizes, order or wiring. Choices made here:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -153,11 +153,11 @@ def window_attention_mask(grid: Sequence[int], window: Sequence[int], shift: Seq
     ``-1`` for padding. Returns float ``[nW, N, N]``: 0 where query and key labels agree,
     ``-inf`` elsewhere (every token at least sees itself). Windows in C order over the grid.
     """
-    padded = [math.ceil(g / w) * w for g, w in zip(grid, window)]
+    padded = [math.ceil(g / w) * w for g, w in zip(grid, window, strict=True)]
     if padded == list(grid) and not any(shift):
         return None
     labels = torch.zeros(padded, dtype=torch.long)
-    for axis, (size, win, sh) in enumerate(zip(padded, window, shift)):
+    for axis, (size, win, sh) in enumerate(zip(padded, window, shift, strict=True)):
         if sh:
             pos = torch.arange(size)
             region = (pos >= size - win).long() + (pos >= size - sh).long()  # 0, 1, 2
@@ -209,7 +209,7 @@ class PatchEmbed3D(nn.Module):
         self.norm = nn.LayerNorm(embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads = [(-size) % p for size, p in zip(x.shape[2:], self.patch_size)]  # T, H, W
+        pads = [(-size) % p for size, p in zip(x.shape[2:], self.patch_size, strict=True)]  # T, H, W
         if any(pads):
             x = F.pad(x, (0, pads[2], 0, pads[1], 0, pads[0]))
         return self.norm(self.proj(x).permute(0, 2, 3, 4, 1))
@@ -230,7 +230,7 @@ class GlobalPositionIndexing(nn.Module):
         super().__init__()
         parts = []
         sizes = (len(t_positions), len(h_positions), len(w_positions))
-        axes = zip((t_positions, h_positions, w_positions), position_encoding_split(dim))
+        axes = zip((t_positions, h_positions, w_positions), position_encoding_split(dim), strict=True)
         for axis, (positions, width) in enumerate(axes):
             code = sinusoidal_encoding(torch.tensor(positions, dtype=torch.float64), width)  # [n, width]
             shape = [1, 1, 1, width]
@@ -286,7 +286,7 @@ class SwinTransformerBlock3D(nn.Module):
     def __init__(self, dim: int, *, grid: Triple, window: Triple, shift: Triple, heads: int, mlp_ratio: float):
         super().__init__()
         self.grid, self.window, self.shift = tuple(grid), tuple(window), tuple(shift)
-        self.padded = tuple(_ceil_div(g, w) * w for g, w in zip(self.grid, self.window))
+        self.padded = tuple(_ceil_div(g, w) * w for g, w in zip(self.grid, self.window, strict=True))
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention3D(dim, self.window, heads)
         self.norm2 = nn.LayerNorm(dim)
@@ -297,7 +297,7 @@ class SwinTransformerBlock3D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d, h, w = self.grid
         y = self.norm1(x)
-        pads = [p - g for p, g in zip(self.padded, self.grid)]
+        pads = [p - g for p, g in zip(self.padded, self.grid, strict=True)]
         if any(pads):
             y = F.pad(y, (0, 0, 0, pads[2], 0, pads[1], 0, pads[0]))
         if any(self.shift):
@@ -385,12 +385,12 @@ class Pathway(nn.Module):
     ):
         super().__init__()
         self.patch_embed = PatchEmbed3D(in_channels, embed_dim, patch_size=patch_size)
-        self.grid = tuple(_ceil_div(g, p) for g, p in zip(input_grid, patch_size))
+        self.grid = tuple(_ceil_div(g, p) for g, p in zip(input_grid, patch_size, strict=True))
         h_positions = [i * patch_size[1] for i in range(self.grid[1])]
         w_positions = [i * patch_size[2] for i in range(self.grid[2])]
         self.global_position_indexing = GlobalPositionIndexing(t_positions, h_positions, w_positions, embed_dim)
-        win = tuple(min(w, g) for w, g in zip(window, self.grid))  # Video Swin's get_window_size
-        half = tuple(w // 2 if g > w else 0 for w, g in zip(win, self.grid))
+        win = tuple(min(w, g) for w, g in zip(window, self.grid, strict=True))  # Video Swin's get_window_size
+        half = tuple(w // 2 if g > w else 0 for w, g in zip(win, self.grid, strict=True))
         self.blocks = nn.ModuleList(
             SwinTransformerBlock3D(
                 embed_dim, grid=self.grid, window=win, shift=half if i % 2 else (0, 0, 0), heads=heads,

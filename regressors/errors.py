@@ -33,3 +33,7 @@ class HeadExistsError(RegressorError, FileExistsError):
 
 class TrainingError(RegressorError, RuntimeError):
     """Training a head failed: the loss became NaN or infinite (diverged)."""
+
+
+class CheckpointMismatchError(RegressorError, ValueError):
+    """A checkpoint directory holds training state that is not this training's, or is unreadable."""

@@ -27,15 +27,15 @@ we use the training videos only, so that nothing is learned from the test set.)
 
 from __future__ import annotations
 
-import difflib
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from regressors.errors import InvalidInputError
+from vqa_core.registry import Registry
 
 __all__ = [
     "LABEL_SCALINGS",
@@ -236,24 +236,25 @@ class LossSpec:
         return self.fn(pred, y, **dict(self.params))
 
 
-#: Registered losses by name; use :func:`get_loss` to bind parameters.
-LOSSES: dict[str, LossSpec] = {
-    spec.name: spec
-    for spec in (
-        LossSpec("mae", mae_loss),
-        LossSpec("mae_rank", mae_rank_loss),
-        LossSpec("plcc", plcc_loss),
-        LossSpec("rank", rank_loss),
-        LossSpec("plcc_rank", plcc_rank_loss),
-        LossSpec("hinge_rank", hinge_rank_loss),
-        LossSpec("vsfa_l1", vsfa_l1_loss, label_scaling="max"),
-    )
-}
+#: Registered losses by name (``LOSSES["mae"]``, ``"mae" in LOSSES``); use :func:`get_loss`
+#: to bind parameters.
+LOSSES: Registry[LossSpec] = Registry("loss", error=InvalidInputError)
+for _spec in (
+    LossSpec("mae", mae_loss),
+    LossSpec("mae_rank", mae_rank_loss),
+    LossSpec("plcc", plcc_loss),
+    LossSpec("rank", rank_loss),
+    LossSpec("plcc_rank", plcc_rank_loss),
+    LossSpec("hinge_rank", hinge_rank_loss),
+    LossSpec("vsfa_l1", vsfa_l1_loss, label_scaling="max"),
+):
+    LOSSES.register(_spec.name, _spec)
+del _spec
 
 
 def list_losses() -> list[str]:
-    """Names of the registered losses."""
-    return sorted(LOSSES)
+    """Names of the registered losses, sorted."""
+    return LOSSES.names()
 
 
 def get_loss(name: str, **params) -> LossSpec:
@@ -263,11 +264,7 @@ def get_loss(name: str, **params) -> LossSpec:
     Unknown names and parameters raise :class:`~regressors.errors.InvalidInputError`
     (with a "did you mean" hint for names).
     """
-    if name not in LOSSES:
-        close = difflib.get_close_matches(str(name), LOSSES, n=2)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise InvalidInputError(f"unknown loss {name!r}.{hint} Registered: {', '.join(list_losses())}")
-    spec = LOSSES[name]
+    spec = LOSSES.get(name)
     if not params:
         return spec
     try:

@@ -2,7 +2,8 @@
 
 Conventions (REFERENCE.md, "Evaluation"):
 
-* SRCC and KRCC (Kendall tau-b) are computed on the raw predictions.
+* SRCC (Spearman) and KRCC (Kendall tau-b) are computed on the raw predictions. These are
+  the names of DOVER / FAST-VQA and of ``metrics.json``; VSFA-era papers write SROCC/KROCC.
 * PLCC and RMSE are computed after mapping the predictions onto the MOS scale with the
   4-parameter logistic of SimpleVQA / BVQA_Benchmark::
 

@@ -8,46 +8,35 @@ and document it.
 """
 from __future__ import annotations
 
-import difflib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
-from .errors import RegressorError
+from vqa_core.registry import Registry
 
-_MODULES: dict[str, Callable[..., torch.nn.Module]] = {}
-_BUILTIN = ("regressors.vsfa", "regressors.a2inet", "regressors.dualpath")  # register on first use
+from .errors import InvalidInputError
 
-
-def _import_builtins() -> None:
-    import importlib
-
-    for module in _BUILTIN:
-        importlib.import_module(module)
+#: Head-module builders by name; the built-in modules register on the first lookup.
+HEAD_MODULES: Registry[Callable[..., torch.nn.Module]] = Registry(
+    "head module", error=InvalidInputError,
+    lazy_modules=("regressors.vsfa", "regressors.a2inet", "regressors.dualpath"),
+)
 
 
 def register_module(name: str) -> Callable:
-    """Decorator registering a head-module builder under ``name``."""
-
-    def decorate(builder: Callable[..., torch.nn.Module]) -> Callable[..., torch.nn.Module]:
-        if name in _MODULES:
-            raise ValueError(f"head module {name!r} is registered twice")
-        _MODULES[name] = builder
-        return builder
-
-    return decorate
+    """Decorator registering a head-module builder under ``name`` (a taken name is refused)."""
+    return HEAD_MODULES.register(name)
 
 
 def list_modules() -> list[str]:
-    _import_builtins()
-    return sorted(_MODULES)
+    """Names of the registered head modules, sorted."""
+    return HEAD_MODULES.names()
 
 
 def build_module(name: str, input_dim: int, **params) -> torch.nn.Module:
-    """Build the module registered as ``name`` for ``input_dim`` features per step."""
-    _import_builtins()
-    if name not in _MODULES:
-        close = difflib.get_close_matches(name, _MODULES, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise RegressorError(f"unknown head module {name!r}.{hint} Registered: {', '.join(list_modules())}")
-    return _MODULES[name](input_dim, **params)
+    """Build the module registered as ``name`` for ``input_dim`` features per step.
+
+    An unknown ``name`` raises :class:`~regressors.errors.InvalidInputError` with a "did you
+    mean" hint.
+    """
+    return HEAD_MODULES.get(name)(input_dim, **params)

@@ -16,27 +16,28 @@ Heads join through a registry keyed by type name. A head class provides::
     cls._from_state(meta, arrays) -> head                          # inverse of _state
 
 and is registered with ``@register_head("name", version=1)``. ``head.npz`` is written
-before ``head.json``, so a directory with a ``head.json`` is complete.
+before ``head.json`` (each atomically, :mod:`vqa_core.atomic`), so a directory with a
+``head.json`` is complete.
 """
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import json
 import logging
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from regressors.errors import HeadExistsError, ModelFormatError, RegressorError
+from vqa_core.atomic import atomic_write
+from vqa_core.registry import Registry
 
 __all__ = [
     "ARRAYS_FILE",
     "FORMAT_VERSION",
+    "HEAD_TYPES",
     "META_FILE",
     "list_heads",
     "load_head",
@@ -52,10 +53,10 @@ ARRAYS_FILE = "head.npz"
 FORMAT_NAME = "vqa-head"
 FORMAT_VERSION = 1
 
-_REGISTRY: dict[str, type] = {}
-# Modules that register built-in heads; imported on load so that ``load_head`` works
-# without the caller importing the head class first.
-_BUILTIN_MODULES = ("regressors.svr", "regressors.sequence")
+#: Head classes by type name. The modules of the built-in heads are imported on the first
+#: lookup, so that ``load_head`` works without the caller importing the head class first.
+HEAD_TYPES: Registry[type] = Registry("head type", error=ModelFormatError,
+                                      lazy_modules=("regressors.svr", "regressors.sequence"))
 
 
 def register_head(name: str, *, version: int):
@@ -70,26 +71,17 @@ def register_head(name: str, *, version: int):
         for method in ("_state", "_from_state"):
             if not callable(getattr(cls, method, None)):
                 raise TypeError(f"{cls.__name__} cannot be registered: it lacks {method}()")
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            existing = _REGISTRY[name]
-            raise ValueError(f"head type {name!r} is already registered by {existing.__qualname__}")
+        HEAD_TYPES.register(name, cls)  # another class under a taken name is refused
         cls._head_type = name
         cls._head_version = int(version)
-        _REGISTRY[name] = cls
         return cls
 
     return decorator
 
 
-def _import_builtins() -> None:
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
-
-
 def list_heads() -> list[str]:
     """Names of the registered head types."""
-    _import_builtins()
-    return sorted(_REGISTRY)
+    return HEAD_TYPES.names()
 
 
 def to_json(value, *, where: str = "value", strict: bool = True):
@@ -131,21 +123,6 @@ def to_json(value, *, where: str = "value", strict: bool = True):
     return str(value)
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(fh)`` on a temporary file in ``path``'s directory, sync it, then rename it
-    over ``path``: a reader (or a run resumed after a kill) sees the old file or the new one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_head(head, directory, *, feature_info: dict, overwrite: bool = False) -> Path:
     """Save a fitted, registered head to ``directory`` (created if needed).
 
@@ -167,9 +144,9 @@ def save_head(head, directory, *, feature_info: dict, overwrite: bool = False) -
     """
     cls = type(head)
     name = getattr(cls, "_head_type", None)
-    if name is None or _REGISTRY.get(name) is not cls:
+    if name is None or name not in HEAD_TYPES or HEAD_TYPES.get(name) is not cls:
         raise RegressorError(
-            f"{cls.__qualname__} is not a registered head type; known: {sorted(_REGISTRY)}"
+            f"{cls.__qualname__} is not a registered head type; known: {', '.join(list_heads())}"
         )
     if not isinstance(feature_info, dict):
         raise RegressorError(f"feature_info must be a dict, got {type(feature_info).__name__}")
@@ -208,8 +185,9 @@ def save_head(head, directory, *, feature_info: dict, overwrite: bool = False) -
     if overwrite:
         # Remove the marker first: a crash between the two writes leaves no half head.
         meta_path.unlink(missing_ok=True)
-    atomic_write(directory / ARRAYS_FILE, lambda fh: np.savez(fh, **clean_arrays))
-    atomic_write(meta_path, lambda fh: fh.write(text.encode("utf-8")))
+    # fsync: a saved model is kept for good, it should survive a power loss too.
+    atomic_write(directory / ARRAYS_FILE, lambda fh: np.savez(fh, **clean_arrays), fsync=True)
+    atomic_write(meta_path, text, fsync=True)
     logger.info("saved %s head to %s", name, directory)
     return directory
 
@@ -272,15 +250,8 @@ def load_head(directory):
     directory = Path(directory)
     meta_path = directory / META_FILE
     doc = _read_meta(meta_path)
-    _import_builtins()
     name = doc["type"]
-    cls = _REGISTRY.get(name)
-    if cls is None:
-        hint = difflib.get_close_matches(name, list(_REGISTRY), n=1)
-        suffix = f"; did you mean {hint[0]!r}?" if hint else ""
-        raise ModelFormatError(
-            f"{meta_path}: unknown head type {name!r}; registered: {sorted(_REGISTRY)}{suffix}"
-        )
+    cls = HEAD_TYPES.get(name, where=str(meta_path))  # unknown: ModelFormatError with a hint
     if doc["version"] != cls._head_version:
         raise ModelFormatError(
             f"{meta_path}: {name} head version {doc['version']} cannot be read by this code, "

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from regressors.errors import InvalidInputError, RegressorError
 from regressors.metrics import METRIC_NAMES, MIN_SAMPLES, evaluate_predictions
-from regressors.persistence import atomic_write
+from vqa_core.atomic import atomic_write
 
 __all__ = [
     "EvaluationResult",
@@ -324,7 +324,7 @@ def _save_split(state_dir: Path, index: int, test: np.ndarray, pred: np.ndarray,
     atomic_write(arrays_path, lambda fh: np.savez(fh, test=test, pred=pred))
     doc = {"format": _SPLIT_FORMAT, "split": index, "key": key, "n_train": n_train, "n_test": int(test.size),
            "metrics": {k: float(v) for k, v in metrics.items()}}
-    atomic_write(meta_path, lambda fh: fh.write((json.dumps(doc, indent=1) + "\n").encode("utf-8")))
+    atomic_write(meta_path, json.dumps(doc, indent=1) + "\n")
 
 
 def evaluate(head, X, y, *, splits, video_ids=None, progress: bool = True, state_dir=None,

@@ -111,7 +111,7 @@ def write_report(out_dir, result, *, video_ids, mos, settings: dict) -> dict[str
     with paths["predictions"].open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["video_id", "mos", "prediction", "n_tested"])
-        for vid, m, p, k in zip(video_ids, mos, predictions, n_tested):
+        for vid, m, p, k in zip(video_ids, mos, predictions, n_tested, strict=True):
             # repr keeps full float precision; a video never tested gets an empty cell.
             writer.writerow([vid, repr(float(m)), repr(float(p)) if np.isfinite(p) else "", int(k)])
 

@@ -35,9 +35,9 @@ from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from sklearn.svm import SVR
 from sklearn.utils.validation import check_array, check_consistent_length, column_or_1d, validate_data
 
-from regressors.errors import InvalidInputError, NotFittedError
+from regressors.errors import InvalidInputError, ModelFormatError, NotFittedError
 from regressors.persistence import register_head
-from regressors.temporal_pooling import POOLING_METHODS, pool_features
+from regressors.temporal_pooling import POOLINGS, pool_features
 
 __all__ = ["PRESETS", "SVRHead"]
 
@@ -196,8 +196,7 @@ class SVRHead(RegressorMixin, BaseEstimator):
         """Preset values with the overrides applied; validates the parameters."""
         if self.preset not in PRESETS:
             raise InvalidInputError(f"unknown preset {self.preset!r}, expected one of {sorted(PRESETS)}")
-        if self.pooling not in POOLING_METHODS:
-            raise InvalidInputError(f"unknown pooling {self.pooling!r}, expected one of {POOLING_METHODS}")
+        POOLINGS.get(self.pooling)  # unknown: InvalidInputError with a "did you mean" hint
         cfg = dict(PRESETS[self.preset])
         for name in ("C", "epsilon", "gamma"):
             value = getattr(self, name)
@@ -351,7 +350,7 @@ class SVRHead(RegressorMixin, BaseEstimator):
         return meta, arrays
 
     @classmethod
-    def _from_state(cls, meta: dict, arrays: dict) -> "SVRHead":
+    def _from_state(cls, meta: dict, arrays: dict) -> SVRHead:
         """Inverse of :meth:`_state`."""
         head = cls(**meta["params"])
         head.n_features_in_ = int(meta["n_features_in"])
@@ -373,7 +372,7 @@ class SVRHead(RegressorMixin, BaseEstimator):
             or head.support_vectors_.shape[1] != n_pooled
             or head.dual_coef_.shape != (head.support_vectors_.shape[0],)
         ):
-            raise ValueError(
+            raise ModelFormatError(
                 f"array shapes disagree: x_center {head.x_center_.shape}, x_scale "
                 f"{head.x_scale_.shape}, support_vectors {head.support_vectors_.shape}, "
                 f"dual_coef {head.dual_coef_.shape}"

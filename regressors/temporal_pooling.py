@@ -14,28 +14,23 @@ head and the command line) does not pay for importing torch.
 
 from __future__ import annotations
 
-import difflib
-
 import numpy as np
 
 from regressors.errors import InvalidInputError
+from vqa_core.registry import Registry
 
-__all__ = ["POOLING_METHODS", "pool_features", "subjective_tp", "subjective_tp_torch"]
+__all__ = ["POOLINGS", "POOLING_METHODS", "pool_features", "subjective_tp", "subjective_tp_torch"]
 
+#: Feature poolings by name: ``[T, D]`` float array -> ``[D']``, in the order they are listed.
+POOLINGS: Registry = Registry("pooling method", error=InvalidInputError, sort=False)
+POOLINGS.register("mean", lambda x: x.mean(axis=0))
+POOLINGS.register("max", lambda x: x.max(axis=0))
+POOLINGS.register("meanmax", lambda x: np.concatenate([x.mean(axis=0), x.max(axis=0)]))
 #: Names accepted by :func:`pool_features`.
-POOLING_METHODS = ("mean", "max", "meanmax")
+POOLING_METHODS = tuple(POOLINGS.names())
 #: VSFA defaults (lidq92/VSFA ``TP``): window length and memory/current weight.
 TP_TAU = 12
 TP_BETA = 0.5
-
-
-def _check_method(method: str) -> None:
-    if method not in POOLING_METHODS:
-        hint = difflib.get_close_matches(str(method), POOLING_METHODS, n=1)
-        suffix = f"; did you mean {hint[0]!r}?" if hint else ""
-        raise InvalidInputError(
-            f"unknown pooling method {method!r}, expected one of {POOLING_METHODS}{suffix}"
-        )
 
 
 def pool_features(x, method: str = "mean") -> np.ndarray:
@@ -53,7 +48,7 @@ def pool_features(x, method: str = "mean") -> np.ndarray:
     ``[D]`` for ``mean``/``max``, ``[2D]`` for ``meanmax``; float64 unless ``x`` is
     float32, whose dtype is kept.
     """
-    _check_method(method)
+    pool = POOLINGS.get(method)  # unknown: InvalidInputError with a "did you mean" hint
     x = np.asarray(x)
     if x.ndim != 2:
         raise InvalidInputError(f"features must be 2-D [T, D], got shape {x.shape}")
@@ -61,11 +56,7 @@ def pool_features(x, method: str = "mean") -> np.ndarray:
         raise InvalidInputError("features have no time steps (T = 0)")
     if x.dtype != np.float32:
         x = x.astype(np.float64, copy=False)
-    if method == "mean":
-        return x.mean(axis=0)
-    if method == "max":
-        return x.max(axis=0)
-    return np.concatenate([x.mean(axis=0), x.max(axis=0)])
+    return pool(x)
 
 
 def _check_tp_params(tau: int, beta: float) -> None:

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flows.datasets import list_datasets, make_manifest, read_mat
-from flows.errors import DatasetError, ManifestExistsError, UnknownDatasetError
-from flows.manifest import read_manifest
+from pipeline.datasets import list_datasets, make_manifest, read_mat
+from pipeline.errors import DatasetError, PipelineError, UnknownDatasetError
 from tests.helpers import make_video
+from vqa_core.errors import ManifestExistsError
+from vqa_core.manifest import read_manifest
 
 SHARED_LABELS = Path(__file__).resolve().parents[2] / "shared" / "labels"
 ADAPTERS = {"konvid1k", "livevqc", "youtube-ugc", "lsvq", "cvd2014", "live-qualcomm", "kvq",
@@ -115,12 +116,16 @@ def test_list_datasets_names_every_adapter_with_its_layout():
     listed = dict(list_datasets())
     assert set(listed) == ADAPTERS
     assert all(description and "\n" not in description for description in listed.values())
+    # registration order, not sorted: video datasets first, then the image ones (vqa dataset list)
+    names = [name for name, _ in list_datasets()]
+    assert names[:2] == ["konvid1k", "livevqc"] and names[-4:] == ["tid2013", "kadid10k", "koniq10k", "livec"]
 
 
 def test_unknown_dataset_gets_a_hint(tmp_path):
-    with pytest.raises(UnknownDatasetError, match="did you mean 'konvid1k'") as info:
+    with pytest.raises(UnknownDatasetError, match="unknown dataset 'konvid'. Did you mean konvid1k") as info:
         make_manifest("konvid", tmp_path, out=tmp_path / "m.csv")
-    assert isinstance(info.value, KeyError)
+    assert isinstance(info.value, KeyError) and isinstance(info.value, PipelineError)
+    assert "Known: konvid1k, livevqc," in str(info.value)  # listed in the registry's order
 
 
 def test_split_only_for_datasets_that_have_them(tmp_path):
@@ -211,7 +216,8 @@ def test_youtube_ugc_real_rows_any_layout_and_suffix(tmp_path):
     ]
     assert report.problems == [f"YOUTUBE_UGC_metadata.csv line 5: {rows[3]['vid']!r} matches {rows[3]['vid']}.mp4, "
                                f"{rows[3]['vid']}.webm in {root}; using {rows[3]['vid']}.mp4",
-                               f"1 media file(s) next to labelled ones are not in the label file ({rows[3]['vid']}.webm)"]
+                               "1 media file(s) next to labelled ones are not in the label file "
+                               f"({rows[3]['vid']}.webm)"]
     # Without checking, the bucket layout is written.
     unchecked = make_manifest("youtube-ugc", root, out=root / "unchecked.csv", check_files=False)
     assert manifest_rows(unchecked.manifest)[2]["path"] == bucket[2].relative_to(root).as_posix()
@@ -260,7 +266,8 @@ def test_cvd2014_semicolons_decimal_commas_blank_rows_and_groups(tmp_path):
     touch(root / "Test3" / "Talking_head" / "Test03_Talking_Head_D10.avi")
     report = make_manifest("cvd2014", root, out=root / "m.csv")
     assert manifest_rows(report.manifest) == [
-        {"video_id": "Test01_City_D01", "path": "Test1/City/Test01_City_D01.avi", "mos": "67.29", "group": "Test1/City"},
+        {"video_id": "Test01_City_D01", "path": "Test1/City/Test01_City_D01.avi", "mos": "67.29",
+         "group": "Test1/City"},
         {"video_id": "Test03_Talking_Head_D10", "path": "Test3/Talking_head/Test03_Talking_Head_D10.avi",
          "mos": "53.33", "group": "Test3/Talking_head"}]
     assert report.problems == ["Realignment_MOS.csv is not UTF-8; read as Latin-1"]
@@ -271,7 +278,8 @@ def test_live_qualcomm_mat_structs_and_converted_videos(tmp_path):
     savemat_v5(root / "qualcommSubjectiveData.mat", {
         "qualcommSubjectiveData": {"unBiasedMOS": np.array([[52.57], [41.65]])},
         "qualcommVideoData": {
-            "vidNames": cell(["0723_ManUnderTree_GS5_03_20150723_130016.yuv", "1024_TableTennis_HTCOneVx_VIDEO0138.yuv"]),
+            "vidNames": cell(["0723_ManUnderTree_GS5_03_20150723_130016.yuv",
+                              "1024_TableTennis_HTCOneVx_VIDEO0138.yuv"]),
             "distortionNames": cell(["Artifacts", "Focus"]),
             "distortionType": np.array([[1], [2]]),
         },
@@ -280,7 +288,8 @@ def test_live_qualcomm_mat_structs_and_converted_videos(tmp_path):
     touch(root / "Focus" / "1024_TableTennis_HTCOneVx_VIDEO0138.mp4")  # converted from .yuv
     report = make_manifest("live-qualcomm", root, out=root / "m.csv")
     assert written(report) == [
-        ("Artifacts/0723_ManUnderTree_GS5_03_20150723_130016", "Artifacts/0723_ManUnderTree_GS5_03_20150723_130016.yuv", "52.57"),
+        ("Artifacts/0723_ManUnderTree_GS5_03_20150723_130016",
+         "Artifacts/0723_ManUnderTree_GS5_03_20150723_130016.yuv", "52.57"),
         ("Focus/1024_TableTennis_HTCOneVx_VIDEO0138", "Focus/1024_TableTennis_HTCOneVx_VIDEO0138.mp4", "41.65")]
 
 
@@ -370,7 +379,8 @@ def test_tid2013_groups_by_reference_and_matches_case(tmp_path):
 
 def test_kadid10k_dmos_csv(tmp_path):
     root = tmp_path / "kadid10k"
-    write(root / "dmos.csv", "dist_img,ref_img,dmos,var\nI01_01_01.png,I01.png,4.57,0.496\nI02_01_01.png,I02.png,3.9,0.4\n")
+    write(root / "dmos.csv",
+          "dist_img,ref_img,dmos,var\nI01_01_01.png,I01.png,4.57,0.496\nI02_01_01.png,I02.png,3.9,0.4\n")
     for name in ("I01_01_01.png", "I02_01_01.png", "I01.png", "I02.png"):
         touch(root / "images" / name)
     report = make_manifest("kadid10k", root, out=root / "m.csv")

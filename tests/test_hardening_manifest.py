@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flows.errors import ManifestError
-from flows.manifest import read_manifest
+from vqa_core.errors import ManifestError
+from vqa_core.manifest import read_manifest
 
 # Fuzzing: no example database in the repository; a fixed budget keeps the suite quick.
 FUZZ = settings(max_examples=300, deadline=None, database=None,
@@ -134,7 +134,8 @@ def dataset(tmp_path):
 
 
 def test_paths_inside_the_root_are_accepted(dataset):
-    manifest = write(dataset, f"video_id,path\na,videos/a.mp4\nb,{dataset}/b.mp4\nc,videos/../b.mp4\nd,./videos/new.mp4\n")
+    manifest = write(dataset,
+                     f"video_id,path\na,videos/a.mp4\nb,{dataset}/b.mp4\nc,videos/../b.mp4\nd,./videos/new.mp4\n")
     entries = read_manifest(manifest, root=dataset)
     assert [e.video_id for e in entries] == ["a", "b", "c", "d"]
     assert entries[0].path == dataset.resolve() / "videos" / "a.mp4"
@@ -154,7 +155,9 @@ def test_paths_escaping_the_root_are_listed_together(dataset):
     message = problems(write(dataset, text), root=dataset)
     assert "6 problem(s)" in message
     for number, video_id in enumerate(["dotdot", "absolute", "deep", "link", "linkdir"], start=3):
-        assert f"row {number}:" in message and f"of {video_id!r} resolves to {outside.resolve()}, outside the dataset root {dataset.resolve()}" in message
+        assert f"row {number}:" in message
+        assert (f"of {video_id!r} resolves to {outside.resolve()}, outside the dataset root {dataset.resolve()}"
+                in message)
     assert "of 'etc' resolves to /etc/passwd" in message
     # without a root the same manifest is accepted (paths are data; nothing is read here)
     assert len(read_manifest(dataset / "manifest.csv")) == 7

@@ -26,7 +26,7 @@ Y = np.array([3.1, 4.0, 2.2, 3.1, 4.5, 1.0])  # one tie (3.1), one badly ranked 
 
 # ------------------------------------------------------------- references as loops
 def ref_mae(p, y):
-    return sum(abs(a - b) for a, b in zip(p, y)) / len(p)
+    return sum(abs(a - b) for a, b in zip(p, y, strict=True)) / len(p)
 
 
 def ref_a2inet_rank(p, y):
@@ -187,7 +187,7 @@ def test_registry():
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda: get_loss("plc"), "Did you mean 'plcc'"),
+        (lambda: get_loss("plc"), "unknown loss 'plc'. Did you mean plcc"),
         (lambda: get_loss("mae", eta=1.0), "does not take parameters"),
         (lambda: mae_loss(t([1.0, 2.0]), t([1.0]).reshape(1, 1)), "1-D"),
         (lambda: mae_loss(t([[1.0]]), t([[1.0]])), "1-D"),

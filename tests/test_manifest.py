@@ -1,8 +1,8 @@
 """Manifest parsing and validation: every problem reported at once, paths relative to the manifest."""
 import pytest
 
-from flows.errors import ManifestError
-from flows.manifest import read_manifest
+from vqa_core.errors import ManifestError
+from vqa_core.manifest import read_manifest
 
 
 def write(tmp_path, text, name="manifest.csv"):

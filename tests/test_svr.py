@@ -241,7 +241,7 @@ def _edit_meta(directory, **changes):
         (lambda d: (d / META_FILE).write_text("{not json"), "not a readable JSON"),
         (lambda d: _edit_meta(d, format="something-else"), "not a saved head"),
         (lambda d: _edit_meta(d, format_version=99), "format version 99"),
-        (lambda d: _edit_meta(d, type="svm"), "unknown head type 'svm'.*did you mean 'svr'"),
+        (lambda d: _edit_meta(d, type="svm"), "head.json: unknown head type 'svm'. Did you mean svr"),
         (lambda d: _edit_meta(d, version=2), "head version 2"),
         (lambda d: _edit_meta(d, params=[1, 2]), "'params'"),
         (lambda d: (d / ARRAYS_FILE).unlink(), "array file missing"),

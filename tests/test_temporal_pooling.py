@@ -50,7 +50,7 @@ def test_pool_features_dtypes_and_single_step():
     [
         (np.ones(3), "mean", r"2-D \[T, D\]"),
         (np.ones((0, 3)), "mean", "T = 0"),
-        (np.ones((2, 3)), "maen", "did you mean 'mean'"),
+        (np.ones((2, 3)), "maen", "unknown pooling method 'maen'. Did you mean mean"),
         (np.ones((2, 3)), "median", "unknown pooling method"),
     ],
 )

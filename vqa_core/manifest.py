@@ -1,26 +1,41 @@
 """Dataset manifests: a CSV with ``video_id``, ``path`` and optional ``mos`` and ``group``.
 
+The manifest is the table both stages key by video id: extraction reads the paths, fitting
+the MOS and groups. It lives here, outside every package, so that ``pipeline`` (which writes
+manifests for datasets), ``flows`` and an analyst's notebook share one reader and one writer.
+
 Paths are absolute or relative to the manifest's folder. They are data: never passed to a
 shell or evaluated. A manifest is validated completely before anything is written anywhere.
 With ``root`` (the dataset root), every path must lie inside it after resolving ``..`` and
-symbolic links: a manifest cannot make the pipeline read files elsewhere.
+symbolic links: a manifest cannot make the pipeline read files elsewhere. Extra columns
+(``distortion``, ``level`` of the synthetic IQA set) are allowed and ignored by the reader.
 """
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from .errors import ManifestError
+from . import csvsafe
+from .atomic import atomic_write
+from .errors import ManifestError, ManifestExistsError
+
+__all__ = ["MANIFEST_COLUMNS", "REQUIRED_COLUMNS", "ManifestEntry", "read_manifest", "write_manifest"]
 
 REQUIRED_COLUMNS = ("video_id", "path")
+MANIFEST_COLUMNS = ("video_id", "path", "mos", "group")
 MAX_REPORTED = 10
 
 
 @dataclass(frozen=True)
 class ManifestEntry:
+    """One row: ``path`` absolute (relative paths are joined to the manifest's folder)."""
+
     video_id: str
     path: Path
     mos: float | None = None
@@ -43,7 +58,7 @@ def read_manifest(
     root_dir = _dataset_root(root)
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
+            reader = csvsafe.DictReader(fh)  # undoes the formula escape of our own writers
             header = [c.strip() for c in (reader.fieldnames or [])]
             columns = list(dict.fromkeys(header))
             raw_rows = list(reader)
@@ -66,7 +81,7 @@ def read_manifest(
     entries: list[ManifestEntry] = []
     first_row: dict[str, int] = {}
     base = path.resolve().parent
-    for number, (row, raw_row) in enumerate(zip(rows, raw_rows), start=2):
+    for number, (row, raw_row) in enumerate(zip(rows, raw_rows, strict=True), start=2):
         surplus = [v for v in raw_row.get(None) or () if v.strip()]
         if surplus:  # empty trailing fields (a stray comma) are harmless
             problems.append(f"row {number}: {len(header) + len(raw_row[None])} fields, the header has "
@@ -136,3 +151,47 @@ def _outside(path: Path, root: Path) -> Path | None:
     else ``None``."""
     resolved = Path(os.path.realpath(path))
     return None if resolved == root or root in resolved.parents else resolved
+
+
+def write_manifest(
+    path: str | Path,
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    columns: Sequence[str] = MANIFEST_COLUMNS,
+    overwrite: bool = False,
+    fsync: bool = False,
+) -> Path:
+    """Write ``rows`` (one mapping per video, keys from ``columns``) as a manifest CSV at ``path``.
+
+    Values: a :class:`~pathlib.Path` is written relative to the manifest's folder when it lies
+    under it, else absolute; ``None`` and missing keys as empty fields; anything else as
+    ``str()`` (floats round-trip); text a spreadsheet would evaluate (``=cmd|...``) gets a leading
+    apostrophe, which :func:`read_manifest` removes (:mod:`vqa_core.csvsafe`). The file is
+    written atomically (temporary sibling, then rename); an existing one raises
+    :class:`ManifestExistsError` unless ``overwrite``.
+    ``fsync``: see :func:`vqa_core.atomic.atomic_write`. Returns ``path``.
+    """
+    path = Path(path)
+    base = Path(os.path.abspath(path.parent))
+    buffer = io.StringIO()
+    writer = csvsafe.writer(buffer, lineterminator="\n")  # cells a spreadsheet would evaluate are escaped
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_field(row.get(column), base) for column in columns])
+    try:
+        atomic_write(path, buffer.getvalue(), overwrite=overwrite, fsync=fsync)
+    except FileExistsError:
+        raise ManifestExistsError(f"{path} exists; pass overwrite=True to replace it") from None
+    return path
+
+
+def _field(value: Any, base: Path) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, Path):
+        absolute = Path(os.path.normpath(os.path.abspath(value)))
+        try:
+            return absolute.relative_to(base).as_posix()
+        except ValueError:
+            return str(absolute)
+    return str(value)
