@@ -225,7 +225,8 @@ class _Feed:
             size = len(steps) - start if self.max_steps is None else min(self.max_steps, len(steps) - start)
             part = frames[start:start + size]
             try:
-                self.accumulator.consume(self.extractor, part[:, 0] if steps.shape[1] == 1 else part)
+                self.accumulator.consume(self.extractor, part[:, 0] if steps.shape[1] == 1 else part,
+                                         steps=steps[start:start + size])
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
@@ -240,10 +241,13 @@ class _Feed:
             name, device = self.extractor.spec.name, str(self.extractor.device)
             if size == 1:
                 height, width = frames.shape[2:4]
+                on_gpu = device.startswith("cuda") or "cuda" in message.lower()
+                advice = ("Use a device with more free memory, or run on the CPU (--device cpu)" if on_gpu else
+                          "Free some memory, or lower the frame-size limit (VQA_MAX_FRAME_PIXELS) so that frames "
+                          "this large are refused before decoding")
                 raise ExtractorOutOfMemoryError(
                     f"extractor {name} ran out of memory on {device} even with a batch of 1 step "
-                    f"({steps.shape[1]} frame(s) of {width}x{height}): {message}. Use a device with "
-                    "more free memory, or run on the CPU (--device cpu)",
+                    f"({steps.shape[1]} frame(s) of {width}x{height}): {message}. {advice}",
                     extractor=name, device=device,
                 )
             self.max_steps = max(1, size // 2)
@@ -252,11 +256,13 @@ class _Feed:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` reports an accelerator out-of-memory condition (CUDA, or any
-    ``RuntimeError`` whose message says "out of memory")."""
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
+    """Whether ``exc`` reports an out-of-memory condition: CUDA's, any ``RuntimeError`` whose
+    message says "out of memory", torch's CPU allocator refusing (``DefaultCPUAllocator: can't
+    allocate memory``, e.g. under a ulimit) or numpy's ``MemoryError``."""
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def release_accelerator_memory() -> None:
@@ -273,6 +279,7 @@ def extract_video(
     batch_size: int = 16,
     video_key: str | None = None,
     prefetch: int = DEFAULT_PREFETCH,
+    root: str | Path | None = None,
 ) -> tuple[list[np.ndarray], VideoInfo]:
     """Decode ``path`` once and run every extractor on its sampled frames or clips.
 
@@ -285,6 +292,11 @@ def extract_video(
     ``(prefetch + 2) * batch_size`` frames plus those pending steps still need, not the whole
     video. Raises ``VideoDecodeError`` for an unreadable video (also when the worker hits it
     mid-way), and whatever an extractor raises; the reader is closed in every case.
+
+    Memory bound: ``batch_size`` is capped by :meth:`pipeline.video.Video.max_batch` so that a
+    batch holds at most one largest allowed frame's pixels (``VQA_MAX_FRAME_PIXELS``, 8K by
+    default; 16 frames at 1080p, 1 at 8K); frames over that limit are refused before decoding.
+    ``root``: refuse a file whose real path lies outside it, checked on the opened file.
     """
     if isinstance(prefetch, bool) or not isinstance(prefetch, (int, np.integer)) or prefetch < 0:
         raise ValueError(f"prefetch must be a non-negative integer, got {prefetch!r}")
@@ -292,7 +304,8 @@ def extract_video(
     samplings = list(sampling) if isinstance(sampling, (list, tuple)) else [sampling] * len(extractors)
     if len(samplings) != len(extractors):
         raise PipelineError(f"got {len(samplings)} samplings for {len(extractors)} extractors")
-    with open_video(path) as video:
+    with open_video(path, root=root) as video:
+        batch_size = video.max_batch(batch_size)
         needs_times = any(s.kind == "fps" or hasattr(s, "clips") for s in samplings)
         timestamps = video.timestamps() if needs_times else None
         plans = [step_plan(s, video.info, timestamps) for s in samplings]

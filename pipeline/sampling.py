@@ -1,11 +1,14 @@
-"""Which frames of a video to decode: every frame, N uniform frames, or K frames per second.
+"""Which frames of a video to decode: every frame, N uniform frames, K frames per second, or
+clips of L frames (:class:`ClipSampling`, three named policies).
 
 A ``Sampling`` is part of a feature set's identity in the store (``name`` goes into ids,
 ``to_dict`` into provenance), so it is a small frozen value with a canonical form:
 ``parse_sampling("uniform:16") == Sampling("uniform", 16)``.
 
-Rounding is half-up everywhere (``floor(x + 0.5)``), not numpy's half-to-even, so that an
-index never depends on whether a midpoint lands on an even number.
+Rounding is half-up (``floor(x + 0.5)``), not numpy's half-to-even, so that an index never
+depends on whether a midpoint lands on an even number; the exceptions reproduce a reference
+rule exactly (``clips:L:floor`` rounds the frame rate with Python's ``round`` as SimpleVQA
+does, ``clips:L:chunks`` truncates torch's ``linspace`` as TCSVT-2022 does).
 """
 from __future__ import annotations
 
@@ -33,7 +36,8 @@ _TIME_EPSILON = 1e-9
 SAMPLING_FORMS = (
     '"all" (every frame), "uniform:N" (N frames at equal intervals, N a positive integer) '
     'or "fps:K" (K frames per second, K a positive number) '
-    'or "clips:L" (one clip of L consecutive frames per second, L a positive integer)'
+    'or "clips:L[:POLICY]" (clips of L frames, L a positive integer; POLICY ceil (default: '
+    'one clip of L consecutive frames per started second), floor (SimpleVQA) or chunks (TCSVT-2022))'
 )
 
 
@@ -98,7 +102,8 @@ class Sampling:
 
 
 def parse_sampling(text: str) -> Sampling:
-    """Parse ``"all"``, ``"uniform:N"`` or ``"fps:K"`` (case and surrounding spaces ignored).
+    """Parse ``"all"``, ``"uniform:N"``, ``"fps:K"`` or ``"clips:L[:POLICY]"`` (case and
+    surrounding spaces ignored; POLICY ``ceil``, ``floor`` or ``chunks``, see :class:`ClipSampling`).
 
     Raises ``SamplingError`` naming the accepted forms for anything else.
     """
@@ -116,10 +121,7 @@ def parse_sampling(text: str) -> Sampling:
             detail = err if isinstance(err, SamplingError) else requirement
             raise SamplingError(f"bad sampling {text!r}: {detail}; expected {SAMPLING_FORMS}") from None
     if kind == "clips" and sep:  # ClipSampling is defined at the end of this module
-        try:
-            return ClipSampling(int(arg))
-        except ValueError:
-            raise SamplingError(f"bad sampling {text!r}: L must be a positive integer; expected {SAMPLING_FORMS}") from None
+        return _parse_clips(text, arg)
     raise SamplingError(f"bad sampling {text!r}; expected {SAMPLING_FORMS}")
 
 
@@ -196,11 +198,15 @@ def _nearest(sorted_times: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return np.where(take_left, left, right).astype(np.int64)
 
 
-# ---- clips: one run of L consecutive frames per second (SimpleVQA / KVQ SlowFast input) ----
+# ---- clips: runs of L frames fed to clip extractors (SimpleVQA, KVQ, TCSVT-2022 SlowFast input) ----
 
-__all__ += ["ClipSampling", "DEFAULT_CLIP_LENGTH"]
+__all__ += ["ClipSampling", "CLIP_POLICIES", "DEFAULT_CLIP_LENGTH", "DEFAULT_CLIP_POLICY"]
 
 DEFAULT_CLIP_LENGTH = 32  # SlowFast 8x8: 32 fast frames per clip
+# How a video is cut into clips (see ClipSampling); "ceil" is the default and the only rule
+# before policies existed, so ``clips:32`` keeps its meaning and its feature-set ids.
+CLIP_POLICIES = ("ceil", "floor", "chunks")
+DEFAULT_CLIP_POLICY = "ceil"
 # decord timestamps are kept to whole microseconds: a frame starting within this of a clip's
 # start second counts as starting at it.
 _CLIP_START_TOLERANCE = 1e-6
@@ -208,67 +214,160 @@ _CLIP_START_TOLERANCE = 1e-6
 
 @dataclass(frozen=True)
 class ClipSampling(Sampling):
-    """``clips:L``: one clip of ``L`` consecutive frames per second of video.
+    """``clips:L[:POLICY]``: the video cut into clips of ``L`` frames by ``POLICY``.
 
-    ``ClipSampling(32)`` == ``parse_sampling("clips:32")``; ``name`` ``"clips-32"``,
-    ``to_dict()`` ``{"strategy": "clips", "value": 32}``. A subclass of :class:`Sampling` so
-    it serialises and compares the same way; the runner sees :meth:`clips` and feeds the
-    extractor ``uint8 [B, L, H, W, 3]`` clips instead of single frames.
+    ``ClipSampling(32)`` == ``parse_sampling("clips:32")`` == ``parse_sampling("clips:32:ceil")``;
+    ``ClipSampling(32, "floor")`` == ``parse_sampling("clips:32:floor")``. A subclass of
+    :class:`Sampling` so it serialises and compares the same way; the runner sees
+    :meth:`clips` and feeds the extractor ``uint8 [B, L, H, W, 3]`` clips instead of single
+    frames. ``name`` is ``"clips-32"`` / ``"clips-32-floor"``; ``to_dict()`` is
+    ``{"strategy": "clips", "value": 32}`` for the default policy (as before policies existed)
+    and adds ``"policy"`` for the others.
 
-    Clip ``i`` (``i = 0 .. n-1``, ``n = ceil(duration)``, at least 1)::
+    Policies (``n`` = number of frames, ``fps`` = frame rate, clip ``i = 0, 1, ...``):
 
-        start_i = first frame whose start time >= i s      (with timestamps, VFR-safe)
-                = round_half_up(i * fps)                   (without)
-        clip_i  = start_i, start_i + 1, ..., start_i + L - 1   (past the end: the last frame)
+    - ``ceil`` (default): one clip per started second, ``ceil(duration)`` clips (at least 1)::
 
-    SimpleVQA cuts clip ``i`` at ``i * round(fps)`` and makes ``floor(num_frames / round(fps))``
-    clips (then repeats the last clip up to a per-dataset minimum); the rule here keeps a
-    partial last second and follows real time on variable-frame-rate files.
+          start_i = first frame whose start time >= i s   (with timestamps, VFR-safe)
+                  = round_half_up(i * fps)                (without)
+          clip_i  = start_i, start_i + 1, ..., start_i + L - 1
+
+      A partial last second gets its own clip. **Frozen tail**: positions past the last frame
+      repeat the last frame, so the last clip is often partly, and can be entirely, one
+      frozen frame: 240 frames at 29.97 fps (8.008 s) give 9 clips, the 9th starting at
+      frame 240 > 239, i.e. frame 239 repeated 32 times.
+    - ``floor``: SimpleVQA's rule (``data_loader.VideoDataset_NR_SlowFast_feature``):
+      ``r = round(fps)`` (Python's round, half to even), ``floor(n / r)`` clips (at least 1),
+      ``start_i = i * r``, same frozen tail. The 240-frame 29.97 fps clip gives 8 clips, the
+      last one complete. Frame indices only (timestamps are not used). SimpleVQA then
+      repeats its last clip up to a per-dataset minimum (8 clips for KoNViD-1k, 20 for
+      YouTube-UGC); that is not done here: the repeated rows equal the last one.
+    - ``chunks``: TCSVT-2022's motion input (``CNNfeatures_Motion.get_features``, frame
+      batch 64): chunks of ``2L`` consecutive frames from frame 0, each giving the clip
+      ``chunk_start + linspace(0, 2L - 1, L).long()`` (torch's float32 linspace, truncated:
+      for L = 32 the frames 0, 2, 4, ..., 60, 63 of the chunk). Full chunks start at
+      ``0, 2L, 4L, ...`` while they end before the last frame; the rest of the video is
+      covered by one last chunk ending at the last frame (``start n - 2L``), which overlaps
+      the previous one: the extractor keeps only its rows for frames after those already
+      covered (``slowfast-fast-tcsvt``'s accumulator). A video of at most ``2L`` frames is one
+      clip ``linspace(0, n - 1, L).long()`` (frames repeat when ``n < L``). Frame indices only.
     """
 
     kind: str = field(default="clips", init=False)
     value: int = DEFAULT_CLIP_LENGTH
+    policy: str = DEFAULT_CLIP_POLICY
 
     def __post_init__(self) -> None:
         value = self.value
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise SamplingError(f"clips needs a positive whole number of frames per clip, got {value!r}")
         object.__setattr__(self, "value", int(value))
+        if self.policy not in CLIP_POLICIES:
+            raise SamplingError(f"unknown clip policy {self.policy!r}; expected one of {', '.join(CLIP_POLICIES)}")
 
     @property
     def length(self) -> int:
         """Frames per clip (``L``)."""
         return int(self.value)
 
+    @property
+    def name(self) -> str:
+        """``"clips-32"`` for the default policy, ``"clips-32-floor"`` / ``"clips-32-chunks"`` otherwise."""
+        suffix = "" if self.policy == DEFAULT_CLIP_POLICY else f"-{self.policy}"
+        return f"clips-{self.length}{suffix}"
+
+    def __str__(self) -> str:
+        """The canonical form ``parse_sampling`` accepts: ``"clips:32"``, ``"clips:32:floor"``."""
+        suffix = "" if self.policy == DEFAULT_CLIP_POLICY else f":{self.policy}"
+        return f"clips:{self.length}{suffix}"
+
+    def to_dict(self) -> dict:
+        """``{"strategy": "clips", "value": L}``, plus ``"policy"`` unless it is the default."""
+        out = {"strategy": "clips", "value": self.length}
+        if self.policy != DEFAULT_CLIP_POLICY:
+            out["policy"] = self.policy
+        return out
+
     def clips(self, info: VideoInfo, timestamps: np.ndarray | None = None) -> np.ndarray:
         """Frame indices of every clip, int64 ``[n_clips, L]`` (see the class docstring).
 
         ``timestamps``: optional float ``[num_frames]`` frame start times in seconds
-        (``Video.timestamps()``), taken relative to the earliest frame. Without them the frame
-        rate ``info.fps`` must be known.
+        (``Video.timestamps()``), taken relative to the earliest frame; only the ``ceil``
+        policy uses them. Without them it needs the frame rate ``info.fps``, as ``floor`` does.
         """
         num_frames = int(info.num_frames)
         if num_frames <= 0:
             raise SamplingError(f"cannot sample {info.path}: it has no frames")
-        duration = float(info.duration) if math.isfinite(info.duration) else 0.0
-        # ceil(duration), computed so float noise (8.000000001 s) adds no extra clip.
-        count = max(1, math.ceil(duration - _TIME_EPSILON))
-        seconds = np.arange(count, dtype=np.float64)
-        if timestamps is None:
-            if not (info.fps > 0 and math.isfinite(info.fps)):
-                raise SamplingError(f"cannot cut {info.path} into clips: unknown frame rate {info.fps!r}")
-            order = np.arange(num_frames, dtype=np.int64)
-            starts = _round_half_up(seconds * float(info.fps))
-        else:
-            stamps = np.asarray(timestamps, dtype=np.float64)
-            if stamps.shape != (num_frames,):
-                raise SamplingError(f"timestamps for {info.path} must have shape ({num_frames},), got {stamps.shape}")
-            relative = stamps - stamps.min()
-            order = np.argsort(relative, kind="stable")  # presentation order (decord's already)
-            starts = np.searchsorted(relative[order], seconds - _CLIP_START_TOLERANCE, side="left")
-        positions = starts[:, None] + np.arange(self.length, dtype=np.int64)[None, :]
-        return order[np.clip(positions, 0, num_frames - 1)].astype(np.int64)
+        if self.policy == "chunks":
+            return _chunk_clips(num_frames, self.length)
+        if self.policy == "floor":
+            return _floor_clips(info, num_frames, self.length)
+        return _ceil_clips(info, num_frames, self.length, timestamps)
 
     def indices(self, info: VideoInfo, timestamps: np.ndarray | None = None) -> np.ndarray:
         """Every frame some clip uses, int64 ``[S]``, sorted ascending, without duplicates."""
         return np.unique(self.clips(info, timestamps))
+
+
+def _parse_clips(text: str, arg: str) -> ClipSampling:
+    """``"L"`` or ``"L:POLICY"`` (the part after ``clips:``) -> :class:`ClipSampling`."""
+    length, sep, policy = arg.partition(":")
+    try:
+        return ClipSampling(int(length.strip()), policy.strip() if sep else DEFAULT_CLIP_POLICY)
+    except ValueError as err:  # SamplingError is a ValueError too
+        detail = err if isinstance(err, SamplingError) else "L must be a positive integer"
+        raise SamplingError(f"bad sampling {text!r}: {detail}; expected {SAMPLING_FORMS}") from None
+
+
+def _frame_rate(info: VideoInfo) -> float:
+    if not (info.fps > 0 and math.isfinite(info.fps)):
+        raise SamplingError(f"cannot cut {info.path} into clips: unknown frame rate {info.fps!r}")
+    return float(info.fps)
+
+
+def _runs(starts: np.ndarray, length: int, num_frames: int) -> np.ndarray:
+    """``start .. start + length - 1`` per start, positions past the end on the last frame."""
+    positions = starts[:, None] + np.arange(length, dtype=np.int64)[None, :]
+    return np.clip(positions, 0, num_frames - 1).astype(np.int64)
+
+
+def _ceil_clips(info: VideoInfo, num_frames: int, length: int, timestamps: np.ndarray | None) -> np.ndarray:
+    duration = float(info.duration) if math.isfinite(info.duration) else 0.0
+    # ceil(duration), computed so float noise (8.000000001 s) adds no extra clip.
+    count = max(1, math.ceil(duration - _TIME_EPSILON))
+    seconds = np.arange(count, dtype=np.float64)
+    if timestamps is None:
+        return _runs(_round_half_up(seconds * _frame_rate(info)), length, num_frames)
+    stamps = np.asarray(timestamps, dtype=np.float64)
+    if stamps.shape != (num_frames,):
+        raise SamplingError(f"timestamps for {info.path} must have shape ({num_frames},), got {stamps.shape}")
+    relative = stamps - stamps.min()
+    order = np.argsort(relative, kind="stable")  # presentation order (decord's already)
+    starts = np.searchsorted(relative[order], seconds - _CLIP_START_TOLERANCE, side="left")
+    return order[_runs(starts, length, num_frames)]
+
+
+def _floor_clips(info: VideoInfo, num_frames: int, length: int) -> np.ndarray:
+    rate = int(round(_frame_rate(info)))  # Python's round, as SimpleVQA's int(round(fps))
+    if rate < 1:  # fps below 0.5: SimpleVQA would divide by zero
+        raise SamplingError(f"cannot cut {info.path} into clips per second: frame rate {info.fps!r} rounds to 0")
+    count = max(1, num_frames // rate)
+    return _runs(np.arange(count, dtype=np.int64) * rate, length, num_frames)
+
+
+def _chunk_clips(num_frames: int, length: int) -> np.ndarray:
+    span = 2 * length
+    if num_frames <= span:
+        return _linspace_long(num_frames - 1, length)[None, :]
+    # Full chunks while they end before the last frame (the reference's `while frame_end <
+    # video_length`), then one chunk ending at the last frame.
+    starts = [*range(0, span * ((num_frames - 1) // span), span), num_frames - span]
+    return np.asarray(starts, dtype=np.int64)[:, None] + _linspace_long(span - 1, length)[None, :]
+
+
+def _linspace_long(stop: int, count: int) -> np.ndarray:
+    """``torch.linspace(0, stop, count).long()`` as int64 numpy: torch's own float32 values and
+    truncation (``round(linspace)`` would differ: 63 * 16 / 31 = 32.52 -> 32, not 33)."""
+    import torch  # the pipeline depends on torch anyway; imported here to keep sampling light
+
+    return torch.linspace(0, stop, count).long().numpy()

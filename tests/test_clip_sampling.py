@@ -1,4 +1,5 @@
-"""The ``clips:L`` sampling: one clip of L consecutive frames per second (SimpleVQA / KVQ)."""
+"""The ``clips:L[:POLICY]`` sampling: ``ceil`` (default, one clip per started second), ``floor``
+(SimpleVQA) and ``chunks`` (TCSVT-2022)."""
 from __future__ import annotations
 
 import numpy as np
@@ -147,3 +148,82 @@ def test_bad_inputs_raise_sampling_errors():
         ClipSampling(32).clips(_info(10, 0.0, duration=1.0))
     with pytest.raises(SamplingError, match="no frames"):
         ClipSampling(32).clips(_info(0, 25.0, duration=0.0))
+
+
+# ---- clip policies ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, policy, name", [
+    ("clips:32:ceil", "ceil", "clips-32"), ("clips:32:floor", "floor", "clips-32-floor"),
+    (" Clips: 32 : CHUNKS ", "chunks", "clips-32-chunks"),
+])
+def test_policy_is_named_in_the_sampling_string(text, policy, name):
+    sampling = parse_sampling(text)
+    assert sampling == ClipSampling(32, policy) and sampling.policy == policy and sampling.name == name
+    assert parse_sampling(str(sampling)) == sampling  # round trip through the canonical form
+    expected = {"strategy": "clips", "value": 32} | ({} if policy == "ceil" else {"policy": policy})
+    assert sampling.to_dict() == expected  # the default keeps its pre-policy identity
+    assert hash(sampling) == hash(ClipSampling(32, policy))
+    assert str(ClipSampling(32, "ceil")) == "clips:32" and ClipSampling(32, "floor") != ClipSampling(32)
+
+
+@pytest.mark.parametrize("text", ["clips:32:round", "clips:32:", "clips::floor"])
+def test_bad_policies_name_the_accepted_forms(text):
+    with pytest.raises(SamplingError, match=r"clips:L\[:POLICY\]"):
+        parse_sampling(text)
+
+
+def test_ceil_and_floor_on_a_240_frame_ntsc_clip():
+    """The issue's example: KoNViD-1k clips are 240 frames at 29.97 fps (8.008 s)."""
+    info = _info(240, 30000 / 1001)
+    ceil = ClipSampling(32).clips(info)
+    assert len(ceil) == 9 and (ceil[8] == 239).all()  # 9th clip: frame 239 frozen 32 times
+    floor = ClipSampling(32, "floor").clips(info)
+    np.testing.assert_array_equal(floor, _expected(range(0, 240, 30), 240))  # 8 clips, the last one complete
+
+
+def test_floor_cuts_at_multiples_of_the_rounded_rate_with_a_frozen_tail():
+    plan = ClipSampling(32, "floor").clips(_info(61, 29.97))  # round(29.97) = 30: 2 clips
+    np.testing.assert_array_equal(plan, _expected([0, 30], 61))
+    assert (plan[1, 30:] == 60).all()
+    # A partial last second gets no clip (110 frames at 25 fps: 4, where ceil gives 5).
+    np.testing.assert_array_equal(ClipSampling(32, "floor").clips(_info(110, 25.0))[:, 0], [0, 25, 50, 75])
+
+
+def test_floor_rounds_the_rate_as_python_does():
+    # SimpleVQA's int(round(fps)): half to even, so 24.5 -> 24 and 25.5 -> 26.
+    assert ClipSampling(2, "floor").clips(_info(100, 24.5))[1, 0] == 24
+    assert ClipSampling(2, "floor").clips(_info(100, 25.5))[1, 0] == 26
+
+
+def test_floor_keeps_one_clip_for_a_video_under_a_second_and_needs_a_rate():
+    np.testing.assert_array_equal(ClipSampling(4, "floor").clips(_info(10, 25.0)), [[0, 1, 2, 3]])
+    with pytest.raises(SamplingError, match="frame rate"):
+        ClipSampling(32, "floor").clips(_info(10, 0.0, duration=1.0))
+    with pytest.raises(SamplingError, match="rounds to 0"):
+        ClipSampling(32, "floor").clips(_info(10, 0.4, duration=25.0))
+
+
+EVERY_OTHER = list(range(0, 62, 2)) + [63]  # torch.linspace(0, 63, 32).long()
+
+
+@pytest.mark.parametrize("num_frames, starts", [
+    (64, [0]), (128, [0, 64]), (100, [0, 36]), (65, [0, 1]), (192, [0, 64, 128]),
+])
+def test_chunks_take_every_other_frame_of_64_frame_chunks(num_frames, starts):
+    plan = ClipSampling(32, "chunks").clips(_info(num_frames, 25.0))
+    np.testing.assert_array_equal(plan, [[start + k for k in EVERY_OTHER] for start in starts])
+    assert plan[-1, -1] == num_frames - 1  # the last chunk ends at the last frame
+
+
+def test_chunks_of_a_short_video_spread_32_positions_over_its_frames():
+    plan = ClipSampling(32, "chunks").clips(_info(20, 25.0))
+    np.testing.assert_array_equal(plan, [np.linspace(0, 19, 32).astype(np.int64)])  # frames repeat
+    assert len(np.unique(plan)) == 20
+    np.testing.assert_array_equal(ClipSampling(32, "chunks").clips(_info(40, 25.0)),
+                                  [(np.arange(32) * 39 / 31).astype(np.int64)])
+
+
+def test_chunks_ignore_rate_and_timestamps():
+    stamps = np.round(np.concatenate([np.arange(10) / 10.0, 1.0 + np.arange(90) / 40.0]), 6)
+    plan = ClipSampling(32, "chunks").clips(_info(100, 0.0, duration=3.25), stamps)
+    np.testing.assert_array_equal(plan[:, 0], [0, 36])

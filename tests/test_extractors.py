@@ -1,15 +1,27 @@
-"""Registry, pooling, the ResNet-50 extractors and weight resolution (random weights, no network)."""
+"""Registry, resize and crop geometry (against torchvision), pooling, the ResNet-50 extractors and
+weight resolution (random weights, no network)."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
-from torchvision.models import resnet50
+from PIL import Image
+from torchvision import transforms
+from torchvision.models import ResNet50_Weights, resnet50
 
-from pipeline.errors import UnknownExtractorError, WeightsError, WeightsUnavailableError
-from pipeline.extractors import create_extractor, get_entry, list_extractors
-from pipeline.extractors.base import resize_and_crop
+from pipeline.errors import (
+    ExtractorOptionError,
+    PipelineError,
+    UnknownExtractorError,
+    WeightsError,
+    WeightsUnavailableError,
+)
+from pipeline.extractors import EXTRACTORS, create_extractor, get_entry, list_extractors, register_extractor
+from pipeline.extractors.base import center_crop_box, pil_resize_and_crop, resize_and_crop, resized_size
 from pipeline.extractors.pooling import mean_std_features, spatial_mean_std
 from pipeline.weights import file_sha256, torchvision_weights
-from torchvision.models import ResNet50_Weights
+from vqa_core.errors import DuplicateRegistrationError
+from vqa_core.registry import Registry
 
 FRAMES = np.random.default_rng(0).integers(0, 256, size=(2, 64, 80, 3), dtype=np.uint8)
 
@@ -26,8 +38,31 @@ def test_every_registered_extractor_gives_its_declared_dims(entry):
 
 
 def test_unknown_extractor_suggests_close_names():
-    with pytest.raises(UnknownExtractorError, match="Did you mean resnet50"):
+    with pytest.raises(UnknownExtractorError, match="Did you mean resnet50") as caught:
         get_entry("resnet-50")
+    assert isinstance(caught.value, KeyError) and isinstance(caught.value, PipelineError)
+    assert "slowfast-fast-tcsvt" in str(caught.value)  # every registered name is listed
+    with pytest.raises(UnknownExtractorError, match="unknown extractor 'nope'"):
+        create_extractor("nope")
+
+
+def test_registry_is_the_shared_registry_with_patterns_and_no_duplicates():
+    assert isinstance(EXTRACTORS, Registry) and EXTRACTORS.kind == "extractor"
+    assert [e.name for e in list_extractors("slowfast*")] == [
+        "slowfast", "slowfast-fast", "slowfast-fast-tcsvt", "slowfast-tokens"]
+    assert [e.name for e in list_extractors()] == EXTRACTORS.names() and "unique-pr" in EXTRACTORS
+    with pytest.raises(DuplicateRegistrationError, match="extractor 'resnet50' is registered twice"):
+        register_extractor("resnet50", dims=1, description="again", weights_choices=("x",), default_weights="x")(
+            lambda **kw: None)
+    assert get_entry("resnet50").dims == 7680  # the original entry stays
+
+
+def test_override_replaces_an_entry_for_a_with_block_only():
+    original = get_entry("resnet50")
+    stand_in = dataclasses.replace(original, dims=3)
+    with EXTRACTORS.override("resnet50", stand_in), EXTRACTORS.override("probe", stand_in):
+        assert get_entry("resnet50") is stand_in and get_entry("probe") is stand_in
+    assert get_entry("resnet50") is original and "probe" not in EXTRACTORS
 
 
 def test_spatial_mean_std_is_unbiased_and_1x1_maps_have_zero_std():
@@ -68,6 +103,17 @@ def test_resnet50_vsfa_matches_vsfa_pooling_on_the_same_weights(tmp_path):
     with torch.no_grad():
         want = _vsfa_style_reference(reference, ours.preprocess(FRAMES)).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["resnet50-vsfa", "quality-resnet50", "resnet50"])
+def test_native_input_is_totensor_normalize_bit_for_bit(name):
+    """VSFA's CNNfeatures.py and TCSVT-2022's CNNfeatures_Spatial.py feed each decoded frame
+    through ToTensor + Normalize(ImageNet) at native resolution: the same float32 tensor."""
+    reference = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.485, 0.456, 0.406),
+                                                                                (0.229, 0.224, 0.225))])
+    frames = np.random.default_rng(2).integers(0, 256, (2, 37, 53, 3), dtype=np.uint8)
+    x = create_extractor(name, weights="random").preprocess(frames)
+    assert torch.equal(x, torch.stack([reference(frame) for frame in frames]))
 
 
 def test_resnet50_default_taps_all_four_stages(tmp_path):
@@ -141,6 +187,65 @@ def test_resize_and_crop_short_side_and_centre():
     assert resize_and_crop(x, short_side=8, crop=None).shape[-2:] == (8, 16)
     crop = resize_and_crop(x, short_side=None, crop=4)
     torch.testing.assert_close(crop, x[..., :, 2:6])
+
+
+def test_geometry_of_fmc_on_a_540p_frame():
+    """The issue's example: 960 x 540 -> Resize(338) -> 600 x 338 (600.9 truncated) -> CenterCrop(299)
+    at top round(19.5) = 20, left round(150.5) = 150 (Python's round, half to even)."""
+    assert resized_size(540, 960, 338) == (338, 600) and resized_size(960, 540, 338) == (600, 338)
+    assert center_crop_box(338, 600, 299) == (20, 150, 299, 299)
+    assert center_crop_box(5, 6, 8) == (0, 0, 5, 6)  # a side shorter than the crop stays whole
+
+
+# (height, width, short side, crop): the issue's odd sizes; 17 x 1001 both ways round.
+ODD_SIZES = [(540, 960, 338, 299), (359, 641, 338, 299), (1001, 17, 8, 5), (17, 1001, 8, 5), (64, 64, 48, 47)]
+
+
+@pytest.mark.parametrize("height, width, short_side, crop", ODD_SIZES)
+def test_float_resize_and_crop_equal_torchvision_exactly(height, width, short_side, crop):
+    x = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(height + width))
+    reference = transforms.Compose([transforms.Resize(short_side), transforms.CenterCrop(crop)])
+    assert resized_size(height, width, short_side) == tuple(transforms.Resize(short_side)(x).shape[-2:])
+    assert torch.equal(resize_and_crop(x, short_side=short_side, crop=crop), reference(x))
+
+
+@pytest.mark.parametrize("height, width, short_side, crop", ODD_SIZES)
+@pytest.mark.parametrize("resampler, interpolation", [
+    ("pil-bilinear", transforms.InterpolationMode.BILINEAR), ("pil-bicubic", transforms.InterpolationMode.BICUBIC),
+])
+def test_pil_resize_and_crop_equal_torchvision_on_pil_images(height, width, short_side, crop, resampler, interpolation):
+    frames = np.random.default_rng(height * width).integers(0, 256, (2, height, width, 3), dtype=np.uint8)
+    reference = transforms.Compose([transforms.Resize(short_side, interpolation), transforms.CenterCrop(crop)])
+    got = pil_resize_and_crop(frames, size=resized_size(height, width, short_side), crop=crop, resampler=resampler)
+    want = np.stack([np.asarray(reference(Image.fromarray(frame))) for frame in frames])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_resnet50_pr_option_resizes_to_a_540_short_side():
+    """A2INet PR: semantic frames resized so that min(H, W) = 540, aspect ratio kept, up or down."""
+    default = create_extractor("resnet50", weights="random:1")
+    pr = create_extractor("resnet50", weights="random:1", short_side=540)
+    frames = np.random.default_rng(1).integers(0, 256, (1, 600, 1000, 3), dtype=np.uint8)
+    assert pr.preprocess(frames).shape[-2:] == (540, 900) and default.preprocess(frames).shape[-2:] == (600, 1000)
+    assert pr.preprocess(frames[:, :300, :400]).shape[-2:] == (540, 720)
+    assert pr.spec.resize_short_side == 540 and pr.spec.to_dict()["resize_short_side"] == 540
+    assert "resampler" not in default.spec.to_dict()  # unchanged default spec: unchanged feature-set id
+    pil = create_extractor("resnet50", weights="random:1", short_side=540, resampler="pil")
+    assert pil.spec.resampler == "pil-bilinear"
+    assert (pil.preprocess(frames) - pr.preprocess(frames)).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("resnet50", {"short_side": 0}, "short_side must be a positive"),
+    ("resnet50", {"resampler": "nearest"}, "resampler must be one of torch, pil"),
+    ("inception-gram", {"resampler": "PIL"}, "resampler must be one of"),
+    ("unique", {"resampler": "lanczos"}, "resampler must be one of"),
+    ("unique-pr", {"crop_size": 0}, "crop_size must be a positive"),
+])
+def test_bad_builder_options_are_option_errors(name, options, message):
+    with pytest.raises(ExtractorOptionError, match=message) as caught:
+        create_extractor(name, weights="random", **options)
+    assert isinstance(caught.value, ValueError) and isinstance(caught.value, PipelineError)
 
 
 def test_vqa_weights_lists_missing_checkpoints_and_marks_present_ones(tmp_path, monkeypatch, capsys):

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torchvision import transforms
 
 from pipeline.errors import PipelineError, WeightsUnavailableError
 from pipeline.extractors import create_extractor, get_entry
@@ -234,3 +236,44 @@ def test_bad_options_are_refused_before_building():
         create_extractor("inception-gram", weights="random", pooling="max")
     with pytest.raises(ValueError, match="normalize"):
         create_extractor("inception-gram", weights="random", normalize="chw")
+
+
+# ---- preprocessing parity: FMC's frame transform (torchvision on PIL images) ------------------
+
+IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+
+@pytest.fixture(scope="module")
+def by_resampler() -> dict:
+    return {r: create_extractor("inception-gram-avgpool", weights="random", resampler=r) for r in ("torch", "pil")}
+
+
+@pytest.mark.parametrize("height, width", [(540, 960), (359, 641), (1001, 17)])
+def test_pil_resampler_input_is_fmcs_frame_transform_bit_for_bit(by_resampler, height, width):
+    """FMC: each frame -> PIL image -> Resize(338) (PIL bilinear on uint8) -> CenterCrop(299) ->
+    ToTensor -> Normalize (DatasetHandler.get_videoset_info, SFVQA.get_video_style_features)."""
+    fmc = transforms.Compose([transforms.Resize(338), transforms.CenterCrop(299), transforms.ToTensor(),
+                              transforms.Normalize(**IMAGENET)])
+    frames = np.random.default_rng(height).integers(0, 256, (2, height, width, 3), dtype=np.uint8)
+    want = torch.stack([fmc(Image.fromarray(frame)) for frame in frames])
+    assert torch.equal(by_resampler["pil"].preprocess(frames), want)
+
+
+@pytest.mark.parametrize("height, width", [(540, 960), (359, 641)])
+def test_default_input_is_torchvision_on_float_tensors_bit_for_bit(by_resampler, height, width):
+    """The default resizes float32 tensors: torchvision's tensor transforms, same geometry as FMC's."""
+    frames = np.random.default_rng(width).integers(0, 256, (2, height, width, 3), dtype=np.uint8)
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+    want = transforms.Compose([transforms.Resize(338), transforms.CenterCrop(299), transforms.Normalize(**IMAGENET)])(x)
+    got = by_resampler["torch"].preprocess(frames)
+    assert torch.equal(got, want)
+    # What remains different from FMC without resampler="pil": resizing floats instead of uint8.
+    difference = (got - by_resampler["pil"].preprocess(frames)).abs()
+    assert 0 < difference.max() < 0.05
+
+
+def test_spec_version_2_records_the_resampler(by_resampler):
+    """Version 2: torchvision geometry (version 1 rounded the long side, floored the offsets)."""
+    torch_spec, pil_spec = by_resampler["torch"].spec, by_resampler["pil"].spec
+    assert torch_spec.version == pil_spec.version == "2"
+    assert "resampler" not in torch_spec.to_dict() and pil_spec.to_dict()["resampler"] == "pil-bilinear"

@@ -178,6 +178,47 @@ def test_adaptive_resize_only_when_both_sides_reach_768(unique_model):
     assert shape(700, 1000) == (700, 1000)  # one side below 768: native resolution
     assert shape(800, 1000) == (768, 960)
     assert shape(1000, 800) == (960, 768)
+    assert shape(770, 800) == (768, 797)  # 797.9 truncated, as torchvision's Resize(768)
+    assert unique_model.spec.version == "2"  # version 1 rounded the long side (798) and resized after normalising
+
+
+@pytest.fixture(scope="module")
+def resize_golden() -> dict[str, np.ndarray]:
+    with np.load(FIXTURES / "unique_resize_parity.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="module")
+def large_frame(resize_golden) -> np.ndarray:
+    frame = fixture_lib.make_frames(int(resize_golden["resize_frame_seed"]), tuple(resize_golden["resize_frame_shape"]))
+    np.testing.assert_array_equal(fixture_lib.frames_checksum(frame), resize_golden["resize_frame_checksum"])
+    return frame
+
+
+def test_pil_resampler_input_is_uniques_test_transform_bit_for_bit(large_frame, resize_golden):
+    """UNIQUE's own AdaptiveResize(768) + ToTensor + Normalize on a 770 x 800 frame (fixture):
+    the same float32 tensor, bit for bit (sha256 of its bytes). The network on it is pinned by
+    ``test_unique_model_pt_layout_matches_reference_features`` (a 768 px forward is too slow here)."""
+    extractor = create_extractor("unique", weights="random", resampler="pil")
+    assert extractor.spec.resampler == "pil-bilinear" and extractor.spec.to_dict()["resampler"] == "pil-bilinear"
+    x = extractor.preprocess(large_frame)[0]
+    assert tuple(x.shape) == tuple(resize_golden["resize_shape"])
+    sample = x.flatten()[resize_golden["resize_sample_index"]].numpy()
+    np.testing.assert_array_equal(sample, resize_golden["resize_sample"])
+    np.testing.assert_allclose(x.double().sum(dim=(1, 2)).numpy(), resize_golden["resize_channel_sum"], rtol=1e-12)
+    assert fixture_lib.tensor_digest(x) == str(resize_golden["resize_sha256"]), (
+        "preprocessing differs from UNIQUE's test transform somewhere (the sample and sums agree); "
+        "if Pillow's resampling changed (see the fixture's versions), regenerate the fixture"
+    )
+
+
+def test_default_resize_is_close_to_uniques_but_not_equal(large_frame, resize_golden):
+    """What remains different without resampler="pil": float32 antialiased bilinear instead
+    of PIL's 8-bit bilinear (same geometry)."""
+    x = create_extractor("unique", weights="random").preprocess(large_frame)[0]
+    assert tuple(x.shape) == tuple(resize_golden["resize_shape"])
+    difference = np.abs(x.flatten()[resize_golden["resize_sample_index"]].numpy() - resize_golden["resize_sample"])
+    assert 0 < difference.max() < 0.05
 
 
 def test_quality_resnet50_loads_tcsvt_training_checkpoint(golden, frames, tmp_path):

@@ -294,8 +294,8 @@ def test_fp16_on_the_cpu_is_refused_before_the_model_is_built(monkeypatch):
 
     entry = registry.get_entry("resnet50")
     builder = lambda **kw: pytest.fail("the model was built")  # noqa: E731
-    monkeypatch.setitem(registry._REGISTRY, "resnet50", dataclasses.replace(entry, builder=builder))
-    with pytest.raises(ComputeOptionError, match="fp16 needs a CUDA device.*use bf16") as caught:
+    with registry.EXTRACTORS.override("resnet50", dataclasses.replace(entry, builder=builder)), \
+            pytest.raises(ComputeOptionError, match="fp16 needs a CUDA device.*use bf16") as caught:
         create_extractor("resnet50", weights="random", precision="fp16")
     assert isinstance(caught.value, PipelineError) and isinstance(caught.value, ValueError)
 

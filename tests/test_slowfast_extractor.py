@@ -1,11 +1,16 @@
-"""The SlowFast clip extractors: registry dims, SimpleVQA pooling, runner integration, weights.
+"""The SlowFast clip extractors: registry dims, SimpleVQA pooling, runner integration, weights,
+and parity with SimpleVQA's and TCSVT-2022's own feature code.
 
 A SlowFast forward of one 32 x 224 x 224 clip costs ~5 s on 2 CPU cores: only
-``test_full_size_clip`` runs one; everything else uses ``size=64`` (2 x 2 stage-5 maps) or
-pools synthetic maps without running the network.
+``test_full_size_clip`` runs one; everything else uses ``size=64`` (2 x 2 stage-5 maps), tiny
+native frames (``slowfast-fast-tcsvt``) or pools synthetic maps without running the network.
+Golden values come from the reference code itself (``fixtures/make_simplevqa_fixture.py``,
+``fixtures/make_tcsvt_motion_fixture.py``); the weights are rebuilt here from
+``slowfast_keys.json`` with ``make_slowfast_fixture``'s generator.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -13,10 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import SamplingError, WeightsError, WeightsUnavailableError
-from pipeline.extractors import create_extractor, get_entry
+from pipeline.errors import ExtractorOptionError, PipelineError, SamplingError, WeightsError, WeightsUnavailableError
+from pipeline.extractors import Extractor, ExtractorSpec, create_extractor, get_entry, sampling_for
+from pipeline.extractors.base import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.extractors.slowfast import (
     KINETICS_URL,
+    NewFramesAccumulator,
     clip_mean_features,
     fast_step_features,
     grid_tokens,
@@ -24,9 +31,14 @@ from pipeline.extractors.slowfast import (
 from pipeline.extractors.slowfast_model import SlowFastR50, pack_pathways
 from pipeline.runner import extract_video
 from pipeline.sampling import ClipSampling, parse_sampling
-from pipeline.video import Video, open_video
+from pipeline.video import Video, VideoInfo, open_video
 from pipeline.weights import HubCheckpoint, file_sha256
-from tests.helpers import make_video
+from tests.helpers import load_fixture_script, make_video
+
+FIXTURES = Path(__file__).parent / "fixtures"
+# Parity tolerance, as in test_slowfast_model.py: same ops as the reference; another thread
+# count or batch size reorders conv reductions, an error proportional to the maps' scale.
+RTOL, ATOL_OF_SCALE = 1e-4, 1e-5
 
 SMALL = 64  # test spatial size: stage-5 maps of 2 x 2
 VARIANT_ROWS = {"slowfast": (1, 2304), "slowfast-fast": (32, 512), "slowfast-tokens": (1, 98_304)}
@@ -183,6 +195,154 @@ def test_runner_feeds_clips_and_frames_from_one_decode_pass(tmp_path, fast_extra
     steps = fast_map.permute(0, 2, 1, 3, 4).flatten(3).numpy()  # [clip, step, 256, h*w]
     want = np.concatenate([steps.mean(-1), steps.std(-1, ddof=1)], axis=-1).reshape(64, 512)
     np.testing.assert_allclose(motion, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+# ---- parity with the reference feature code (fixtures) ------------------------------------------
+
+slowfast_fixture = load_fixture_script("make_slowfast_fixture")
+simplevqa_fixture = load_fixture_script("make_simplevqa_fixture")
+tcsvt_fixture = load_fixture_script("make_tcsvt_motion_fixture")
+
+
+@pytest.fixture(scope="module")
+def synthetic_state() -> dict[str, torch.Tensor]:
+    """The weights every SlowFast fixture was made with, rebuilt from the key list."""
+    keys = json.loads((FIXTURES / "slowfast_keys.json").read_text())["keys"]
+    return slowfast_fixture.synthetic_state_dict([(k, tuple(shape)) for k, shape, _ in keys])
+
+
+def _with_weights(extractor: Extractor, state: dict[str, torch.Tensor]) -> Extractor:
+    # Loaded in place rather than through a 140 MB file (the file path is tested below).
+    extractor.model.load_state_dict(state, strict=True)
+    return extractor
+
+
+def _info(num_frames: int, fps: float) -> VideoInfo:
+    return VideoInfo(path="v.mp4", num_frames=num_frames, fps=fps, duration=num_frames / fps,
+                     width=1, height=1, size_bytes=1, mtime=0.0)
+
+
+def _assert_parity(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL_OF_SCALE * np.abs(want).max())
+
+
+def test_slowfast_matches_simplevqa_with_pil_resize_and_floor_clips(synthetic_state):
+    """SimpleVQA's own main() (fixture, --resize 64): same clips, same input, same features."""
+    with np.load(FIXTURES / "simplevqa_parity.npz") as data:
+        golden = {k: data[k] for k in data.files}
+    frames = simplevqa_fixture.make_frames(int(golden["frames_seed"]), tuple(golden["frames_shape"]))
+    np.testing.assert_array_equal(simplevqa_fixture.frames_checksum(frames), golden["frames_checksum"])
+    plan = parse_sampling("clips:32:floor").clips(_info(len(frames), float(golden["fps"])))
+    np.testing.assert_array_equal(plan[:, [0, 30, 31]], [[0, 30, 31], [30, 60, 60]])  # frozen tail: 60 twice
+    extractor = _with_weights(
+        create_extractor("slowfast", weights="random", size=int(golden["resize"]), resampler="pil"), synthetic_state
+    )
+    assert extractor.spec.resampler == "pil-bilinear"
+    _assert_parity(extractor(frames[plan]), golden["features"][: len(plan)])
+    # SimpleVQA then repeats its last clip up to 8 for KoNViD-1k: copies, not computed here.
+    assert len(golden["features"]) == int(golden["min_clips"])
+    np.testing.assert_array_equal(golden["features"][len(plan):], np.repeat(golden["features"][-1:], 6, axis=0))
+
+
+def test_default_torch_resize_is_close_to_simplevqas_pil_input_but_not_equal():
+    """What remains different without resampler="pil": float32 antialiased resizing of the
+    frames, measured here on the fixture's frames (normalised units; ~0.1 of 8-bit grey)."""
+    frames = simplevqa_fixture.make_frames()[:32][None]
+    pil = create_extractor("slowfast", weights="random", size=SMALL, resampler="pil").preprocess(frames)
+    torch_input = create_extractor("slowfast", weights="random", size=SMALL).preprocess(frames)
+    difference = (pil - torch_input).abs()
+    assert 0 < difference.max() < 0.05 and difference.mean() < 0.01
+
+
+@pytest.mark.parametrize("video", ["overlap", "short"])
+def test_slowfast_fast_tcsvt_matches_tcsvt_motion_features(video, synthetic_state):
+    """TCSVT-2022's get_features (fixture): 64-frame chunks, native 40 x 56 frames, per-step rows;
+    "overlap" (100 frames) keeps 18 of the last chunk's 32 rows, "short" (20 frames) repeats frames."""
+    with np.load(FIXTURES / "tcsvt_motion_parity.npz") as data:
+        golden = {k: data[k] for k in data.files}
+    frames = tcsvt_fixture.make_frames(int(golden[f"{video}_seed"]), tuple(golden[f"{video}_shape"]))
+    np.testing.assert_array_equal(tcsvt_fixture.frames_checksum(frames), golden[f"{video}_checksum"])
+    extractor = _with_weights(create_extractor("slowfast-fast-tcsvt", weights="random"), synthetic_state)
+    plan = ClipSampling(32, "chunks").clips(_info(len(frames), 25.0))
+    accumulator = extractor.accumulator(video_key=video)
+    accumulator.consume(extractor, frames[plan], steps=plan)  # every chunk in one batch
+    rows = accumulator.result()
+    assert rows.shape == tuple(golden[f"{video}_rows_shape"])
+    _assert_parity(rows[:, golden["columns"]], golden[f"{video}_sample"])
+    np.testing.assert_allclose(rows.astype(np.float64).sum(axis=1), golden[f"{video}_row_sum"],
+                               rtol=RTOL, atol=ATOL_OF_SCALE * np.abs(rows).max() * rows.shape[1])
+
+
+class _FrameMeanExtractor(Extractor):
+    """Stand-in clip extractor: one row per clip position, the mean of that frame's pixels."""
+
+    def __init__(self):
+        super().__init__(ExtractorSpec(name="frame-mean", version="0", dims=1, backbone="none", taps=(),
+                                       pooling="mean", frames_per_step=32))
+
+    def __call__(self, clips: np.ndarray) -> np.ndarray:
+        return clips.reshape(clips.shape[0] * clips.shape[1], -1).mean(axis=1, keepdims=True).astype(np.float32)
+
+
+@pytest.mark.parametrize("video", ["overlap", "two_chunks", "short"])
+def test_new_frames_accumulator_keeps_the_reference_row_count(video):
+    with np.load(FIXTURES / "tcsvt_motion_parity.npz") as data:
+        shape, want_rows = tuple(data[f"{video}_shape"]), int(data[f"{video}_rows_shape"][0])
+    frames = np.arange(shape[0], dtype=np.uint8).reshape(-1, 1, 1, 1) * np.ones((1, 2, 2, 3), np.uint8)
+    plan = ClipSampling(32, "chunks").clips(_info(shape[0], 25.0))
+    accumulator = NewFramesAccumulator()
+    for step in plan:  # clip by clip, as the runner does with a batch of one clip
+        accumulator.consume(_FrameMeanExtractor(), frames[step][None], steps=step[None])
+    rows = accumulator.result()[:, 0]
+    assert len(rows) == want_rows
+    # Rows follow the frames: every other frame, then the last chunk's frames not yet covered.
+    assert (np.diff(rows) >= 0).all() and rows[-1] == shape[0] - 1
+
+
+def test_new_frames_accumulator_needs_the_steps():
+    with pytest.raises(PipelineError, match="frame indices"):
+        NewFramesAccumulator().consume(_FrameMeanExtractor(), np.zeros((1, 32, 2, 2, 3), np.uint8))
+
+
+def test_runner_passes_the_chunk_frames_to_the_tcsvt_accumulator(tmp_path):
+    """Through extract_video, with the stand-in extractor: the runner cuts clips:32:chunks and
+    hands each batch's frame indices to the accumulator, which drops the overlap."""
+    path = make_video(tmp_path / "clip.mp4", 70, fps=25.0, noise=True)  # chunk 0..63, then 6..69
+    probe = _FrameMeanExtractor()
+    probe.accumulator = lambda *, video_key="": NewFramesAccumulator()
+    (rows,), info = extract_video(path, [probe], sampling=parse_sampling("clips:32:chunks"), batch_size=32)
+    with open_video(path) as video:
+        frames = np.concatenate([batch for _, batch in video.frames()])
+    plan = ClipSampling(32, "chunks").clips(info)
+    kept = np.concatenate([plan[0], plan[1][plan[1] > plan[0].max()]])
+    np.testing.assert_array_equal(kept[-3:], [64, 66, 69])
+    np.testing.assert_allclose(rows[:, 0], frames[kept].reshape(len(kept), -1).mean(axis=1), rtol=1e-6)
+
+
+def test_tcsvt_extractor_spec_and_sampling():
+    extractor = create_extractor("slowfast-fast-tcsvt", weights="random")
+    spec, entry = extractor.spec, get_entry("slowfast-fast-tcsvt")
+    assert spec.resize is None and spec.to_dict()["resize"] is None  # native resolution
+    assert spec.mean == IMAGENET_MEAN and spec.std == IMAGENET_STD  # PySlowFast's DATA defaults
+    assert spec.dims == entry.dims == 512 and spec.frames_per_step == 32
+    assert entry.default_sampling == "clips:32:chunks"
+    assert sampling_for("slowfast-fast-tcsvt", "clips:32") == "clips:32:chunks"  # other policies refused
+    assert sampling_for("slowfast-fast-tcsvt", "clips:32:chunks") == "clips:32:chunks"
+    assert sampling_for("slowfast-fast-tcsvt", "uniform:16") == "clips:32:chunks"
+    assert sampling_for("slowfast", "clips:32:floor") == "clips:32:floor"
+    assert sampling_for("slowfast", "uniform:16") == "clips:32"
+    with pytest.raises(SamplingError, match="clips:32:chunks"):
+        extractor(np.zeros((2, 40, 56, 3), dtype=np.uint8))
+
+
+def test_resampler_option_is_checked_and_recorded():
+    with pytest.raises(ExtractorOptionError, match="resampler must be one of torch, pil"):
+        create_extractor("slowfast", weights="random", size=SMALL, resampler="bicubic")
+    torch_spec = create_extractor("slowfast-tokens", weights="random", size=SMALL).spec
+    assert "resampler" not in torch_spec.to_dict()  # the default: specs (and set ids) as before the option
+    pil_spec = create_extractor("slowfast-tokens", weights="random", size=SMALL, resampler="pil").spec
+    assert pil_spec.to_dict()["resampler"] == "pil-bilinear"
 
 
 # ---- weights ---------------------------------------------------------------------------------

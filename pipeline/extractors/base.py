@@ -37,10 +37,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ComputeOptionError
+from ..errors import ComputeOptionError, ExtractorOptionError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Spec resamplers that resize uint8 frames with PIL -> the PIL filter. torchvision's Resize on
+# a PIL image (UNIQUE, FMC, SimpleVQA) hands the image to PIL's resize with that filter.
+PIL_FILTERS = {"pil-bilinear": "BILINEAR", "pil-bicubic": "BICUBIC"}
+# A builder's ``resampler`` option: "torch" (default) or "pil" (the reference code's PIL filter).
+RESAMPLER_CHOICES = ("torch", "pil")
 # Precision names -> the dtype autocast runs the networks in (None: no autocast, float32).
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -53,8 +58,13 @@ class ExtractorSpec:
     ``weights`` is the identity of the weights (source, name or file sha256, or random seed).
     ``precision`` (``"fp32"``, ``"bf16"``, ``"fp16"``) and ``channels_last``: how the networks
     run (:meth:`Extractor.set_compute`); part of the identity, since reduced precision changes
-    the features slightly. Bump ``version`` whenever the computation changes, so old and new
-    features never mix.
+    the features slightly. ``resampler``: how frames are resized, ``None`` for the default
+    (float32 torch, bilinear antialiased: :func:`resize_and_crop`) or a PIL filter on the
+    uint8 frames (``"pil-bilinear"``, ``"pil-bicubic"``: :func:`pil_resize_and_crop`), as the
+    reference codes resize; left out of :meth:`to_dict` when ``None``, so specs written before
+    the field existed keep their feature-set ids. Resize and crop geometry is torchvision's
+    (:func:`resized_size`, :func:`center_crop_box`). Bump ``version`` whenever the computation
+    changes, so old and new features never mix.
     """
 
     name: str
@@ -71,10 +81,20 @@ class ExtractorSpec:
     weights: Mapping[str, Any] = field(default_factory=dict)
     precision: str = "fp32"
     channels_last: bool = False
+    resampler: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.resampler is not None and self.resampler not in PIL_FILTERS:
+            raise ExtractorOptionError(
+                f"spec resampler must be None (torch) or one of {', '.join(PIL_FILTERS)}, got {self.resampler!r}"
+            )
 
     def to_dict(self) -> dict:
-        """JSON-safe dict (tuples become lists)."""
-        return json_safe(dataclasses.asdict(self))
+        """JSON-safe dict (tuples become lists); ``resampler`` only when set (see the class docstring)."""
+        out = json_safe(dataclasses.asdict(self))
+        if out["resampler"] is None:
+            del out["resampler"]
+        return out
 
 
 def json_safe(value):
@@ -142,13 +162,23 @@ class Extractor:
         self.device = resolve_device(device)
 
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
-        """``uint8 [B, H, W, 3]`` -> normalised float ``[B, 3, h, w]`` on the device."""
-        x = frames_to_device(frames, self.device)
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
-        x = resize_and_crop(x, short_side=self.spec.resize_short_side, crop=self.spec.crop)
-        mean = torch.tensor(self.spec.mean, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.spec.std, device=self.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        """``uint8 [B, H, W, 3]`` -> normalised float ``[B, 3, h, w]`` on the device.
+
+        Resized to :meth:`resize_target` (by ``spec.resampler``), centre-cropped to
+        ``spec.crop``, scaled to [0, 1] and normalised: torchvision's ``Resize``,
+        ``CenterCrop``, ``ToTensor``, ``Normalize`` in that order."""
+        frames = np.asarray(frames)
+        size = self.resize_target(frames.shape[1], frames.shape[2])
+        x = frames_to_unit_float(frames, device=self.device, size=size, crop=self.spec.crop,
+                                 resampler=self.spec.resampler)
+        return normalize(x, self.spec.mean, self.spec.std)
+
+    def resize_target(self, height: int, width: int) -> tuple[int, int] | None:
+        """``(h, w)`` a ``height`` x ``width`` frame is resized to, ``None`` for no resize.
+
+        Default: shorter side to ``spec.resize_short_side`` (:func:`resized_size`), if set."""
+        short_side = self.spec.resize_short_side
+        return None if short_side is None else resized_size(height, width, short_side)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -283,9 +313,12 @@ def set_memory_format(module: torch.nn.Module, *, channels_last: bool) -> None:
 class FeatureAccumulator:
     """Collects an extractor's outputs for one video, batch by batch."""
 
-    def consume(self, extractor: "Extractor", batch: np.ndarray) -> None:
+    def consume(self, extractor: "Extractor", batch: np.ndarray, *, steps: np.ndarray | None = None) -> None:
         """Run ``extractor`` on one batch of this video and keep its rows. Accumulators holding
-        per-video state (crop positions) override this to pass that state to the extractor."""
+        per-video state (crop positions, frames already covered) override this.
+
+        ``steps``: the batch's frame indices, int64 ``[B, L]`` (the runner passes them), for
+        accumulators whose rows depend on which frames a step holds."""
         self.add(extractor(batch))
 
     def add(self, rows: np.ndarray) -> None:
@@ -309,20 +342,115 @@ class StackAccumulator(FeatureAccumulator):
         return np.concatenate(self._rows, axis=0).astype(np.float32, copy=False)
 
 
-def resize_and_crop(x: torch.Tensor, *, short_side: int | None, crop: int | None) -> torch.Tensor:
-    """Resize ``[B, C, H, W]`` so its shorter side is ``short_side`` (bilinear, antialiased), then
-    centre-crop to ``crop`` x ``crop``. ``None`` skips the step."""
-    if short_side is not None:
-        h, w = x.shape[-2:]
-        scale = short_side / min(h, w)
-        size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        if size != (h, w):
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+def resampler_option(choice: str, *, reference: str) -> str | None:
+    """A builder's ``resampler`` option -> the spec's ``resampler``.
+
+    ``"torch"`` -> ``None``: frames are converted to float32 first and resized on the device
+    (bilinear, antialiased; fast, GPU-friendly). ``"pil"`` -> ``reference``, the PIL filter
+    the reference code resizes its uint8 frames with (``"pil-bilinear"`` for UNIQUE, FMC and
+    SimpleVQA): bit-identical to the reference's input, on the CPU, one frame at a time.
+    Raises :class:`ExtractorOptionError` for anything else.
+    """
+    if choice == "torch":
+        return None
+    if choice == "pil":
+        return reference
+    raise ExtractorOptionError(f"resampler must be one of {', '.join(RESAMPLER_CHOICES)}, got {choice!r}")
+
+
+def resized_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """``(h, w)`` of torchvision's ``Resize(short_side)``: the shorter side becomes
+    ``short_side``, the longer one ``int(short_side * long / short)`` (truncated, the aspect
+    ratio kept as nearly as whole pixels allow). 960 x 540 -> 600 x 338 for 338."""
+    if short_side < 1:
+        raise ExtractorOptionError(f"short side must be a positive number of pixels, got {short_side!r}")
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(short_side * long / short)  # torchvision's expression, evaluated in the same order
+    return (new_long, short_side) if width <= height else (short_side, new_long)
+
+
+def center_crop_box(height: int, width: int, crop: int) -> tuple[int, int, int, int]:
+    """``(top, left, crop_height, crop_width)`` of torchvision's ``CenterCrop(crop)``.
+
+    Offsets are ``int(round((side - crop) / 2))`` (Python's round, half to even: 338 -> 299
+    gives top 20, 600 -> 299 gives left 150). A side shorter than ``crop`` is kept whole (no
+    padding; torchvision would pad it with zeros): the registered extractors always resize to
+    at least their crop first.
+    """
+    crop_h, crop_w = min(crop, height), min(crop, width)
+    return int(round((height - crop_h) / 2.0)), int(round((width - crop_w) / 2.0)), crop_h, crop_w
+
+
+def resize_and_crop(
+    x: torch.Tensor, *, short_side: int | None = None, crop: int | None = None, size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Float ``[B, C, H, W]`` -> resized, centre-cropped ``[B, C, h, w]``, as torchvision's
+    ``Resize`` + ``CenterCrop`` do to a float tensor (bit-identical: the same
+    ``interpolate(bilinear, antialias=True)`` call at the same size, the same crop box).
+
+    ``size``: exact ``(h, w)``; else ``short_side`` gives :func:`resized_size`. ``crop``:
+    :func:`center_crop_box`. ``None`` skips the step; a resize to the input size is no resize.
+    """
+    if size is None and short_side is not None:
+        size = resized_size(x.shape[-2], x.shape[-1], short_side)
+    if size is not None and tuple(size) != tuple(x.shape[-2:]):
+        x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
     if crop is not None:
-        h, w = x.shape[-2:]
-        top, left = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
-        x = x[..., top : top + crop, left : left + crop]
+        top, left, crop_h, crop_w = center_crop_box(x.shape[-2], x.shape[-1], crop)
+        x = x[..., top : top + crop_h, left : left + crop_w]
     return x
+
+
+def pil_resize_and_crop(
+    frames: np.ndarray, *, size: tuple[int, int] | None, crop: int | None, resampler: str
+) -> np.ndarray:
+    """uint8 ``[B, H, W, 3]`` -> uint8 ``[B, h, w, 3]``: each frame resized to ``size``
+    ``(h, w)`` by PIL with ``resampler``'s filter (:data:`PIL_FILTERS`), then centre-cropped
+    (:func:`center_crop_box`), as torchvision's ``Resize`` + ``CenterCrop`` do to a PIL image.
+    ``None`` skips a step."""
+    from PIL import Image
+
+    resample = getattr(Image.Resampling, PIL_FILTERS[resampler])
+    out = []
+    for frame in frames:
+        if size is not None and tuple(size) != frame.shape[:2]:
+            frame = np.asarray(Image.fromarray(np.ascontiguousarray(frame)).resize((size[1], size[0]), resample))
+        if crop is not None:
+            top, left, crop_h, crop_w = center_crop_box(frame.shape[0], frame.shape[1], crop)
+            frame = frame[top : top + crop_h, left : left + crop_w]
+        out.append(frame)
+    return np.stack(out) if out else np.asarray(frames)
+
+
+def frames_to_unit_float(
+    frames: np.ndarray,
+    *,
+    device: torch.device,
+    size: tuple[int, int] | None = None,
+    crop: int | None = None,
+    resampler: str | None = None,
+) -> torch.Tensor:
+    """uint8 ``[B, H, W, 3]`` -> float32 ``[B, 3, h, w]`` in [0, 1] on ``device``, resized to
+    ``size`` then centre-cropped to ``crop``.
+
+    ``resampler`` ``None``: converted first (``x / 255``, torchvision's ``ToTensor``), then
+    :func:`resize_and_crop` on the device; a PIL filter name: :func:`pil_resize_and_crop` on
+    the uint8 frames, then converted.
+    """
+    if resampler is not None and (size is not None or crop is not None):
+        frames = pil_resize_and_crop(frames, size=size, crop=crop, resampler=resampler)
+        size = crop = None
+    x = frames_to_device(frames, device).permute(0, 3, 1, 2).float().div_(255.0)
+    return resize_and_crop(x, size=size, crop=crop)
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float], *, inplace: bool = False) -> torch.Tensor:
+    """``(x - mean) / std`` per channel of ``[B, 3, ...]`` (torchvision's ``Normalize``: the
+    same float32 subtraction and division). ``inplace`` reuses ``x`` (large native clips)."""
+    shape = (1, 3) + (1,) * (x.dim() - 2)
+    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(shape)
+    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(shape)
+    return x.sub_(mean_t).div_(std_t) if inplace else (x - mean_t) / std_t
 
 
 @dataclass(frozen=True)

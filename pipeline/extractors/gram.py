@@ -1,6 +1,9 @@
 """InceptionV3 feature-map correlations (Gram matrices) for FMC-VQA (seed 002).
 
-Per frame (resized, short side 338, centre crop 299, ImageNet normalisation)::
+Per frame (resized, short side 338, centre crop 299, ImageNet normalisation; torchvision's
+``Resize(338)`` + ``CenterCrop(299)`` geometry, so a 960 x 540 frame becomes 600 x 338 and is
+cropped at top 20, left 150; ``resampler="pil"`` resizes the uint8 frame with PIL bilinear as
+FMC's transform does on its PIL frames)::
 
     frame -> inception_v3 (torchvision, eval, transform_input=True)
                |-- Mixed_5b [256, 35, 35] -> F [256, 1225] -> G = F F^T -> upper triangle  32,896
@@ -39,7 +42,7 @@ from torchvision.models import Inception_V3_Weights, inception_v3
 from ..errors import PipelineError
 from ..weights import HubCheckpoint, register_checkpoint, unwrap_state_dict
 from .backbones import build_backbone
-from .base import Extractor, ExtractorSpec, FeatureAccumulator, StackAccumulator, tapped_model
+from .base import Extractor, ExtractorSpec, FeatureAccumulator, StackAccumulator, resampler_option, tapped_model
 from .registry import register_extractor
 
 INCEPTION_PRETRAINED = {"imagenet": Inception_V3_Weights.IMAGENET1K_V1}
@@ -250,16 +253,22 @@ def build_inception_gram(
     normalize: str | None = None,
     pooling: str = "mean+max",
     transform_input: bool = True,
+    resampler: str = "torch",
 ) -> InceptionGramExtractor:
     """Build the Gram extractor registered as ``name`` (one of :data:`VARIANTS`).
 
     ``normalize``: ``None`` or ``"hw"`` (see :func:`gram_upper`); ``pooling``: ``"mean+max"``
-    (2 rows per video) or ``"frames"``; ``transform_input``: see the module docstring.
+    (2 rows per video) or ``"frames"``; ``transform_input``: see the module docstring;
+    ``resampler``: ``"torch"`` (float32 resize) or ``"pil"`` (FMC's PIL bilinear on uint8).
+
+    Version 2: torchvision's resize and crop geometry (version 1 rounded the long side and
+    floored the crop offsets: 601 wide, cropped at (19, 151) for 960 x 540).
     """
     if normalize not in NORMALIZE_CHOICES:
         raise ValueError(f"normalize must be one of {NORMALIZE_CHOICES}, got {normalize!r}")
     if pooling not in POOLING_CHOICES:
         raise ValueError(f"pooling must be one of {POOLING_CHOICES}, got {pooling!r}")
+    spec_resampler = resampler_option(resampler, reference="pil-bilinear")  # checked before the model is built
     taps = VARIANTS[name]
     constructor = functools.partial(
         _construct, transform_input=transform_input, for_torchvision_file=weights in INCEPTION_PRETRAINED
@@ -268,9 +277,10 @@ def build_inception_gram(
         constructor, weights=weights, pretrained=INCEPTION_PRETRAINED, adapt_checkpoint=feature_state_dict
     )
     spec = ExtractorSpec(
-        name=name, version="1", dims=taps_dims(taps), backbone=f"inception_v3(transform_input={transform_input})",
+        name=name, version="2", dims=taps_dims(taps), backbone=f"inception_v3(transform_input={transform_input})",
         taps=taps, pooling=pooling_description(normalize=normalize, pooling=pooling),
         resize_short_side=RESIZE_SHORT_SIDE, crop=CROP, weights=identity,
+        resampler=spec_resampler,
     )
     return InceptionGramExtractor(spec, _trim(backbone), normalize=normalize, pooling=pooling, device=device)
 

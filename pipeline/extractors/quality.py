@@ -4,9 +4,12 @@ Registered extractors (per frame, spatial mean and unbiased std of each tapped s
 
 - ``unique`` (1920): ResNet-34 trained by UNIQUE (Zhang et al., TIP 2021, zwx8981/UNIQUE),
   layer1..layer4 -> (64+128+256+512) x 2, ordered ``[mu1, sd1, mu2, sd2, mu3, sd3, mu4, sd4]``.
-  UNIQUE's test transform: the shorter side goes to 768 px only when both sides are >= 768.
+  UNIQUE's test transform: the shorter side goes to 768 px only when both sides are >= 768
+  (torchvision's ``Resize(768)`` geometry); ``resampler="pil"`` resizes the uint8 frame with
+  PIL bilinear, bit-identical to UNIQUE's ``AdaptiveResize`` + ``ToTensor`` + ``Normalize``.
 - ``unique-pr`` (1920): the same network on A2INet's PR crops: four square crops per frame
-  at positions drawn once per video, features averaged over the crops::
+  of side ``min(768, H, W)`` (540 on 540p video, where the paper says 768), at positions
+  drawn once per video, features averaged over the crops::
 
       frames [B, H, W, 3] -> normalise -> 4 crops at the video's positions [4B, 3, s, s]
         -> ResNet-34 layer1..4 -> mean+std per stage [4B, 1920] -> mean over crops [B, 1920]
@@ -30,10 +33,10 @@ import numpy as np
 import torch
 from torchvision.models import ResNet34_Weights, ResNet50_Weights, resnet34, resnet50
 
-from ..errors import WeightsError, WeightsUnavailableError
+from ..errors import ExtractorOptionError, WeightsError
 from ..weights import HubCheckpoint, register_checkpoint, unwrap_state_dict
 from .backbones import build_backbone
-from .base import ExtractorSpec, StackAccumulator, resize_and_crop
+from .base import ExtractorSpec, StackAccumulator, resampler_option, resized_size
 from .registry import register_extractor
 from .resnet import TappedMeanStdExtractor
 
@@ -181,15 +184,13 @@ class QualityExtractor(TappedMeanStdExtractor):
 
     spec: QualitySpec
 
-    def preprocess(self, frames: np.ndarray) -> torch.Tensor:
-        """``uint8 [B, H, W, 3]`` -> normalised ``[B, 3, h, w]`` (resized only if both sides are large)."""
-        x = super().preprocess(frames)
+    def resize_target(self, height: int, width: int) -> tuple[int, int] | None:
+        """UNIQUE's ``AdaptiveResize``: the shorter side to ``spec.adaptive_resize`` only when
+        both sides are at least that long (torchvision ``Resize`` geometry), else no resize."""
         side = self.spec.adaptive_resize
-        if side is not None and min(x.shape[-2:]) >= side:
-            # Bilinear resizing is linear with weights summing to 1, so resizing after the
-            # normalisation equals UNIQUE's resize-then-normalise (up to float rounding).
-            x = resize_and_crop(x, short_side=side, crop=None)
-        return x
+        if side is None or min(height, width) < side:
+            return super().resize_target(height, width)
+        return resized_size(height, width, side)
 
 
 @dataclass(frozen=True)
@@ -262,7 +263,7 @@ class CropPlanAccumulator(StackAccumulator):
         super().__init__()
         self.video_key = video_key
 
-    def consume(self, extractor: PRCropExtractor, batch: np.ndarray) -> None:
+    def consume(self, extractor: PRCropExtractor, batch: np.ndarray, *, steps: np.ndarray | None = None) -> None:
         self.add(extractor(batch, video_key=self.video_key))
 
 
@@ -270,13 +271,14 @@ WEIGHT_CHOICES_UNIQUE = (UNIQUE_CHOICE, "imagenet", "random[:SEED]", "PATH")
 WEIGHT_CHOICES_LI = (LI_CHOICE, "imagenet", "random[:SEED]", "PATH")
 
 
-def _unique(name: str, extractor_cls: type, *, weights: str, device: str, **rules) -> QualityExtractor:
+def _unique(name: str, extractor_cls: type, *, weights: str, device: str, version: str, **rules) -> QualityExtractor:
     """ResNet-34 layer1..4 with UNIQUE's weights resolution; ``rules``: :class:`QualitySpec` fields."""
     backbone, identity = build_quality_backbone(
         resnet34, weights=weights, named=UNIQUE_CHECKPOINT, choice=UNIQUE_CHOICE, imagenet=ResNet34_Weights.IMAGENET1K_V1
     )
     spec = QualitySpec(
-        name=name, version="1", dims=1920, backbone="resnet34", taps=STAGES, pooling=POOLING, weights=identity, **rules
+        name=name, version=version, dims=1920, backbone="resnet34", taps=STAGES, pooling=POOLING, weights=identity,
+        **rules,
     )
     return extractor_cls(spec, backbone, device=device)
 
@@ -285,8 +287,14 @@ def _unique(name: str, extractor_cls: type, *, weights: str, device: str, **rule
     "unique", dims=1920, weights_choices=WEIGHT_CHOICES_UNIQUE, default_weights=UNIQUE_CHOICE,
     description="UNIQUE ResNet-34 layer1..4 mean+std (A2INet quality branch, whole frame)",
 )
-def build_unique(*, weights: str, device: str = "cpu") -> QualityExtractor:
-    return _unique("unique", QualityExtractor, weights=weights, device=device, adaptive_resize=UNIQUE_TEST_SIDE)
+def build_unique(*, weights: str, device: str = "cpu", resampler: str = "torch") -> QualityExtractor:
+    """``resampler="pil"``: frames of 768 px and more are resized as UNIQUE's test transform
+    does (PIL bilinear on the uint8 frame); ``"torch"`` (default) resizes float32 tensors.
+
+    Version 2: torchvision's resize geometry (long side truncated) and the resize before the
+    normalisation (version 1 rounded the long side and resized the normalised frame)."""
+    return _unique("unique", QualityExtractor, weights=weights, device=device, version="2",
+                   adaptive_resize=UNIQUE_TEST_SIDE, resampler=resampler_option(resampler, reference="pil-bilinear"))
 
 
 @register_extractor(
@@ -297,15 +305,15 @@ def build_unique_pr(
     *, weights: str, device: str = "cpu", crop_size: int = PR_CROP_SIZE, crop_seed: int = PR_CROP_SEED
 ) -> PRCropExtractor:
     """``crop_size``/``crop_seed`` default to A2INet's 768 and our fixed seed (tests shrink the crops)."""
-    if crop_size < 1:
-        raise ValueError(f"crop_size must be a positive number of pixels, got {crop_size}")
+    if isinstance(crop_size, bool) or not isinstance(crop_size, int) or crop_size < 1:
+        raise ExtractorOptionError(f"crop_size must be a positive number of pixels, got {crop_size!r}")
     crops = {
         "count": PR_CROP_COUNT, "size": crop_size, "seed": crop_seed, "reduce": "mean over crops",
         "positions": "per video: fractions from PCG64(SeedSequence([seed, int(sha256(video_id))])).random((count, 2)); "
                      "offset = floor(fraction * (length - side + 1)); identical for all frames",
         "small_frames": "side = min(size, H, W): the largest square that fits, no padding",
     }
-    return _unique("unique-pr", PRCropExtractor, weights=weights, device=device, crops=crops)
+    return _unique("unique-pr", PRCropExtractor, weights=weights, device=device, version="1", crops=crops)
 
 
 @register_extractor(

@@ -1,24 +1,37 @@
-"""SlowFast R50 motion features per 32-frame clip (SimpleVQA; A2INet's motion semantic branch).
+"""SlowFast R50 motion features per 32-frame clip (SimpleVQA; A2INet's motion semantic branch;
+TCSVT-2022's motion features).
 
-Input: clips from the ``clips:32`` sampling (one clip of 32 consecutive frames per second),
-``uint8 [B, 32, H, W, 3]`` RGB. Every extractor here shares the preprocessing and the network
-and differs only in how the stage-5 maps are pooled::
+Input: clips from a ``clips:32[:POLICY]`` sampling (:class:`~pipeline.sampling.ClipSampling`),
+``uint8 [B, 32, H, W, 3]`` RGB. Every extractor here shares the network and differs in the
+clips it is fed, the preprocessing and how the stage-5 maps are pooled::
 
     clips uint8 [B, 32, H, W, 3]
       -> each frame resized to 224 x 224 (fixed: aspect ratio not kept, as SimpleVQA's
          transforms.Resize([224, 224])), RGB / 255, (x - 0.45) / 0.225 on every channel
+         [slowfast-fast-tcsvt: native resolution, (x - ImageNet mean) / ImageNet std]
       -> clip [B, 3, 32, 224, 224] -> pack_pathways: slow = frames linspace(0, 31, 8), fast = all 32
       -> SlowFastR50 (Kinetics-400) -> slow_map [B, 2048, 8, 7, 7], fast_map [B, 256, 32, 7, 7]
            |
-           |-- slowfast         mean over (T, H, W) of each map, slow then fast     [B, 2304]
-           |-- slowfast-fast    per fast time step: spatial mean, unbiased std      [B*32, 512]
-           '-- slowfast-tokens  adaptive avg pool to (T, 2, 2) grids, flattened     [B, 98304]
+           |-- slowfast             mean over (T, H, W) of each map, slow then fast     [B, 2304]
+           |-- slowfast-fast        per fast time step: spatial mean, unbiased std      [B*32, 512]
+           |-- slowfast-fast-tcsvt  the same, rows of already covered frames dropped    [<= B*32, 512]
+           '-- slowfast-tokens      adaptive avg pool to (T, 2, 2) grids, flattened     [B, 98304]
 
-Rows: one per clip, except ``slowfast-fast`` (one per fast time step: clip 0 steps 0..31,
-then clip 1, ...). ``size`` overrides the 224 (a multiple of 32, e.g. 64 for quick tests;
-recorded in the spec's ``resize``, so features of other sizes never mix with 224 ones).
-``slowfast-tokens`` is large: 98,304 values (384 KiB as float32, which the store keeps for
-now) per clip, ~3 MB for an 8 s video.
+Rows: one per clip, except the per-step extractors (one per fast time step: clip 0 steps
+0..31, then clip 1, ...). ``size`` overrides the 224 (a multiple of 32, e.g. 64 for quick
+tests; recorded in the spec's ``resize``, so features of other sizes never mix with 224 ones).
+``resampler="pil"`` resizes the uint8 frames with PIL bilinear, as SimpleVQA's transform does
+to its PIL frames (bit-identical input; recorded in the spec). ``slowfast-tokens`` is large:
+98,304 values (384 KiB as float32, which the store keeps for now) per clip, ~3 MB for an 8 s
+video.
+
+``slowfast-fast-tcsvt`` is TCSVT-2022's motion extractor (``CNNfeatures_Motion.py`` with
+PySlowFast's ``SLOWFAST_8x8_R50`` config, whose ``DATA.MEAN``/``DATA.STD`` are left at
+PySlowFast's ImageNet defaults): clips from ``clips:32:chunks`` (every other frame of
+64-frame chunks, the last chunk ending at the last frame), frames at native resolution, 32
+rows per chunk, and of the last, overlapping chunk only the rows of frames no earlier chunk
+covered (:class:`NewFramesAccumulator`). Native resolution costs: a 540p clip is ~10x the
+work of a 224 one, a 1080p clip ~40x and ~0.8 GB of float input.
 
 Weights: ``"kinetics"`` (default) is pytorchvideo's ``SLOWFAST_8x8_R50.pyth``, looked up in
 ``$TORCH_HOME/hub/checkpoints/`` and downloaded there from :data:`KINETICS_URL` unless
@@ -30,21 +43,37 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import SamplingError
+from ..errors import ExtractorOptionError, PipelineError, SamplingError
 from ..weights import HubCheckpoint, parse_random, random_weights, register_checkpoint
-from .base import Extractor, ExtractorSpec
+from .base import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Extractor,
+    ExtractorSpec,
+    StackAccumulator,
+    frames_to_unit_float,
+    normalize,
+    resampler_option,
+)
 from .pooling import mean_std_features
 from .registry import register_extractor
-from .slowfast_model import FAST_DIM, FAST_FRAMES, SLOW_DIM, SLOW_FRAMES, SlowFastR50, load_slowfast_checkpoint, pack_pathways
+from .slowfast_model import (
+    FAST_DIM,
+    FAST_FRAMES,
+    SLOW_DIM,
+    SLOW_FRAMES,
+    SlowFastR50,
+    load_slowfast_checkpoint,
+    pack_pathways,
+)
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 KINETICS_URL = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics/SLOWFAST_8x8_R50.pyth"
 KINETICS_NAME = "SLOWFAST_8x8_R50 (pytorchvideo, Kinetics-400)"
@@ -58,8 +87,9 @@ TOKEN_GRID = 2  # slowfast-tokens: 2 x 2 spatial cells per time step
 # Frames converted to float and resized at once: bounds memory for large frames
 # (32 float 1080p frames would be ~800 MB).
 RESIZE_CHUNK = 8
-# Hint in errors when per-frame input reaches a clip extractor.
+# Default samplings (also the hint in errors when per-frame input reaches a clip extractor).
 CLIP_SAMPLING = f"clips:{CLIP_FRAMES}"
+TCSVT_SAMPLING = f"clips:{CLIP_FRAMES}:chunks"
 
 
 @dataclass(frozen=True)
@@ -67,10 +97,11 @@ class SlowFastSpec(ExtractorSpec):
     """:class:`ExtractorSpec` plus the fixed resize the base spec cannot express.
 
     ``resize``: ``(height, width)`` every frame is resized to, aspect ratio not kept
-    (bilinear, antialiased); ``resize_short_side`` and ``crop`` stay ``None``.
+    (``spec.resampler``), or ``None`` for native resolution; ``resize_short_side`` and
+    ``crop`` stay ``None``.
     """
 
-    resize: tuple[int, int] = (INPUT_SIZE, INPUT_SIZE)
+    resize: tuple[int, int] | None = (INPUT_SIZE, INPUT_SIZE)
 
 
 # ---- weights ---------------------------------------------------------------------------
@@ -154,8 +185,8 @@ class SlowFastExtractor(Extractor):
     """Frozen SlowFast R50 on 32-frame clips; ``pool(slow_map, fast_map)`` makes the rows.
 
     ``__call__(clips uint8 [B, 32, H, W, 3]) -> float32 [rows, dims]`` (rows = B, or B*32
-    for per-step pooling). Per-frame input ``[B, H, W, 3]`` raises :class:`SamplingError`:
-    use the ``clips:32`` sampling.
+    for per-step pooling). Per-frame input ``[B, H, W, 3]`` raises :class:`SamplingError`
+    naming ``sampling_hint`` (the extractor's default sampling).
     """
 
     def __init__(
@@ -165,46 +196,75 @@ class SlowFastExtractor(Extractor):
         pool: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         *,
         device: str | torch.device = "cpu",
+        sampling_hint: str = CLIP_SAMPLING,
+        accumulator: Callable[[], StackAccumulator] = StackAccumulator,
     ):
         super().__init__(spec, device=device)
         self.model = model.to(self.device).eval()
         self.pool = pool
+        self.sampling_hint = sampling_hint
+        self._accumulator = accumulator
 
     def preprocess(self, clips: np.ndarray) -> torch.Tensor:
-        """``uint8 [B, L, H, W, 3]`` -> normalised float ``[B, 3, L, h, w]`` on the device (``(h, w) = spec.resize``)."""
+        """``uint8 [B, L, H, W, 3]`` -> normalised float ``[B, 3, L, h, w]`` on the device
+        (``(h, w) = spec.resize``, or ``(H, W)`` at native resolution)."""
         clips = np.asarray(clips)
         length = self.spec.frames_per_step
         if clips.ndim != 5 or clips.shape[1] != length or clips.shape[-1] != 3:
             raise SamplingError(
                 f"{self.spec.name} takes clips uint8 [B, {length}, H, W, 3], got shape {clips.shape}; "
-                f"sample the video with {CLIP_SAMPLING!r}"
+                f"sample the video with {self.sampling_hint!r}"
             )
-        b, l, height, width, _ = clips.shape
-        flat = clips.reshape(b * l, height, width, 3)
-        out = torch.empty((b * l, 3, *self.spec.resize), device=self.device)
-        for start in range(0, b * l, RESIZE_CHUNK):
-            x = torch.from_numpy(np.ascontiguousarray(flat[start : start + RESIZE_CHUNK])).to(self.device)
-            x = x.permute(0, 3, 1, 2).float().div_(255.0)
-            out[start : start + RESIZE_CHUNK] = resize_fixed(x, self.spec.resize)
-        mean = torch.tensor(self.spec.mean, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.spec.std, device=self.device).view(1, 3, 1, 1)
-        out.sub_(mean).div_(std)
-        return out.view(b, l, 3, *self.spec.resize).permute(0, 2, 1, 3, 4).contiguous()
+        b, t, height, width, _ = clips.shape
+        size = self.spec.resize or (height, width)
+        flat = clips.reshape(b * t, height, width, 3)
+        out = torch.empty((b * t, 3, *size), device=self.device)
+        for start in range(0, b * t, RESIZE_CHUNK):
+            out[start : start + RESIZE_CHUNK] = frames_to_unit_float(
+                flat[start : start + RESIZE_CHUNK], device=self.device, size=self.spec.resize,
+                resampler=self.spec.resampler,
+            )
+        out = normalize(out, self.spec.mean, self.spec.std, inplace=True)
+        return out.view(b, t, 3, *size).permute(0, 2, 1, 3, 4).contiguous()
 
     def forward(self, clip: torch.Tensor) -> torch.Tensor:
         """``[B, 3, 32, h, w]`` -> ``[rows, dims]``."""
         slow_map, fast_map = self.model(*pack_pathways(clip))
         return self.pool(slow_map, fast_map)
 
-
-def resize_fixed(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize ``[B, C, H, W]`` to exactly ``size = (h, w)`` (bilinear, antialiased; aspect ratio not kept)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    def accumulator(self, *, video_key: str = "") -> StackAccumulator:
+        return self._accumulator()
 
 
-# ---- registry --------------------------------------------------------------------------
+class NewFramesAccumulator(StackAccumulator):
+    """Per-step rows of clips that may overlap (TCSVT-2022's last chunk): of each clip's rows,
+    one per frame position, keeps those whose frame comes after every frame of the earlier
+    clips. The first clip keeps all its rows (repeated frames of a short video included).
+
+    Needs the clips' frame indices: the runner passes ``steps`` int64 ``[B, L]`` to
+    :meth:`consume`; the extractor must give ``L`` rows per clip.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._last_frame = -1
+
+    def consume(self, extractor: Extractor, batch: np.ndarray, *, steps: np.ndarray | None = None) -> None:
+        if steps is None:
+            raise PipelineError(
+                f"{extractor.spec.name} drops the rows of frames an earlier clip covered, so it needs the "
+                "clips' frame indices: consume(extractor, batch, steps=[B, L] indices)"
+            )
+        steps = np.asarray(steps, dtype=np.int64).reshape(len(batch), -1)
+        rows = extractor(batch)
+        if len(rows) != steps.size:
+            raise PipelineError(f"{extractor.spec.name} gave {len(rows)} rows for {steps.shape} clip frames")
+        for clip_rows, frames in zip(rows.reshape(*steps.shape, -1), steps, strict=True):
+            self.add(clip_rows[frames > self._last_frame])
+            self._last_frame = max(self._last_frame, int(frames.max()))
+
+
+# ---- registry ----------------------------------------------------------------------
 
 TOKEN_DIMS = (SLOW_DIM * SLOW_FRAMES + FAST_DIM * FAST_FRAMES) * TOKEN_GRID * TOKEN_GRID  # 98,304
 VARIANTS = {
@@ -226,18 +286,21 @@ VARIANTS = {
 
 def _check_size(size: int) -> int:
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < SIZE_MULTIPLE or size % SIZE_MULTIPLE:
-        raise ValueError(f"size must be a positive multiple of {SIZE_MULTIPLE} (SimpleVQA: {INPUT_SIZE}), got {size!r}")
+        raise ExtractorOptionError(
+            f"size must be a positive multiple of {SIZE_MULTIPLE} (SimpleVQA: {INPUT_SIZE}), got {size!r}"
+        )
     return int(size)
 
 
-def _build(name: str, *, weights: str, device: str, size: int) -> SlowFastExtractor:
+def _build(name: str, *, weights: str, device: str, size: int, resampler: str) -> SlowFastExtractor:
     dims, pool, pooling = VARIANTS[name]
     size = _check_size(size)
+    spec_resampler = resampler_option(resampler, reference="pil-bilinear")  # SimpleVQA: PIL Resize, bilinear
     model, identity = build_slowfast_model(weights=weights)
     spec = SlowFastSpec(
         name=name, version="1", dims=dims, backbone="slowfast_r50", taps=("slow_res5", "fast_res5"),
         pooling=pooling, mean=KINETICS_MEAN, std=KINETICS_STD, frames_per_step=CLIP_FRAMES,
-        weights=identity, resize=(size, size),
+        weights=identity, resize=(size, size), resampler=spec_resampler,
     )
     return SlowFastExtractor(spec, model, pool, device=device)
 
@@ -247,17 +310,22 @@ def _build(name: str, *, weights: str, device: str, size: int) -> SlowFastExtrac
     sampling_kinds=("clips",), default_sampling=CLIP_SAMPLING,
     description="SlowFast R50 per-clip slow+fast means (SimpleVQA motion features; needs clips:32)",
 )
-def build_slowfast(*, weights: str, device: str = "cpu", size: int = INPUT_SIZE) -> SlowFastExtractor:
-    return _build("slowfast", weights=weights, device=device, size=size)
+def build_slowfast(
+    *, weights: str, device: str = "cpu", size: int = INPUT_SIZE, resampler: str = "torch"
+) -> SlowFastExtractor:
+    return _build("slowfast", weights=weights, device=device, size=size, resampler=resampler)
 
 
 @register_extractor(
     "slowfast-fast", dims=2 * FAST_DIM, weights_choices=WEIGHT_CHOICES, default_weights="kinetics",
     sampling_kinds=("clips",), default_sampling=CLIP_SAMPLING,
-    description="SlowFast R50 fast pathway mean+std per time step (A2INet motion, 32 rows per clip; needs clips:32)",
+    description="SlowFast R50 fast pathway mean+std per time step on SimpleVQA's 224 px clips "
+                "(32 rows per clip; needs clips:32)",
 )
-def build_slowfast_fast(*, weights: str, device: str = "cpu", size: int = INPUT_SIZE) -> SlowFastExtractor:
-    return _build("slowfast-fast", weights=weights, device=device, size=size)
+def build_slowfast_fast(
+    *, weights: str, device: str = "cpu", size: int = INPUT_SIZE, resampler: str = "torch"
+) -> SlowFastExtractor:
+    return _build("slowfast-fast", weights=weights, device=device, size=size, resampler=resampler)
 
 
 @register_extractor(
@@ -265,6 +333,30 @@ def build_slowfast_fast(*, weights: str, device: str = "cpu", size: int = INPUT_
     sampling_kinds=("clips",), default_sampling=CLIP_SAMPLING,
     description="SlowFast R50 slow+fast res5 on 2x2 grids per time step (98,304 per clip, float32; needs clips:32)",
 )
-def build_slowfast_tokens(*, weights: str, device: str = "cpu", size: int = INPUT_SIZE) -> SlowFastExtractor:
+def build_slowfast_tokens(
+    *, weights: str, device: str = "cpu", size: int = INPUT_SIZE, resampler: str = "torch"
+) -> SlowFastExtractor:
     """Large: 98,304 values per clip, stored as float32 for now (384 KiB per clip)."""
-    return _build("slowfast-tokens", weights=weights, device=device, size=size)
+    return _build("slowfast-tokens", weights=weights, device=device, size=size, resampler=resampler)
+
+
+@register_extractor(
+    "slowfast-fast-tcsvt", dims=2 * FAST_DIM, weights_choices=WEIGHT_CHOICES, default_weights="kinetics",
+    sampling_kinds=("clips:chunks",), default_sampling=TCSVT_SAMPLING,
+    description="SlowFast R50 fast pathway mean+std per time step, TCSVT-2022 motion: native resolution, "
+                "every other frame of 64-frame chunks (needs clips:32:chunks)",
+)
+def build_slowfast_fast_tcsvt(*, weights: str, device: str = "cpu") -> SlowFastExtractor:
+    """TCSVT-2022's motion features (see the module docstring); no resize, so no ``size`` or
+    ``resampler`` option."""
+    model, identity = build_slowfast_model(weights=weights)
+    spec = SlowFastSpec(
+        name="slowfast-fast-tcsvt", version="1", dims=2 * FAST_DIM, backbone="slowfast_r50", taps=("fast_res5",),
+        pooling="per fast time step (32 rows per chunk of 64 frames): spatial mean (256) then unbiased std (256) "
+                "of fast res5; rows of frames an earlier chunk covered are dropped",
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, frames_per_step=CLIP_FRAMES, weights=identity, resize=None,
+    )
+    return SlowFastExtractor(
+        spec, model, lambda slow_map, fast_map: fast_step_features(fast_map), device=device,
+        sampling_hint=TCSVT_SAMPLING, accumulator=NewFramesAccumulator,
+    )
