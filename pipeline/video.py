@@ -20,6 +20,21 @@ cause only on stderr, some as ``DECORDError``, and a zero-frame stream as an
 module turns each of those into ``VideoDecodeError(path, cause)`` with a cause a person can
 act on: it checks existence and size itself, walks MP4 boxes to spot truncation, asks PyAV
 for the container's declared duration, and diagnoses failed opens with PyAV.
+
+Hostile inputs (docs/hardening.md):
+
+- What is read is what was checked: the file is opened once, its real path (symbolic links
+  followed) and ``fstat`` are checked on that descriptor (a regular, non-empty file, inside
+  ``root`` when one is given), and every decoder then reads the file through the descriptor
+  (``/proc/self/fd/N``). A file swapped for another, or for a link out of the root, after the
+  check is never read. ``VideoInfo`` records the real path and the size and mtime of the file
+  that was read.
+- Frame size is bounded: the stream header's frame size is checked against a pixel limit
+  (:func:`max_frame_pixels`, default 7680x4320) before any frame is decoded; a 6 MB MJPEG
+  file of 16000x16000 frames would take 768 MB of RGB per frame (decord: 3.9 GB to decode
+  one). PyAV's decoder is given the same limit (FFmpeg's ``max_pixels``), so a stream whose
+  frames grow mid-way is refused there too. :meth:`Video.max_batch` caps a batch of frames
+  at the same number of pixels, so one batch is never more than one largest allowed frame.
 """
 from __future__ import annotations
 
@@ -27,20 +42,29 @@ import logging
 import math
 import os
 import re
+import stat as stat_module
+import weakref
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 import av
 import decord
 import numpy as np
 from decord._ffi.base import DECORDError
 
-from .errors import VideoDecodeError
+from .errors import PipelineError, VideoDecodeError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VideoInfo", "Video", "probe_video", "open_video"]
+__all__ = ["VideoInfo", "Video", "probe_video", "open_video", "max_frame_pixels",
+           "DEFAULT_MAX_FRAME_PIXELS", "MAX_FRAME_PIXELS_ENV"]
+
+# Frames with more pixels than this are refused from the stream header, before decoding: 8K
+# UHD. One such frame is 100 MB as RGB (16 full-HD frames), and a native-resolution CNN's
+# activations take many times that. The environment variable overrides it.
+DEFAULT_MAX_FRAME_PIXELS = 7680 * 4320
+MAX_FRAME_PIXELS_ENV = "VQA_MAX_FRAME_PIXELS"
 
 # A decoded video may fall short of the container's declared duration by this much before it
 # counts as truncated: rounding of the last frame's duration and muxer padding are normal.
@@ -70,6 +94,9 @@ _TIME_DECIMALS = 6
 # where a decord reader's grows with every frame it has decoded (1080p, 1200 frames: 0.1 vs
 # 1.7 GiB; bench/reference_loop.py). Sparser reads keep decord, whose seeking skips whole GOPs.
 _STREAM_MAX_MEAN_GAP = 8
+# decord 0.6.0 cannot convert frames whose width divides 48 (1, 2, 3, 4, 6, 8, 12, 16, 24 px):
+# "Check failed: from_size == to_size ... DECORDArrayCopyFromTo: The size must exactly match".
+_DECORD_NARROW_FRAME = "from_size == to_size"
 
 
 class _NotStreamable(Exception):
@@ -84,7 +111,9 @@ class VideoInfo:
     rate for variable-frame-rate files, see ``Video.timestamps``). ``duration``: seconds from
     the start of the first frame to the end of the last one (from frame timestamps, so it is
     right for variable frame rate too). ``width``/``height``: of decoded frames, rotation
-    metadata applied. ``size_bytes``/``mtime``: from ``os.stat``, for provenance.
+    metadata applied. ``size_bytes``/``mtime``: ``fstat`` of the file that was opened and read,
+    for provenance; ``resolved_path``: that file's real path (symbolic links followed, at open
+    time), while ``path`` is the path as given.
     """
 
     path: str
@@ -95,6 +124,7 @@ class VideoInfo:
     height: int
     size_bytes: int
     mtime: float
+    resolved_path: str = ""
 
     def to_dict(self) -> dict:
         """Plain JSON-ready dict of every field."""
@@ -109,27 +139,39 @@ class Video:
     A dense read (``frames`` with sorted indices keeping at least one frame in 8) releases the
     decord reader and streams through PyAV instead; decord is opened again if needed later.
 
-    Opening validates the file and decodes its first frame (to learn the decoded frame size
-    and prove that frames can be decoded). Raises ``VideoDecodeError`` for a missing, empty,
-    non-video, audio-only, truncated or frameless file.
+    Opening opens the file once (every later read goes through that descriptor, see the
+    module docstring), checks the frame size in the stream header against ``max_pixels``
+    (default :func:`max_frame_pixels`), then decodes the first frame (to learn the decoded
+    frame size and prove that frames can be decoded). ``root``: refuse a file whose real path
+    (symbolic links followed, checked on the opened file) lies outside this folder. Raises
+    ``VideoDecodeError`` for a missing, empty, non-video, audio-only, truncated, frameless,
+    too large or out-of-root file.
     """
 
-    def __init__(self, path: str | os.PathLike, *, num_threads: int = 0):
+    def __init__(self, path: str | os.PathLike, *, num_threads: int = 0, root: str | os.PathLike | None = None,
+                 max_pixels: int | None = None):
         self.path = os.fspath(path)
-        stat = _check_file(self.path)
-        mp4_problem = _mp4_truncation(self.path, stat.st_size)
-        if mp4_problem is not None:
-            raise VideoDecodeError(self.path, mp4_problem)
-
+        self.max_pixels = max_frame_pixels(max_pixels)
         self._num_threads = num_threads
         self._closed = False
         self._container: av.container.InputContainer | None = None  # PyAV's, of the last streamed read
-        self._reader: decord.VideoReader | None = _open_reader(self.path, num_threads)
+        self._reader: decord.VideoReader | None = None
+        fd, self.resolved_path, stat = _open_checked(self.path, root)
+        self._close_fd = weakref.finalize(self, os.close, fd)
+        # Decoders open the descriptor's file, never the path again (Linux; elsewhere the real path).
+        proc = f"/proc/self/fd/{fd}"
+        self._source = proc if os.path.exists(proc) else self.resolved_path
         try:
-            self.info = self._read_info(stat)
-            self._check_declared_duration()
+            header = _read_header(self._source)
+            self._check_frame_size(header)
+            mp4_problem = _mp4_truncation(self._source, stat.st_size)
+            if mp4_problem is not None:
+                raise VideoDecodeError(self.path, mp4_problem)
+            self._reader = _open_reader(self.path, self._source, num_threads)
+            self.info = self._read_info(stat, header)
+            self._check_declared_duration(header.declared_duration if header else None)
         except BaseException:
-            self.close()  # do not leave a decoding reader behind on a failed open
+            self.close()  # do not leave a decoding reader (or the descriptor) behind on a failed open
             raise
         logger.debug(
             "opened %s: %d frames, %.3f fps, %.3f s, %dx%d",
@@ -154,11 +196,24 @@ class Video:
         return self._closed
 
     def close(self) -> None:
-        """Release the decord reader (and its decode-ahead buffers) now. Idempotent."""
+        """Release the decord reader (and its decode-ahead buffers) and the file now. Idempotent."""
         self._closed = True
         self._release_reader()
         if self._container is not None:  # a streaming read left unfinished: free its decoder now
             self._container.close()
+        self._close_fd()  # after the decoders: they read through it
+
+    def max_batch(self, batch_size: int) -> int:
+        """``batch_size`` capped so that one batch of frames holds at most ``max_pixels`` pixels
+        (at least one frame): 16 frames at 1080p, 4 at 4K, 1 at 8K with the default limit.
+
+        The runner decodes and feeds extractors in batches of this size, so the frames it
+        holds and a native-resolution extractor's working memory stay bounded by the same
+        number of pixels whatever the frame size."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        frame_pixels = max(1, self.info.width * self.info.height)
+        return max(1, min(int(batch_size), self.max_pixels // frame_pixels))
 
     def _release_reader(self) -> None:
         reader, self._reader = self._reader, None
@@ -202,7 +257,7 @@ class Video:
         if self._closed:
             raise ValueError(f"video {self.path} is closed")
         if self._reader is None:  # released while PyAV streamed: open again when decord is needed
-            self._reader = _open_reader(self.path, self._num_threads)
+            self._reader = _open_reader(self.path, self._source, self._num_threads)
         return self._reader
 
     def _check_indices(self, indices) -> np.ndarray:
@@ -251,13 +306,15 @@ class Video:
         tolerance = 0.25 * float(np.min(gaps[gaps > 0])) if np.any(gaps > 0) else 1e-3
         kept, frames, k, matched_any = [], [], 0, False
         try:
-            container = av.open(self.path)
+            container = av.open(self._source)
         except av.error.FFmpegError as err:
             raise _NotStreamable(f"PyAV cannot open it: {err}") from err
         self._container = container
         with container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            # FFmpeg refuses to allocate a frame over the limit (a stream whose frames grow mid-way).
+            stream.codec_context.options = {"max_pixels": str(self.max_pixels)}
             try:
                 for frame in container.decode(stream):
                     if frame.pts is None or frame.time_base is None:
@@ -294,8 +351,10 @@ class Video:
             except av.error.FFmpegError as err:
                 if not matched_any:
                     raise _NotStreamable(f"PyAV failed before the first frame: {err}") from err
+                oversized = f" (or a frame over the limit of {self.max_pixels} pixels)" if isinstance(
+                    err, av.error.ArgumentError) else ""
                 raise VideoDecodeError(
-                    self.path, f"corrupt or truncated: decoding failed at frame {idx[k]} of {n}: {err}"
+                    self.path, f"corrupt or truncated{oversized}: decoding failed at frame {idx[k]} of {n}: {err}"
                 ) from err
         raise VideoDecodeError(self.path, f"corrupt or truncated: the stream ended before frame {idx[k]} of {n}")
 
@@ -309,12 +368,32 @@ class Video:
             raise VideoDecodeError(
                 self.path,
                 f"corrupt or truncated: decoding failed at frame {failed} of "
-                f"{self.info.num_frames}: {_decord_cause(err)}",
+                f"{self.info.num_frames}: {_decord_cause(err, self._source, self.path)}",
             ) from err
         _check_batch(self.path, batch, len(chunk), (self.info.height, self.info.width))
         return batch
 
-    def _read_info(self, stat: os.stat_result) -> VideoInfo:
+    def _check_frame_size(self, header: _Header | None) -> None:
+        """Refuse frames over ``max_pixels`` from the header, before anything is decoded.
+
+        When the header does not give the size, PyAV decodes the first frame with FFmpeg's own
+        ``max_pixels`` check, which refuses an oversized frame before allocating it."""
+        if header is None:
+            return  # not a video PyAV can open: decord's open says why
+        width, height = header.width, header.height
+        if width <= 0 or height <= 0:
+            if not _first_frame_within(self._source, self.max_pixels):
+                raise VideoDecodeError(self.path, f"the stream header does not give the frame size and the first "
+                                                  f"frame is over the limit of {self.max_pixels} pixels{_LIMIT_HINT}")
+            return
+        if width * height > self.max_pixels:
+            raise VideoDecodeError(
+                self.path,
+                f"frames of {width}x{height} ({width * height / 1e6:.1f} megapixels) are over the limit of "
+                f"{self.max_pixels} pixels per frame; refused before decoding{_LIMIT_HINT}",
+            )
+
+    def _read_info(self, stat: os.stat_result, header: _Header | None) -> VideoInfo:
         reader = self._reader
         num_frames = len(reader)
         if num_frames <= 0:  # decord asserts this, but asserts vanish under `python -O`
@@ -322,8 +401,16 @@ class Video:
         try:
             first = _to_numpy(reader.get_batch([0]))
         except (RuntimeError, DECORDError) as err:
+            if _DECORD_NARROW_FRAME in str(err):
+                width = f"{header.width} px" if header and header.width > 0 else "this"
+                raise VideoDecodeError(
+                    self.path,
+                    f"frames {width} wide cannot be decoded: decord {getattr(decord, '__version__', '')} fails on "
+                    "frames whose width divides 48 (1, 2, 3, 4, 6, 8, 12, 16 or 24 px); re-encode it wider, "
+                    "e.g. `ffmpeg -i IN -vf scale=64:-2 -c:v libx264 -crf 18 OUT.mp4`",
+                ) from err
             raise VideoDecodeError(
-                self.path, f"the first frame cannot be decoded: {_decord_cause(err)}"
+                self.path, f"the first frame cannot be decoded: {_decord_cause(err, self._source, self.path)}"
             ) from err
         _check_batch(self.path, first, 1, None)
         height, width = int(first.shape[1]), int(first.shape[2])
@@ -339,15 +426,16 @@ class Video:
         return VideoInfo(
             path=self.path, num_frames=num_frames, fps=fps, duration=duration,
             width=width, height=height, size_bytes=int(stat.st_size), mtime=float(stat.st_mtime),
+            resolved_path=self.resolved_path,
         )
 
-    def _check_declared_duration(self) -> None:
-        """Raise if decord sees much less video than the container declares.
+    def _check_declared_duration(self, declared: float | None) -> None:
+        """Raise if decord sees much less video than the container declares (``declared``
+        seconds, from the header; None if unknown).
 
         A truncated Matroska file opens without error and simply reports fewer frames;
         the header still declares the full duration.
         """
-        declared = _declared_video_duration(self.path)
         if declared is None:
             return
         info = self.info
@@ -363,39 +451,120 @@ class Video:
 
 
 def open_video(path: str | os.PathLike, **kw) -> Video:
-    """Open ``path`` for decoding; keyword arguments go to ``Video`` (``num_threads``)."""
+    """Open ``path`` for decoding; keyword arguments go to ``Video`` (``num_threads``, ``root``,
+    ``max_pixels``)."""
     return Video(path, **kw)
 
 
-def probe_video(path: str | os.PathLike) -> VideoInfo:
+def probe_video(path: str | os.PathLike, **kw) -> VideoInfo:
     """Open ``path``, read its metadata (decoding one frame), close it, return ``VideoInfo``.
 
-    Raises ``VideoDecodeError`` exactly as ``Video`` does.
+    Keyword arguments go to ``Video``. Raises ``VideoDecodeError`` exactly as ``Video`` does.
     """
-    with Video(path) as video:
+    with Video(path, **kw) as video:
         return video.info
 
 
-# ---- helpers ------------------------------------------------------------------------------
+def max_frame_pixels(value: int | None = None) -> int:
+    """The per-frame pixel limit: ``value`` if given, else ``$VQA_MAX_FRAME_PIXELS`` (a number
+    of pixels, ``33177600``, or a size, ``7680x4320``), else :data:`DEFAULT_MAX_FRAME_PIXELS`
+    (8K UHD). Raises ``PipelineError`` for a value that is not a positive size."""
+    source = "max_pixels"
+    if value is None:
+        text = os.environ.get(MAX_FRAME_PIXELS_ENV, "").strip()
+        if not text:
+            return DEFAULT_MAX_FRAME_PIXELS
+        source = MAX_FRAME_PIXELS_ENV
+        match = re.fullmatch(r"(\d+)\s*[xX*]\s*(\d+)", text)
+        value = int(match[1]) * int(match[2]) if match else (int(text) if text.isdigit() else text)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise PipelineError(f"{source} must be a positive number of pixels per frame (e.g. 33177600 or "
+                            f"7680x4320), got {value!r}")
+    return int(value)
 
-def _check_file(path: str) -> os.stat_result:
-    """Existence, type, size and readability, checked before decord (which hides the cause)."""
+
+_LIMIT_HINT = (f" (set {MAX_FRAME_PIXELS_ENV}, e.g. to 15360x8640, to allow larger frames if the machine has the "
+               "memory for them, or downscale the video, e.g. `ffmpeg -i IN -vf scale=-2:2160 OUT.mp4`)")
+
+
+@dataclass(frozen=True)
+class _Header:
+    """What the container's header says about its video stream (nothing decoded)."""
+
+    width: int
+    height: int
+    declared_duration: float | None
+
+
+def _read_header(source: str) -> _Header | None:
+    """Frame size and declared duration of the best video stream, from the header (PyAV);
+    None when PyAV cannot open it or there is no video stream (decord's open then says why)."""
     try:
-        stat = os.stat(path)
+        container = av.open(source)
+    except (av.error.FFmpegError, OSError) as err:
+        logger.debug("PyAV cannot open %s (%s); header unknown", source, err)
+        return None
+    with container:
+        if not container.streams.video:
+            return None
+        context = container.streams.best("video").codec_context
+        return _Header(int(context.width or 0), int(context.height or 0), _declared_duration_of(container))
+
+
+def _first_frame_within(source: str, max_pixels: int) -> bool:
+    """Whether PyAV decodes the first frame under FFmpeg's ``max_pixels`` check (which refuses an
+    oversized frame before allocating it). Other failures count as within: decord says why."""
+    try:
+        with av.open(source) as container:
+            stream = container.streams.best("video")
+            stream.codec_context.options = {"max_pixels": str(max_pixels)}
+            next(iter(container.decode(stream)), None)
+    except av.error.ArgumentError:
+        return False
+    except (av.error.FFmpegError, OSError) as err:
+        logger.debug("PyAV cannot decode the first frame of %s (%s)", source, err)
+    return True
+
+
+def _open_checked(path: str, root: str | os.PathLike | None) -> tuple[int, str, os.stat_result]:
+    """Open ``path`` and check the file that was opened, before any decoder sees it.
+
+    Returns the descriptor, the opened file's real path (``/proc/self/fd``; ``realpath``
+    elsewhere) and its ``fstat``. Refuses a missing, non-regular or empty file, and with
+    ``root`` one whose real path lies outside it. Existence, type and size are checked here
+    because decord hides the cause. ``O_NONBLOCK``: a FIFO put in a file's place must not hang.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise VideoDecodeError(path, "file does not exist") from None
-    except OSError as err:
-        raise VideoDecodeError(path, f"cannot access file: {err.strerror or err}") from err
-    if not Path(path).is_file():
-        raise VideoDecodeError(path, "not a regular file")
-    if stat.st_size == 0:
-        raise VideoDecodeError(path, "file is empty (0 bytes)")
-    try:
-        with open(path, "rb") as handle:
-            handle.read(1)
+    except IsADirectoryError:
+        raise VideoDecodeError(path, "not a regular file") from None
     except OSError as err:
         raise VideoDecodeError(path, f"cannot read file: {err.strerror or err}") from err
-    return stat
+    try:
+        stat = os.fstat(fd)
+        try:
+            real = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            real = os.path.realpath(path)
+        if root is not None:
+            root_real = os.path.realpath(root)
+            if real != root_real and Path(root_real) not in Path(real).parents:
+                raise VideoDecodeError(path, f"resolves to {real}, outside the dataset root {root_real}; refused")
+        if not stat_module.S_ISREG(stat.st_mode):
+            raise VideoDecodeError(path, "not a regular file")
+        if stat.st_size == 0:
+            raise VideoDecodeError(path, "file is empty (0 bytes)")
+        try:
+            os.pread(fd, 1, 0)
+        except OSError as err:
+            raise VideoDecodeError(path, f"cannot read file: {err.strerror or err}") from err
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, real, stat
 
 
 def _sniff(path: str) -> bytes:
@@ -464,11 +633,12 @@ def _mp4_truncation(path: str, size: int) -> str | None:
     return None
 
 
-def _open_reader(path: str, num_threads: int) -> decord.VideoReader:
+def _open_reader(path: str, source: str, num_threads: int) -> decord.VideoReader:
+    """decord's reader of ``source`` (the opened file); errors name ``path``."""
     try:
-        return decord.VideoReader(path, num_threads=num_threads)
+        return decord.VideoReader(source, num_threads=num_threads)
     except (RuntimeError, DECORDError) as err:
-        raise VideoDecodeError(path, _diagnose_open_failure(path, err)) from err
+        raise VideoDecodeError(path, _diagnose_open_failure(source, err).replace(source, path)) from err
     except AssertionError as err:
         # decord's constructor asserts a positive frame count: that is how it reports 0 frames.
         raise VideoDecodeError(path, "the video stream has no frames") from err
@@ -521,17 +691,6 @@ def _unsupported_codec(codec: str) -> str:
     version = getattr(decord, "__version__", "")
     return (f"codec {codec} is not supported by the decoder: decord {version}'s FFmpeg has no {codec} decoder; "
             f"{_REENCODE_HINT}")
-
-
-def _declared_video_duration(path: str) -> float | None:
-    """Duration in seconds the container declares for its video, or None if unknown."""
-    try:
-        container = av.open(path)
-    except (av.error.FFmpegError, OSError) as err:
-        logger.debug("PyAV cannot open %s (%s); declared duration unknown", path, err)
-        return None
-    with container:
-        return _declared_duration_of(container)
 
 
 def _declared_duration_of(container) -> float | None:
@@ -607,9 +766,12 @@ def _first_failing_frame(reader: decord.VideoReader, chunk: np.ndarray) -> int:
     return int(chunk[0])
 
 
-def _decord_cause(err: BaseException) -> str:
-    """decord's message without its timestamps, source paths and stack trace."""
+def _decord_cause(err: BaseException, source: str = "", path: str = "") -> str:
+    """decord's message without its timestamps, source paths and stack trace (and naming
+    ``path`` where it names ``source``, the descriptor path decord was given)."""
     text = str(err).strip().split("\n")[0]
+    if source:
+        text = text.replace(source, path)
     text = _DECORD_PREFIX.sub("", text).strip()
     if len(text) > _MAX_CAUSE_CHARS:
         text = text[:_MAX_CAUSE_CHARS] + "..."

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from zarr.storage import LocalStore
 
-from feature_store import FeatureStore, format_store_info
+from feature_store import FeatureStore, encode_node_name, format_store_info
 from feature_store.errors import FeatureStoreError, InvalidMetadataError
 from pipeline.errors import ExtractorOutOfMemoryError, PipelineError
 from pipeline.extractors import ExtractorSpec
@@ -38,6 +38,16 @@ def cuda_oom(size: int) -> BaseException:
 
 def runtime_oom(size: int) -> BaseException:
     return RuntimeError(f"CUDA error: out of memory (batch of {size})")
+
+
+def cpu_allocator_oom(size: int) -> BaseException:
+    """torch's CPU allocator under a ulimit (what a 16000x16000 frame through resnet50 gave)."""
+    return RuntimeError(f"[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                        f"you tried to allocate {size * 2123366400} bytes. Error code 12 (Cannot allocate memory)")
+
+
+def numpy_oom(size: int) -> BaseException:
+    return MemoryError(f"Unable to allocate {size * 99.5:.1f} MiB for an array with shape ({size}, 4320, 7680, 3)")
 
 
 class FussyExtractor(Extractor):
@@ -72,7 +82,8 @@ def cuda_cache(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("oom", [cuda_oom, runtime_oom], ids=["OutOfMemoryError", "RuntimeError"])
+@pytest.mark.parametrize("oom", [cuda_oom, runtime_oom, cpu_allocator_oom, numpy_oom],
+                         ids=["OutOfMemoryError", "RuntimeError", "CPU allocator", "MemoryError"])
 def test_out_of_memory_halves_the_batch_and_gives_the_same_features(noise_video, cuda_cache, oom, caplog):
     sampling = parse_sampling("all")
     reference, _ = extract_video(noise_video, [FussyExtractor()], sampling=sampling, batch_size=16)
@@ -100,6 +111,17 @@ def test_out_of_memory_even_for_one_step_is_a_clear_error(noise_video, cuda_cach
     assert fussy.batches == [8, 4, 2, 1] and len(cuda_cache) == 4
 
 
+def test_host_out_of_memory_even_for_one_step_names_the_frame_size_limit(noise_video):
+    fussy = FussyExtractor(fits=0, oom=cpu_allocator_oom)
+    with pytest.raises(ExtractorOutOfMemoryError) as caught:
+        extract_video(noise_video, [fussy], sampling=parse_sampling("uniform:4"), batch_size=4)
+    message = str(caught.value)
+    assert "fussy ran out of memory on cpu even with a batch of 1 step (1 frame(s) of 64x48)" in message
+    assert "DefaultCPUAllocator: can't allocate memory" in message
+    assert "lower the frame-size limit (VQA_MAX_FRAME_PIXELS)" in message and "--device cpu" not in message
+    assert fussy.batches == [4, 2, 1]
+
+
 def test_other_runtime_errors_are_not_retried(noise_video, cuda_cache):
     fussy = FussyExtractor(fits=0, oom=lambda n: RuntimeError("shape mismatch"))
     with pytest.raises(RuntimeError, match="shape mismatch"):
@@ -120,10 +142,13 @@ def _manifest(folder: Path, count: int) -> Path:
 
 
 def _no_staging_leftovers(store: FeatureStore, set_id: str) -> bool:
-    return [p.name for p in (store._set_dir(set_id) / "_staging").iterdir()] == ["zarr.json"]
+    return [p.name for p in (store.path / encode_node_name(set_id) / "_staging").iterdir()] == ["zarr.json"]
 
 
 def test_disk_full_in_a_flow_records_a_clear_failure_and_a_rerun_completes(tmp_path, prefect_harness, monkeypatch):
+    """The disk stays full to the end of the run, so the run record cannot be written either:
+    the summary is still returned (and printed by the command line), with a warning."""
+    from flows import extract_plan
     from flows.extract import extract_flow
 
     manifest = _manifest(tmp_path, 2)
@@ -137,10 +162,18 @@ def test_disk_full_in_a_flow_records_a_clear_failure_and_a_rerun_completes(tmp_p
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return await real_set(self, key, value)
 
+    def no_room_for_the_record(self, name, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    warnings = []
     with monkeypatch.context() as patch:
         patch.setattr(LocalStore, "set", full_disk)
+        patch.setattr(FeatureStore, "write_run_file", no_room_for_the_record)
+        patch.setattr(extract_plan.logger, "warning", lambda message, *args: warnings.append(message % args))
         summary = extract_flow(**kwargs)
     assert (summary["done"], summary["failed"]) == (0, 2)
+    assert summary["run_record"] is None
+    assert any("the run record could not be written" in w and "No space left on device" in w for w in warnings)
     for video_id, reason in summary["failures"].items():
         assert reason.startswith("OSError: [Errno 28] disk full (No space left on device)"), reason
         assert repr(video_id) in reason and str(store_path) in reason and "re-run" in reason
@@ -196,9 +229,9 @@ def template_store(tmp_path_factory):
         store.write_video(set_id, video_id, np.arange(6, dtype=np.float32).reshape(2, 3), provenance=PROVENANCE)
     targets = {
         "root": store.path / "zarr.json",
-        "set": store._set_dir(set_id) / "zarr.json",
-        "video": store._video_dir(set_id, "v1") / "zarr.json",
-        "set staging": store._set_dir(set_id) / "_staging" / "zarr.json",
+        "set": store.path / encode_node_name(set_id) / "zarr.json",
+        "video": store.path / encode_node_name(set_id) / "v1" / "zarr.json",
+        "set staging": store.path / encode_node_name(set_id) / "_staging" / "zarr.json",
     }
     docs = {name: json.loads(path.read_text()) for name, path in targets.items()}
     return store.path, set_id, {n: p.relative_to(store.path) for n, p in targets.items()}, docs
@@ -319,7 +352,7 @@ def test_non_finite_stored_features_are_refused_on_read(template_store, tmp_path
     template, set_id, _, _ = template_store
     shutil.copytree(template, tmp_path / "store")
     store = FeatureStore(tmp_path / "store")
-    video_dir = store._video_dir(set_id, "v1")
+    video_dir = store.path / encode_node_name(set_id) / "v1"
     if how == "chunk file deleted":
         for chunk in (video_dir / "c").rglob("*"):
             if chunk.is_file():
@@ -361,7 +394,7 @@ def test_predict_job_on_damaged_features_names_the_video(tmp_path, capsys):
     save_head(head, tmp_path / "model", feature_info={"feature_sets": [feature_set_identity(store, set_id)]})
     manifest = tmp_path / "m.csv"
     manifest.write_text("video_id,path\n" + "".join(f"v{i},v{i}.mp4\n" for i in range(6)))
-    zarr.open_array(store=LocalStore(store._video_dir(set_id, "v4")), mode="r+")[1, 1] = np.inf
+    zarr.open_array(store=LocalStore(store.path / encode_node_name(set_id) / "v4"), mode="r+")[1, 1] = np.inf
     code = vqa(["predict", "--model", str(tmp_path / "model"), "--store", str(store.path),
                 "--manifest", str(manifest), "--out", str(tmp_path / "scores.csv")])
     assert code == 2

@@ -8,14 +8,16 @@ The case table is in docs/hardening.md.
 from __future__ import annotations
 
 import re
+import struct
 import subprocess
 import tracemalloc
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
-from feature_store import FeatureStore
+from feature_store import FeatureStore, encode_node_name
 from pipeline.encode import encode_video, ffmpeg_exe
 from pipeline.errors import VideoDecodeError
 from pipeline.extractors import ExtractorEntry, ExtractorSpec, create_extractor
@@ -86,6 +88,40 @@ def pattern_frame(width: int, height: int) -> np.ndarray:
     return frame.astype(np.uint8)
 
 
+def grey_jpeg(width: int, height: int) -> bytes:
+    """A baseline greyscale JPEG of a flat mid-grey image, built without any pixel buffer.
+
+    Every 8x8 block codes DC difference 0 (``00``) and end-of-block (``0000``): 6 zero bits,
+    so the entropy-coded data is ``blocks * 6 / 8`` zero bytes (3 MB at 16000x16000). ``width``
+    must be a multiple of 32 and ``height`` of 8 (whole blocks, whole bytes)."""
+    assert width % 32 == 0 and height % 8 == 0
+
+    def segment(marker: int, payload: bytes) -> bytes:
+        return b"\xff" + bytes([marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+    dqt = segment(0xDB, b"\x00" + bytes([1] * 64))
+    sof = segment(0xC0, struct.pack(">BHHB", 8, height, width, 1) + b"\x01\x11\x00")
+    # JPEG's standard luminance DC table, and an AC table of one 4-bit code: end of block.
+    dc = b"\x00" + bytes([0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0]) + bytes(range(12))
+    ac = b"\x10" + bytes([0, 0, 0, 1] + [0] * 12) + b"\x00"
+    sos = segment(0xDA, b"\x01\x01\x00\x00\x3f\x00")
+    return b"\xff\xd8" + dqt + sof + segment(0xC4, dc + ac) + sos + bytes(width * height // 64 * 6 // 8) + b"\xff\xd9"
+
+
+def mjpeg_video(path: Path, sizes: list[tuple[int, int]], *, header_size: tuple[int, int] | None = None) -> Path:
+    """An AVI of MJPEG frames of the given ``(width, height)`` sizes, muxed without decoding;
+    the container header declares ``header_size`` (default: the first frame's)."""
+    width, height = header_size or sizes[0]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mjpeg", rate=25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuvj420p"
+        for index, (w, h) in enumerate(sizes):
+            packet = av.Packet(grey_jpeg(w, h))
+            packet.stream, packet.pts, packet.dts = stream, index, index
+            out.mux(packet)
+    return path
+
+
 def av1_encoder() -> str | None:
     listing = subprocess.run([ffmpeg_exe(), "-hide_banner", "-encoders"], capture_output=True, text=True).stdout
     for name in ("libsvtav1", "libaom-av1", "librav1e"):
@@ -94,7 +130,8 @@ def av1_encoder() -> str | None:
     return None
 
 
-AV1_SPEED = {"libsvtav1": ["-preset", "12"], "libaom-av1": ["-cpu-used", "8", "-b:v", "0"], "librav1e": ["-speed", "10"]}
+AV1_SPEED = {"libsvtav1": ["-preset", "12"], "libaom-av1": ["-cpu-used", "8", "-b:v", "0"],
+             "librav1e": ["-speed", "10"]}
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +146,8 @@ def videos(tmp_path_factory):
     landscape = make_video(root / "landscape.mp4", 4, width=96, height=64)
     v["portrait"] = root / "portrait.mp4"
     run_ffmpeg("-display_rotation", "90", "-i", str(landscape), "-c", "copy", str(v["portrait"]))
-    v["vfr"] = make_video(root / "vfr.mkv", 20, extra_args=["-vf", "setpts='(N+25*gte(N,10))/25/TB'", "-fps_mode", "vfr"])
+    v["vfr"] = make_video(root / "vfr.mkv", 20,
+                          extra_args=["-vf", "setpts='(N+25*gte(N,10))/25/TB'", "-fps_mode", "vfr"])
     v["10bit"] = encode_video(root / "10bit.mp4", grey_frames(8), crf=0, pix_fmt="yuv420p10le")
     v["gray"] = encode_video(root / "gray.mp4", grey_frames(8), crf=0, pix_fmt="gray")
     v["vp9"] = encode_video(root / "vp9.webm", grey_frames(8), codec="libvpx-vp9", crf=10,
@@ -251,15 +289,21 @@ def test_memory_does_not_grow_with_video_length(tmp_path):
 
 BROKEN = {  # video id -> (how to make it, fragments the recorded failure must contain)
     "missing": (lambda root, v: root / "nowhere.mp4", ["VideoDecodeError", "file does not exist"]),
-    "text": (lambda root, v: _write(root / "notes.mp4", b"not a video\n" * 50), ["not a video or unsupported container"]),
+    "text": (lambda root, v: _write(root / "notes.mp4", b"not a video\n" * 50),
+             ["not a video or unsupported container"]),
     "audio": (lambda root, v: make_audio_only(root / "tone.m4a"), ["no video stream (audio-only"]),
     "truncated": (lambda root, v: truncate_copy(make_video(root / "full.mp4", 30, noise=True), root / "cut.mp4", 0.5),
                   ["truncated", "'moov' box) is missing"]),
     "corrupt frame": (lambda root, v: corrupt_frame(
-        make_video(root / "noise_fs.mp4", 30, noise=True, extra_args=["-movflags", "+faststart"]), root / "corrupt.mp4", 20),
+        make_video(root / "noise_fs.mp4", 30, noise=True, extra_args=["-movflags", "+faststart"]),
+        root / "corrupt.mp4", 20),
         ["VideoDecodeError", "decoding failed at frame"]),
     "bright (NaN)": (lambda root, v: encode_video(root / "white.mp4", [np.full((48, 64, 3), 255, np.uint8)] * 4, crf=0),
                      ["InvalidFeaturesError", "NaN/Inf", "nothing was stored"]),
+    "16000x16000 MJPEG": (lambda root, v: mjpeg_video(root / "bomb.avi", [(16000, 16000)] * 2),
+                          ["VideoDecodeError", "frames of 16000x16000", "over the limit of 33177600 pixels"]),
+    "8 px wide": (lambda root, v: make_video(root / "narrow.mp4", 3, width=8, height=32),
+                  ["VideoDecodeError", "frames 8 px wide cannot be decoded"]),
 }
 GOOD = ["single", "short", "odd", "tiny", "portrait", "vfr", "10bit", "gray", "vp9", "h265"]
 
@@ -277,8 +321,7 @@ def probe_registered():
 
     entry = ExtractorEntry("hardening-probe", lambda *, weights, device: ProbeExtractor(), dims=5,
                            description="test probe", weights_choices=("none",), default_weights="none")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(registry._REGISTRY, "hardening-probe", entry)
+    with registry.EXTRACTORS.override("hardening-probe", entry):
         flow_module._build.cache_clear()
         yield "hardening-probe"
     flow_module._build.cache_clear()
@@ -327,6 +370,6 @@ def test_flow_nan_features_are_refused_and_nothing_is_stored(flow_run):
     (set_id,) = store.feature_sets()
     assert "'bright (NaN)'" in summary["failures"]["bright (NaN)"]
     assert not store.has_video(set_id, "bright (NaN)")
-    staging = store.path / store._set_dir(set_id).name / "_staging"
+    staging = store.path / encode_node_name(set_id) / "_staging"
     assert sorted(p.name for p in staging.iterdir()) == ["zarr.json"]  # no half-written leftovers
     assert store.feature_set_info(set_id)["incomplete"] == 0

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipeline.errors import VideoDecodeError
 import pipeline.video as video_module
+from pipeline.errors import VideoDecodeError
 from pipeline.video import Video, VideoInfo, open_video, probe_video
 from tests.helpers import (
     corrupt_frame,
@@ -63,7 +63,8 @@ def test_probe_reports_metadata(videos, key):
 def test_info_to_dict_is_json_ready(videos):
     info = probe_video(videos[1]["grey_mp4"])
     record = info.to_dict()
-    assert set(record) == {"path", "num_frames", "fps", "duration", "width", "height", "size_bytes", "mtime"}
+    assert set(record) == {"path", "num_frames", "fps", "duration", "width", "height", "size_bytes", "mtime",
+                           "resolved_path"}
     assert json.loads(json.dumps(record)) == record
 
 
@@ -366,7 +367,7 @@ def test_mid_stream_decode_error_names_the_frame(videos, tmp_path):
     decoded = []
     with Video(path) as video:  # the container is intact, so opening succeeds
         with pytest.raises(VideoDecodeError) as caught:
-            for indices, frames in video.frames(batch_size=8):
+            for indices, _frames in video.frames(batch_size=8):
                 decoded.extend(indices.tolist())
     error = caught.value
     assert error.path == str(path)
@@ -385,4 +386,5 @@ def test_video_decode_error_survives_pickling():
     from pipeline.errors import VideoDecodeError
 
     err = pickle.loads(pickle.dumps(VideoDecodeError("/v/a.mp4", "file is empty (0 bytes)")))
-    assert (err.path, err.cause, str(err)) == ("/v/a.mp4", "file is empty (0 bytes)", "/v/a.mp4: file is empty (0 bytes)")
+    assert (err.path, err.cause, str(err)) == ("/v/a.mp4", "file is empty (0 bytes)",
+                                               "/v/a.mp4: file is empty (0 bytes)")
