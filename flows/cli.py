@@ -1,118 +1,144 @@
-"""The ``vqa`` command line. Thin: parses arguments, calls flows and jobs, prints results."""
+"""The ``vqa`` command line. Thin: checks arguments, calls flows and jobs, prints results.
+
+Answers fast and plainly: everything checkable is checked before Prefect is imported
+(``flows.cli_flows``: the extraction commands, ``flows.preflight``); a user error is one line
+on stderr (``vqa CMD: error: what, where, what to do``) and exit status 2, with its traceback
+only under ``-v``; library logs (Prefect, Dask, HTTP) stay off the console unless ``-v``.
+Exit statuses: :data:`EPILOG`. Run as a program (``main()`` without ``argv``), a command that
+started nothing leaves without the interpreter's teardown (about a second once torch is
+loaded).
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from . import prefect_env  # noqa: F401  (before anything imports prefect)
+from .cli_flows import extract as _extract
+from .cli_flows import extract_folder as _extract_folder
+from .cli_flows import prefect_session
+from .cli_flows import serve as _serve
 from .errors import FlowError
 
-EXIT_USAGE = 2
+EXIT_OK = 0
+EXIT_FAILED = 1  # it ran, and something failed
+EXIT_USAGE = 2  # a user error, found before anything was written
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader went away (`vqa store info S | head`)
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+EPILOG = """\
+exit status:
+  0    done (also when there was nothing left to do)
+  1    it ran, and something failed: a video could not be extracted (one line each; reasons
+       and tracebacks in STORE/_runs/), `store verify` found a problem, a head failed in
+       `evaluate`, or an unexpected error (-v shows its traceback)
+  2    user error, one line on stderr, before anything is written: arguments, manifest and
+       its files, store or output location, extractor names, samplings, compute options,
+       weights
+  130  interrupted (Ctrl-C); 143: terminated (SIGTERM)
+  141  the output was closed early (e.g. `vqa store info S | head`)
+
+-v shows library logs (Prefect, Dask) and tracebacks. Commands that run Prefect flows start a
+Prefect server for the run (10-20 s) unless PREFECT_API_URL names a running one
+(docs/orchestration.md).
+"""
+
+# Loggers whose records stay off the console unless -v (the run's results say what matters).
+LIBRARY_LOGGERS = frozenset({
+    "prefect", "distributed", "httpx", "httpcore", "uvicorn", "fastapi", "asyncio", "alembic", "aiosqlite",
+    "docket", "websockets", "urllib3", "fsspec", "tornado", "numcodecs", "h5py", "PIL", "matplotlib", "filelock",
+})
+# The same for the child processes (Prefect's server, Dask workers), which read the environment;
+# a user's own settings win.
+QUIET_ENV = {
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL",  # Prefect's console handler in Dask workers
+    "DASK_LOGGING__DISTRIBUTED": "error",
+}
 
 
-def _extraction_params(args) -> dict:
-    """extract_flow keyword arguments shared by extract, extract-folder and serve."""
-    from .extract import parse_per_extractor_option
-    from pipeline.extractors.base import check_compute_options
-
-    weights = parse_per_extractor_option(args.weights or [], args.extractor)
-    samplings = args.sampling or ["all"]
-    sampling = samplings[0] if len(samplings) == 1 and "=" not in samplings[0] \
-        else parse_per_extractor_option(samplings, args.extractor)
-    # a bad combination (fp16 on CPU) is reported here, before Prefect starts
-    check_compute_options(precision=args.precision, channels_last=args.channels_last, device=args.device)
-    params = {"store": args.store, "extractors": args.extractor, "weights": weights, "sampling": sampling,
-              "device": args.device, "batch_size": args.batch_size, "precision": args.precision,
-              "channels_last": args.channels_last}
-    if args.prefetch is not None:
-        params["prefetch"] = args.prefetch
-    return params
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, so that the same cleanup runs (servers stopped)."""
 
 
-def _dask_options(args) -> dict:
-    from .orchestration import parse_resources
-
-    n_workers = args.dask_workers
-    if n_workers == "auto":  # one worker per GPU (1 without GPUs)
-        from pipeline.runner import gpu_worker_count
-
-        n_workers = gpu_worker_count(args.device)
-    return {"address": args.dask_address, "n_workers": n_workers,
-            "resources": parse_resources(args.dask_resource or []) or None, "device": args.device}
+def _library_record(record: logging.LogRecord) -> bool:
+    """False for a library's record below CRITICAL (a logging filter)."""
+    return record.name.split(".", 1)[0] not in LIBRARY_LOGGERS or record.levelno >= logging.CRITICAL
 
 
-def _announce_server(dask: dict) -> None:
-    from .orchestration import configured_api_url
+@contextmanager
+def _console(verbose: bool) -> Iterator[None]:
+    """Logging for one command: INFO with ``verbose``, else WARNING with library loggers (and
+    those of child processes, through :data:`QUIET_ENV`) kept quiet; SIGTERM raises like Ctrl-C.
+    Restores the environment and the SIGTERM handler afterwards (``main`` may run in-process)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    if not verbose:
+        handler.addFilter(_library_record)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])  # no-op if configured
+    added = {} if verbose else {k: v for k, v in QUIET_ENV.items() if k not in os.environ}
+    os.environ.update(added)
 
-    if (dask["address"] or dask["n_workers"]) and not configured_api_url():
-        print("PREFECT_API_URL is not set: starting a Prefect server for the Dask workers (10-20 s) ...",
-              file=sys.stderr, flush=True)
+    def terminate(signum, frame):
+        raise _Terminated()
 
-
-def _print_summary(summary: dict, extractor: str) -> int:
-    print(f"done {summary['done']}  skipped {summary['skipped']}  failed {summary['failed']}  "
-          f"({summary['frames']} steps of {extractor} in {summary.get('seconds', 0)} s, "
-          f"{summary.get('frames_per_second', 0)} steps/s)")
-    for video_id, reason in summary["failures"].items():
-        print(f"  failed {video_id}: {reason}")
-    return 1 if summary["failed"] else 0
-
-
-def _extract(args) -> int:
-    from .extract import extract_flow
-    from .manifest import read_manifest
-    from .orchestration import dask_session
-
-    read_manifest(args.manifest, root=args.root)  # a bad manifest is reported here, before Prefect starts
-    params = _extraction_params(args)
-    dask = _dask_options(args)
-    _announce_server(dask)
-    with dask_session(**dask) as runner:  # Dask: a real Prefect server unless PREFECT_API_URL is set
-        flow = extract_flow if runner is None else extract_flow.with_options(task_runner=runner)
-        summary = flow(manifest=args.manifest, **params, progress=not args.quiet, root=args.root,
-                       resources=dask["resources"])
-    return _print_summary(summary, args.extractor[0])
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminate) if in_main_thread else None
+    try:
+        yield
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        for key in added:
+            os.environ.pop(key, None)
 
 
-def _extract_folder(args) -> int:
-    from .jobs import extract_folder_flow, scan_video_folder
-    from .orchestration import dask_session
-
-    scan_video_folder(args.folder)  # a missing folder is reported here, before Prefect starts
-    dask = _dask_options(args)
-    _announce_server(dask)
-    with dask_session(**dask):
-        summary = extract_folder_flow(folder=args.folder, **_extraction_params(args), manifest_out=args.manifest_out,
-                                      dask_address=dask["address"], dask_workers=dask["n_workers"],
-                                      resources=dask["resources"], progress=not args.quiet)
-    print(f"{summary['videos']} video file(s) in {args.folder}; manifest {summary['manifest']}")
-    return _print_summary(summary, args.extractor[0])
+def _user_error_types() -> tuple[type, ...]:
+    """The project's error bases, from the packages this command imported (an error of a
+    package never imported cannot have been raised; importing them all would cost seconds)."""
+    bases = [FlowError]
+    for module, name in (("pipeline.errors", "PipelineError"), ("feature_store.errors", "FeatureStoreError"),
+                         ("regressors.errors", "RegressorError"), ("vqa_core.errors", "CoreError")):
+        loaded = sys.modules.get(module)
+        if loaded is not None:
+            bases.append(getattr(loaded, name))
+    return tuple(bases)
 
 
-def _serve(args) -> int:
-    from .orchestration import build_deployment, ensure_api_server, serve_deployments
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
-    params = _extraction_params(args)
-    if args.flow == "extract":
-        params["manifest"] = args.source
-    else:
-        dask = _dask_options(args)
-        params.update(folder=args.source, dask_address=dask["address"], dask_workers=dask["n_workers"],
-                      resources=dask["resources"])
-    params["progress"] = False
-    params = {k: v for k, v in params.items() if v is not None}
-    deployment = build_deployment(args.flow, name=args.name, cron=args.cron, timezone=args.timezone,
-                                  parameters=params)
-    with ensure_api_server(port=args.server_port, ui=True) as url:
-        full_name = f"{deployment.flow_name}/{deployment.name}"
-        print(f"serving {full_name} (cron {args.cron!r}, {args.timezone or 'UTC'}) against {url}\n"
-              f"run it now:  PREFECT_API_URL={url} prefect deployment run '{full_name}'\n"
-              "stop with Ctrl-C", flush=True)
-        serve_deployments(deployment)
-    return 0
+
+def _silence_stdout() -> None:
+    """The reader of stdout is gone: point stdout at /dev/null, so that the interpreter's last
+    flush does not fail again (Python's documented recipe for SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _leave(code: int) -> None:
+    """End the process now, skipping the interpreter's teardown (about a second once torch is
+    loaded), when the command started nothing that needs it: no Prefect, no Dask, no thread."""
+    if any(m in sys.modules for m in ("prefect", "distributed")) or threading.active_count() > 1:
+        return
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def _extractors(args) -> int:
@@ -123,7 +149,7 @@ def _extractors(args) -> int:
     header = ("name", "dims", "default", "weights", "description")
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     for row in [header] + rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0
 
 
@@ -139,7 +165,8 @@ def _weights(args) -> int:
     missing = [r for r in rows if not r["present"]]
     print(f"\npublished checkpoints ({len(rows) - len(missing)} of {len(rows)} available locally):")
     for r in rows:
-        print(f"  [{'x' if r['present'] else ' '}] {r['title']}  ->  {r['path']}\n      used by {', '.join(r['used_by'])}")
+        print(f"  [{'x' if r['present'] else ' '}] {r['title']}  ->  {r['path']}\n"
+              f"      used by {', '.join(r['used_by'])}")
         if not r["present"]:
             print(f"      how to get it: {r['how_to_get']}")
     return 0
@@ -210,8 +237,17 @@ def _store_import(args) -> int:
     return 0
 
 
+def _store_migrate(args) -> int:
+    from feature_store import FeatureStore, migrate
+
+    store = FeatureStore(args.store, create=args.create, default_layout="packed" if args.create else None)
+    print(migrate(store, set_ids=[store.resolve(s) for s in args.set] if args.set else None, min_age_s=args.min_age))
+    print(f"{args.store}: new feature sets are packed (docs/store_layout.md)")
+    return 0
+
+
 def _dataset_list(args) -> int:
-    from .datasets import list_datasets
+    from pipeline.datasets import list_datasets
 
     for name, layout in list_datasets():
         print(f"{name:<16} {layout}")
@@ -219,10 +255,11 @@ def _dataset_list(args) -> int:
 
 
 def _dataset_make(args) -> int:
-    from .datasets import make_manifest
+    from pipeline.datasets import make_manifest
 
     report = make_manifest(args.name, args.root, out=args.out, check_files=not args.no_check_files,
-                           overwrite=args.overwrite, label_file=args.labels, split=args.split)
+                           overwrite=args.overwrite, label_file=args.labels, split=args.split,
+                           skip_missing=args.skip_missing)
     print(f"{report.name}: {report.n_videos} rows -> {report.manifest}")
     if report.splits:
         print(f"split permutations: {report.splits}")
@@ -256,11 +293,14 @@ def _fit(args) -> int:
     from regressors.report import format_metrics_table
 
     from .fit import fit_job
+    from .preflight import check_folder_location
 
+    check_folder_location(args.out, what="--out")
     metrics = fit_job(store=args.store, manifest=args.manifest, features=args.features, out=args.out,
                       head=args.head, protocol=args.protocol, pooling=args.pooling, n_repeats=args.repeats,
                       seed=args.seed, progress=not args.quiet, overwrite=args.overwrite,
-                      head_params=_parse_params(args.head_param or []), test_manifest=args.test_manifest,
+                      head_params=_parse_params(args.head_param or []), paper_schedule=args.paper_schedule,
+                      test_manifest=args.test_manifest,
                       test_store=args.test_store, restart=args.restart,
                       notify=lambda message: print(message, file=sys.stderr, flush=True))
     print(format_metrics_table(metrics))
@@ -271,8 +311,12 @@ def _fit(args) -> int:
 def _report(args) -> int:
     from regressors.report import compare_runs, write_comparison
 
+    from .preflight import check_folder_location
+
+    check_folder_location(args.out, what="--out")
     paths = write_comparison(args.out, compare_runs(args.runs))
-    print(paths["markdown"].read_text().split("\n\n")[0])
+    table, settings_diff = paths["markdown"].read_text().split("\n\n")[:2]  # the table, then what differs
+    print(table + "\n\n" + settings_diff)
     print(f"\nwritten: {paths['markdown']}, {paths['csv']}")
     return 0
 
@@ -290,14 +334,20 @@ def _parse_head_params(values: list[str], heads: list[str]) -> dict[str, dict]:
 
 
 def _evaluate(args) -> int:
-    from .jobs import evaluate_flow
+    from .preflight import check_folder_location
 
+    check_folder_location(args.out, what="--out")
     heads = args.head or ["svr"]
-    result = evaluate_flow(store=args.store, manifest=args.manifest, features=args.features, out=args.out,
-                           heads=heads, protocol=args.protocol, pooling=args.pooling, n_repeats=args.repeats,
-                           seed=args.seed, overwrite=args.overwrite,
-                           head_params=_parse_head_params(args.head_param or [], heads),
-                           test_manifest=args.test_manifest, test_store=args.test_store, progress=not args.quiet)
+    head_params = _parse_head_params(args.head_param or [], heads)
+    with prefect_session(announce=not args.quiet):
+        from .jobs import evaluate_flow
+
+        result = evaluate_flow(store=args.store, manifest=args.manifest, features=args.features, out=args.out,
+                               heads=heads, protocol=args.protocol or "fmc",  # one protocol: same splits for all
+                               pooling=args.pooling, n_repeats=args.repeats,
+                               seed=args.seed, overwrite=args.overwrite, head_params=head_params,
+                               test_manifest=args.test_manifest, test_store=args.test_store,
+                               progress=not args.quiet)
     print(open(result["comparison"]["markdown"], encoding="utf-8").read().split("\n\n")[0])
     print(f"\nwritten: {result['comparison']['markdown']}, {result['comparison']['csv']}; "
           f"one report folder per head in {args.out}")
@@ -307,6 +357,9 @@ def _evaluate(args) -> int:
 
 
 def _predict(args) -> int:
+    from .preflight import check_file_location
+
+    check_file_location(args.out, what="--out", not_same_as=[("input manifest (--manifest)", args.manifest)])
     from .fit import predict_job
 
     print(predict_job(model=args.model, store=args.store, manifest=args.manifest, out=args.out))
@@ -314,11 +367,19 @@ def _predict(args) -> int:
 
 
 def _finetune(args) -> int:
-    from .finetune import finetune_flow
+    from vqa_core.manifest import read_manifest
 
-    result = finetune_flow(manifest=args.manifest, out=args.out, recipe=args.recipe, start=args.start,
-                           epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, image_size=args.image_size,
-                           device=args.device, seed=args.seed, resume=not args.no_resume, progress=not args.quiet)
+    from .preflight import check_folder_location
+
+    read_manifest(args.manifest, require_mos=True)
+    check_folder_location(args.out, what="--out")
+    with prefect_session(announce=not args.quiet):
+        from .finetune import finetune_flow
+
+        result = finetune_flow(manifest=args.manifest, out=args.out, recipe=args.recipe, start=args.start,
+                               epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                               image_size=args.image_size, device=args.device, seed=args.seed,
+                               resume=not args.no_resume, progress=not args.quiet)
     print(f"best epoch {result['best_epoch']}: {result['best']}")
     print(f"checkpoint: {result['checkpoint']}  (use with: vqa extract ... --weights {result['extractor']}="
           f"{result['checkpoint']})")
@@ -329,8 +390,11 @@ def _demo(args) -> int:
     from regressors.report import format_metrics_table
 
     from .demo import run_demo
+    from .preflight import check_folder_location
 
-    result = run_demo(out=args.out, weights=args.weights, n_sources=args.sources, progress=not args.quiet)
+    check_folder_location(args.out, what="--out")
+    with prefect_session(announce=not args.quiet):
+        result = run_demo(out=args.out, weights=args.weights, n_sources=args.sources, progress=not args.quiet)
     ex = result["extraction"]
     print(f"\nextraction: done {ex['done']}, skipped {ex['skipped']}, failed {ex['failed']}, "
           f"{ex['frames_per_second']} frames/s  (weights: {result['weights']})")
@@ -401,8 +465,9 @@ def _add_evaluation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", required=True, help="manifest with mos (and optional group)")
     p.add_argument("--features", action="append", required=True,
                    help="feature set id or extractor name (repeatable: sets are concatenated)")
-    p.add_argument("--protocol", default="fmc",
-                   help="fmc (20x5-fold, default) | a2inet (10x 80/20) | vsfa (10x 60/20/20)")
+    p.add_argument("--protocol",
+                   help="fmc (20x5-fold) | a2inet (10x 80/20) | vsfa (10x 60/20/20); default: the head's paper "
+                        "protocol for fit (svr: fmc, vsfa: vsfa, a2inet: a2inet), fmc for evaluate")
     p.add_argument("--test-manifest", help="cross-dataset: train on --manifest, test on this manifest")
     p.add_argument("--test-store", help="store holding the test manifest's features (default --store)")
     p.add_argument("--pooling", default="mean", help="temporal pooling: mean | max | meanmax")
@@ -412,14 +477,19 @@ def _add_evaluation_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vqa", description="Video quality assessment feature-store pipeline")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show library and Prefect logs")
+    parser = argparse.ArgumentParser(prog="vqa", description="Video quality assessment feature-store pipeline",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show library logs (Prefect, Dask) and the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("extract", help="extract features for a manifest into a store (Prefect flow)")
     p.add_argument("manifest", help="CSV with video_id,path[,mos][,group]")
     _add_extraction_options(p)
     p.add_argument("--root", help="refuse manifest paths that resolve outside this folder (the dataset root)")
+    p.add_argument("--redo-damaged", action="store_true",
+                   help="re-extract stored videos that `vqa store verify` finds damaged (reads every stored "
+                        "value of the feature sets first); by default stored videos are skipped")
     _add_dask_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_extract)
@@ -466,6 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--labels", help="label file to read instead of the default one")
     q.add_argument("--split", help="lsvq: train | test | test-1080p")
     q.add_argument("--no-check-files", action="store_true", help="do not check that the media files exist")
+    q.add_argument("--skip-missing", action="store_true",
+                   help="keep only the videos whose files are present (each one left out is listed as a warning)")
     q.add_argument("--overwrite", action="store_true")
     q.set_defaults(func=_dataset_make)
 
@@ -507,14 +579,28 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--pattern", default="{video_id}.npy", help="npy: file name pattern")
     q.add_argument("--overwrite", action="store_true")
     q.set_defaults(func=_store_import)
+    q = store_sub.add_parser("migrate", help="convert feature sets to the packed layout (few files, for large "
+                                             "collections) and compact packed ones; new sets are packed too")
+    q.add_argument("store")
+    q.add_argument("--set", action="append", help="only these feature sets (repeatable)")
+    q.add_argument("--create", action="store_true",
+                   help="create the store if it does not exist (packed from the start)")
+    q.add_argument("--min-age", type=float, default=3600.0, metavar="SECONDS",
+                   help="files of writers on other hosts are compacted only when this old (default 3600)")
+    q.set_defaults(func=_store_migrate)
 
     p = sub.add_parser("fit", help="fit and evaluate a head on stored features")
     _add_evaluation_options(p)
-    p.add_argument("--head", default="svr", help="svr (default) | svr-bvqa | vsfa | a2inet | dualpath")
+    p.add_argument("--head", default="svr",
+                   help="svr (default) | svr-bvqa | svr-fast | svr-bvqa-fast | vsfa | a2inet | dualpath; "
+                   "svr and svr-bvqa switch to their -fast (Nystroem) form above 5,000 videos")
     p.add_argument("--head-param", action="append",
                    help="override a head setting, KEY=VALUE (repeatable), e.g. epochs=20 lr=1e-4")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--overwrite", action="store_true", help="replace a report and model already in --out")
+    p.add_argument("--paper-schedule", action="store_true",
+                   help="train sequence heads with their paper's full schedule (vsfa: 2000 epochs at lr 1e-5, no "
+                        "early stopping) instead of the quick default that finishes in minutes (docs/analysis.md)")
     p.add_argument("--restart", action="store_true",
                    help="discard the progress of an interrupted run in --out and start over (by default a run "
                         "with the same configuration is resumed, and one with another configuration refused)")
@@ -562,24 +648,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sources", type=int, default=6, help="number of source photographs (default 6)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_demo)
+    _accept_verbose_anywhere(parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    from feature_store.errors import FeatureStoreError
-    from pipeline.errors import PipelineError
-    from regressors.errors import RegressorError
+def _accept_verbose_anywhere(parser: argparse.ArgumentParser) -> None:
+    """``-v`` after the command too (``vqa extract ... -v``), not only before it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases map to one parser
+                sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                 help="as vqa -v: library logs and tracebacks")
+                _accept_verbose_anywhere(sub)
 
-    try:
-        return args.func(args)
-    except (PipelineError, FeatureStoreError, RegressorError, FlowError) as exc:
-        print(f"vqa {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one ``vqa`` command; returns its exit status (:data:`EPILOG`).
+
+    Without ``argv`` (the ``vqa`` program) the arguments come from ``sys.argv`` and a command
+    that started no Prefect, Dask or thread ends the process directly (:func:`_leave`).
+    """
+    args = build_parser().parse_args(argv)
+    command = " ".join(["vqa", args.command] + [getattr(args, a) for a in ("store_command", "dataset_command", "flow")
+                                                if getattr(args, a, None)])
+    with _console(args.verbose):
+        try:
+            code = args.func(args)
+            sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
+        except BrokenPipeError:
+            _silence_stdout()
+            code = EXIT_BROKEN_PIPE
+        except _Terminated:
+            print(f"{command}: terminated", file=sys.stderr)
+            code = EXIT_TERMINATED
+        except KeyboardInterrupt:
+            print(f"{command}: interrupted", file=sys.stderr)
+            code = EXIT_INTERRUPTED
+        except Exception as exc:  # noqa: BLE001  (every error ends as one line; -v adds the traceback)
+            if args.verbose:
+                traceback.print_exc()
+            if isinstance(exc, _user_error_types()):
+                print(f"{command}: error: {_one_line(exc)}", file=sys.stderr)
+                code = EXIT_USAGE
+            else:
+                hint = "" if args.verbose else " (run with -v for the traceback)"
+                print(f"{command}: failed: {type(exc).__name__}: {_one_line(exc)}{hint}", file=sys.stderr)
+                code = EXIT_FAILED
+    if argv is None:
+        _leave(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -4,17 +4,13 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import functools
-import json
 import logging
 import os
 import pickle
 import platform
 import time
+import traceback
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from typing import Mapping, Sequence
-
-from . import prefect_env  # noqa: F401  (must precede the prefect import)
 
 import dask
 import torch
@@ -27,14 +23,25 @@ from tqdm.auto import tqdm
 
 import pipeline
 from feature_store import FeatureStore
-from pipeline.errors import SamplingError
-from pipeline.extractors import Extractor, create_extractor, get_entry, sampling_for
-from pipeline.extractors.base import check_compute_options
 from pipeline.runner import DEFAULT_PREFETCH, extract_video, release_accelerator_memory
 from pipeline.sampling import parse_sampling
+from vqa_core.manifest import read_manifest
 
-from .errors import FlowError
-from .manifest import read_manifest
+from . import prefect_env  # noqa: F401  (must precede the prefect import)
+
+# What a run decides before it starts lives in extract_plan (no Prefect there); re-exported
+# here, where the flow's users have always found it.
+from .extract_plan import (  # noqa: F401
+    ExtractionConfig,
+    _build,
+    build_extractors,
+    empty_summary,
+    extraction_config,
+    feature_set_ids,
+    parse_per_extractor_option,
+    resolve_samplings,
+    write_run_record,
+)
 from .orchestration import publish_table, task_resources
 
 log = logging.getLogger(__name__)
@@ -43,82 +50,10 @@ log = logging.getLogger(__name__)
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-@dataclass(frozen=True)
-class ExtractionConfig:
-    """What to extract. ``weights`` and ``sampling`` map extractor name -> choice; missing names
-    use the extractor's default.
-
-    ``precision`` (``fp32``, ``bf16``, ``fp16`` on CUDA only) and ``channels_last`` are the
-    extractors' compute options (:meth:`pipeline.extractors.Extractor.set_compute`): recorded
-    in their spec, so they change the feature sets' identity. ``prefetch`` (batches decoded
-    ahead in a worker thread, :func:`pipeline.runner.extract_video`) does not change features
-    and only appears in the run record. Invalid options raise ``ComputeOptionError`` /
-    ``FlowError`` here, before anything touches the store.
-    """
-
-    extractors: tuple[str, ...]
-    weights: Mapping[str, str] = field(default_factory=dict)
-    sampling: Mapping[str, str] = field(default_factory=dict)
-    device: str = "auto"
-    batch_size: int = 16
-    precision: str = "fp32"
-    channels_last: bool = False
-    prefetch: int = DEFAULT_PREFETCH
-
-    def __post_init__(self) -> None:
-        check_compute_options(precision=self.precision, channels_last=self.channels_last, device=self.device)
-        if isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int) or self.prefetch < 0:
-            raise FlowError(f"prefetch must be a non-negative integer (batches decoded ahead), got {self.prefetch!r}")
-
-
-def parse_per_extractor_option(values: Sequence[str], extractors: Sequence[str]) -> dict[str, str]:
-    """``--weights X`` applies to every extractor; ``--weights name=X`` to one (same for --sampling)."""
-    chosen: dict[str, str] = {}
-    for value in values:
-        name, sep, choice = value.partition("=")
-        if sep and name in extractors:
-            chosen[name] = choice
-        else:
-            chosen.update({e: value for e in extractors})
-    return chosen
-
-
-def resolve_samplings(sampling: str | Mapping[str, str], extractors: Sequence[str]) -> dict[str, str]:
-    """Per-extractor sampling: the requested one where the extractor accepts its kind, else the
-    extractor's own default (clip extractors keep ``clips:32`` beside ``uniform:16`` frames).
-    A sampling named explicitly for one extractor must be one it accepts."""
-    requested = {e: sampling for e in extractors} if isinstance(sampling, str) else dict(sampling)
-    resolved = {}
-    for name in extractors:
-        resolved[name] = sampling_for(name, requested.get(name))
-        if not isinstance(sampling, str) and name in requested and resolved[name] != requested[name]:
-            raise SamplingError(f"extractor {name} does not accept sampling {requested[name]!r}; "
-                                f"it takes {', '.join(get_entry(name).sampling_kinds)}")
-        parse_sampling(resolved[name])  # malformed text fails here, before any work
-    return resolved
-
-
-@functools.lru_cache(maxsize=8)
-def _build(name: str, weights: str | None, device: str, precision: str = "fp32",
-           channels_last: bool = False) -> Extractor:
-    return create_extractor(name, weights=weights, device=device, precision=precision, channels_last=channels_last)
-
-
-def build_extractors(config: ExtractionConfig) -> list[Extractor]:
-    """Extractors are built once per process (per name, weights, device and compute options)
-    and reused for every video."""
-    return [_build(name, config.weights.get(name), config.device, config.precision, config.channels_last)
-            for name in config.extractors]
-
-
-def feature_set_ids(store: FeatureStore, extractors: Sequence[Extractor], config: ExtractionConfig) -> list[str]:
-    return [store.ensure_feature_set(spec=e.spec.to_dict(), sampling=parse_sampling(config.sampling[name]).to_dict())
-            for name, e in zip(config.extractors, extractors)]
-
-
 class PortableTaskError(RuntimeError):
     """A video task's exception that would not survive pickling (a Dask worker sends its
-    failure back to the flow that way), carried as the original type's name and message."""
+    failure back to the flow that way), carried as the original type's name and message
+    (and, like every task failure, its traceback text in ``task_traceback``)."""
 
     def __init__(self, type_name: str, message: str):
         super().__init__(type_name, message)
@@ -131,16 +66,25 @@ class PortableTaskError(RuntimeError):
 def _portable_exceptions(fn):
     """Re-raise an exception of ``fn`` that does not round-trip through pickle (e.g. one whose
     ``__init__`` takes other arguments than its ``args``) as a :class:`PortableTaskError` with the
-    same type name and message; others pass unchanged."""
+    same type name and message; others pass unchanged. Either way the exception carries its
+    traceback as text in ``task_traceback``: the run record keeps it, and it crosses process
+    boundaries where a traceback object does not."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
+            text = "".join(traceback.format_exception(exc))
             try:
                 pickle.loads(pickle.dumps(exc))
             except Exception:  # noqa: BLE001  (any failure to round-trip)
-                raise PortableTaskError(type(exc).__name__, str(exc)) from exc
+                portable = PortableTaskError(type(exc).__name__, str(exc))
+                portable.task_traceback = text
+                raise portable from exc
+            try:
+                exc.task_traceback = text
+            except AttributeError:  # an exception type with __slots__: the record names it without traceback
+                pass
             raise
     return wrapper
 
@@ -161,12 +105,13 @@ def extract_video_task(video_id: str, path: str, store_path: str, config: Extrac
     samplings = [parse_sampling(config.sampling[config.extractors[i]]) for i in todo]
     started = time.perf_counter()
     features, info = extract_video(path, [extractors[i] for i in todo], sampling=samplings,
-                                    batch_size=config.batch_size, video_key=video_id, prefetch=config.prefetch)
+                                    batch_size=config.batch_size, video_key=video_id, prefetch=config.prefetch,
+                                    root=config.root)
     seconds = time.perf_counter() - started
     video_provenance = {
         "source": info.to_dict(),
         "steps": int(features[0].shape[0]),
-        "extracted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "extracted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "seconds": round(seconds, 3),
         "code_version": pipeline.__version__,
         "torch": torch.__version__,
@@ -175,7 +120,7 @@ def extract_video_task(video_id: str, path: str, store_path: str, config: Extrac
     }
     if extractors[0].device.type == "cuda" and os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
         video_provenance["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]  # the physical GPU
-    for i, feats, sampling in zip(todo, features, samplings):
+    for i, feats, sampling in zip(todo, features, samplings, strict=True):
         set_provenance = {"spec": extractors[i].spec.to_dict(), "sampling": sampling.to_dict()}
         try:
             store.write_video(set_ids[i], video_id, feats,
@@ -186,7 +131,8 @@ def extract_video_task(video_id: str, path: str, store_path: str, config: Extrac
             raise OSError(exc.errno, f"disk full ({exc.strerror}) while writing features of {video_id!r} "
                           f"(feature set {set_ids[i]}) to the store {store_path}: they were not stored; "
                           "free some space and re-run (whatever is complete is skipped)") from exc
-    return {"video_id": video_id, "status": "done", "frames": int(features[0].shape[0]), "seconds": seconds}
+    return {"video_id": video_id, "status": "done", "frames": int(features[0].shape[0]), "seconds": seconds,
+            "steps": {config.extractors[i]: int(feats.shape[0]) for i, feats in zip(todo, features, strict=True)}}
 
 
 @flow(name="vqa-extract")
@@ -210,8 +156,10 @@ def extract_flow(
     Each video is decoded once for all extractors. ``sampling`` is one strategy for all (clip
     extractors keep their clips) or a name -> strategy dict. Finished videos are skipped, a
     failing video is recorded with its reason and the run goes on. ``root``: refuse manifest
-    paths that resolve outside this folder. Returns ``{"done": n, "skipped": n, "failed": n, "failures": {video_id: reason}, ...}``
-    and writes the same summary to ``<store>/_runs/`` and to a Prefect table artifact.
+    paths that resolve outside this folder. Returns ``{"done": n, "skipped": n, "failed": n,
+    "failures": {video_id: one-line reason}, "steps": {extractor: n}, ...}``
+    (:func:`flows.extract_plan.empty_summary`) and writes the same summary, with each failure's
+    traceback, to ``<store>/_runs/`` and the counts to a Prefect table artifact.
 
     Task runner: with Prefect's default (threads) the videos run one after the other in this
     process. With a multi-process runner (``extract_flow.with_options(task_runner=
@@ -229,13 +177,13 @@ def extract_flow(
     per video (run record only). See :class:`ExtractionConfig`.
     """
     entries = read_manifest(manifest, root=root)  # validated before anything touches the store
-    config = ExtractionConfig(tuple(extractors), dict(weights or {}), resolve_samplings(sampling, extractors),
-                              device, batch_size, precision=precision, channels_last=channels_last,
-                              prefetch=prefetch)
+    config = extraction_config(extractors=extractors, weights=weights, sampling=sampling, device=device,
+                               batch_size=batch_size, precision=precision, channels_last=channels_last,
+                               prefetch=prefetch, root=root)
     built = build_extractors(config)  # fail fast here if weights cannot be had, before the store is created
     feature_store = FeatureStore(store)
     set_ids = feature_set_ids(feature_store, built, config)
-    summary = {"done": 0, "skipped": 0, "failed": 0, "frames": 0, "failures": {}, "feature_sets": set_ids}
+    summary = empty_summary(set_ids, config.extractors)
     started = time.perf_counter()
     if _runner_distributes():
         if any(e.device.type == "cuda" for e in built):  # the workers build their own: free this GPU's memory
@@ -255,7 +203,7 @@ def extract_flow(
             bar.set_postfix(done=summary["done"], skipped=summary["skipped"], failed=summary["failed"])
     summary["seconds"] = round(time.perf_counter() - started, 2)
     summary["frames_per_second"] = round(summary["frames"] / summary["seconds"], 2) if summary["seconds"] else 0.0
-    _write_run_record(store, summary, config)
+    summary["run_record"] = write_run_record(store, summary, config)
     _publish_summary(summary, store)
     return summary
 
@@ -304,10 +252,16 @@ def _record(summary: dict, video_id: str, state, *, reason: str | None = None) -
         result = state.result()
         summary[result["status"]] += 1
         summary["frames"] += result.get("frames", 0)
+        for name, steps in result.get("steps", {}).items():
+            summary["steps"][name] = summary["steps"].get(name, 0) + steps
     else:
         summary["failed"] += 1
-        summary["failures"][video_id] = reason or _failure_reason(state)
-        log.warning("failed %s: %s", video_id, summary["failures"][video_id])
+        failure, trace = (reason, None) if reason else _failure_details(state)
+        summary["failures"][video_id] = " ".join(failure.split())  # one line: the CLI prints one per video
+        if trace:
+            summary["tracebacks"][video_id] = trace
+        # the summary lists every failure at the end; a live warning would print each twice
+        log.info("failed %s: %s", video_id, summary["failures"][video_id])
 
 
 def _lost_worker_reason(future) -> str | None:
@@ -349,18 +303,12 @@ def _lost_worker_reason(future) -> str | None:
     return reason
 
 
-def _failure_reason(state) -> str:
+def _failure_details(state) -> tuple[str, str | None]:
+    """A failed task's reason (``"<type>: <message>"``) and its traceback text, when known."""
     try:
         state.result()
-    except PortableTaskError as exc:
-        return str(exc)  # "<original type>: <message>", as below
     except Exception as exc:  # the task's own exception, re-raised by Prefect
-        return f"{type(exc).__name__}: {exc}"
-    return state.message or state.name
-
-
-def _write_run_record(store: str, summary: dict, config: ExtractionConfig) -> None:
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    record = {"config": {**config.__dict__, "weights": dict(config.weights), "sampling": dict(config.sampling)},
-              **summary}
-    FeatureStore(store).write_run_file(f"extract-{stamp}.json", json.dumps(record, indent=2, default=str))
+        # PortableTaskError prints as "<original type>: <message>" already
+        reason = str(exc) if isinstance(exc, PortableTaskError) else f"{type(exc).__name__}: {exc}"
+        return reason, getattr(exc, "task_traceback", None)
+    return state.message or state.name, None

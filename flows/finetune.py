@@ -24,8 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from pipeline.finetune import finetune, resolve_recipe
 from pipeline.weights import file_sha256
 from regressors.protocols import random_splits
-
-from .manifest import read_manifest
+from vqa_core.manifest import read_manifest
 
 log = logging.getLogger(__name__)
 

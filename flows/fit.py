@@ -1,129 +1,113 @@
 """Stage 2 jobs: fit a head on cached features with an evaluation protocol, and predict.
 
+Heads come from :mod:`regressors.presets` (``make_head``), protocols from
+:mod:`regressors.protocols` (``plan_splits``: the papers' protocols, adapted to few groups
+in a documented way). Without ``protocol`` a head runs its paper's protocol (``vsfa`` the
+VSFA one, ``a2inet`` A2INet's, the SVR heads FMC's). Features are read from the store once
+per fit (:mod:`flows.fit_data`: pooled as they are read for pooling heads, cached as stored
+for sequence heads). Every report records the store, the feature sets, the head's parameters,
+the protocol and the code version (``settings`` in metrics.json).
+
 ``fit_job`` is resumable. While it runs, ``OUT/fit-checkpoints/`` holds ``run.json`` (the
 run's configuration and its hash), each finished split's test predictions and metrics
-(``split-NNNN.npz`` + ``split-NNNN.json``) and, for sequence heads, the per-epoch training
-state of the split in progress (``split-NNNN/epoch-NNNN.pt``) and of the final refit
-(``final/``). Run again with the same ``--out`` after a crash or a kill, finished splits
-are read back, the interrupted training continues after its last epoch, and the report and
-model equal an uninterrupted run's (at the same torch thread count). A different
-configuration (features, head, parameters, protocol, seed, manifest content) refuses to
-resume unless ``restart`` (``--restart``) discards the old progress. The folder is removed
-when the run completes.
+(``split-NNNN.npz`` + ``split-NNNN.json``), the feature cache of sequence heads
+(``features.bin``) and, for sequence heads, the per-epoch training state of the split in
+progress (``split-NNNN/epoch-NNNN.pt``) and of the final refit (``final/``). Run again with
+the same ``--out`` after a crash or a kill, finished splits are read back, the interrupted
+training continues after its last epoch, and the report and model equal an uninterrupted
+run's (at the same torch thread count). A different configuration (features, head,
+parameters, protocol, seed, manifest content) refuses to resume unless ``restart``
+(``--restart``) discards the old progress. The folder is removed when the run completes.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
 import shutil
+import subprocess
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 from sklearn.base import clone
 
 from feature_store import FeatureStore
-from pipeline.weights import file_sha256
 from feature_store.errors import ProvenanceMismatchError
-from regressors.a2inet import align_steps
-from regressors.persistence import atomic_write, load_head, save_head, to_json
-from regressors.protocols import (evaluate, random_splits, repeated_kfold_splits, split_state_paths,
-                                  train_val_test_splits)
+from pipeline.weights import file_sha256
+from regressors import svr_scalable
+from regressors.persistence import load_head, save_head, to_json
+from regressors.presets import HEAD_PRESETS, make_head
+from regressors.protocols import PROTOCOLS, evaluate, plan_splits, split_state_paths
 from regressors.report import write_report
-from regressors.sequence import SequenceRegressor, latest_checkpoint_epoch
-from regressors.svr import SVRHead
+from regressors.sequence import latest_checkpoint_epoch
+from regressors.temporal_pooling import join_pooling, split_pooling
+from vqa_core import csvsafe
+from vqa_core.atomic import atomic_write
+from vqa_core.manifest import ManifestEntry, read_manifest
 
 from .errors import FlowError
-from .manifest import ManifestEntry, read_manifest
+from .fit_data import FeatureCache, StoredVideos, feature_set_identity, pool_videos
 
 log = logging.getLogger(__name__)
+
+__all__ = ["STATE_DIR", "code_version", "feature_set_identity", "fit_job", "load_features", "make_head",
+           "predict_job"]
 
 #: Folder inside ``--out`` holding an unfinished run's progress (removed when the run completes).
 STATE_DIR = "fit-checkpoints"
 _STATE_FORMAT = "vqa-fit-state"
 _STATE_VERSION = 1
+_CACHE_FILE = "features.bin"
 
 
-def _vsfa_splits(n, *, groups=None, n_repeats=10, random_state=0):
-    """VSFA 60/20/20: the test part is held out; the head keeps its own 20/80 validation part
-    of the rest for the best-validation checkpoint (``val_fraction=0.25``, set by the head preset)."""
-    triples = train_val_test_splits(n, groups=groups, n_repeats=n_repeats, random_state=random_state)
-    return [(np.sort(np.concatenate([train, val])), test) for train, val, test in triples]
+@cache
+def code_version() -> dict:
+    """The code a fit ran: the package version and, in a git checkout, the commit (with
+    ``dirty`` when tracked files differ from it); ``None`` fields where unknown."""
+    from pipeline import __version__
 
-
-# protocol name -> (split builder, default keyword arguments): the papers' protocols.
-PROTOCOLS = {
-    "fmc": (repeated_kfold_splits, {"n_splits": 5, "n_repeats": 20}),   # FMC: 20 x 5-fold, median of 100
-    "a2inet": (random_splits, {"test_size": 0.2, "n_repeats": 10}),      # A2INet: 10 random 80/20 splits, median
-    "vsfa": (_vsfa_splits, {"n_repeats": 10}),                           # VSFA: 60/20/20, best-validation checkpoint
-}
-
-
-def make_head(name: str, *, feature_dims: Sequence[int], pooling: str = "mean", params: dict | None = None):
-    """An unfitted head with its paper's settings; ``params`` overrides any of them.
-
-    svr / svr-bvqa: FMC and BVQA_Benchmark SVR presets on temporally pooled features.
-    vsfa: Linear -> GRU -> TP pooling; L1 on MOS / max MOS, Adam 1e-5, batch 16, StepLR.
-    a2inet: CAGI + CATM on exactly two feature sets (quality first); MAE + rank, Adam 2e-5, batch 8.
-    dualpath: slow/fast transformer on ``slowfast-tokens``; PLCC + 0.3 rank, AdamW 1e-3, wd 0.01, cosine.
-    """
-    dims = list(feature_dims)
-    if name == "svr":
-        head = SVRHead(pooling=pooling)
-    elif name == "svr-bvqa":
-        head = SVRHead(pooling=pooling, preset="bvqa")
-    elif name == "vsfa":
-        head = SequenceRegressor(module="vsfa", loss="vsfa_l1", lr=1e-5, batch_size=16, schedule="step",
-                                 val_fraction=0.25)
-    elif name == "a2inet":
-        if len(dims) != 2:
-            raise FlowError(f"the a2inet head takes two feature sets (quality, then semantic or motion), got {len(dims)}")
-        head = SequenceRegressor(module="a2inet", module_params={"dims": tuple(dims)}, loss="mae_rank",
-                                 lr=2e-5, batch_size=8, schedule="none", val_fraction=0.25)
-    elif name == "dualpath":
-        head = SequenceRegressor(module="dualpath", loss="plcc_rank", optimizer="adamw", lr=1e-3,
-                                 weight_decay=0.01, batch_size=8, schedule="cosine", warmup_epochs=0,
-                                 val_fraction=0.25)
-    else:
-        raise FlowError(f"unknown head {name!r}; choose from {', '.join(HEADS)}")
-    if params:
-        params = dict(params)
-        if "module_params" in params and isinstance(head, SequenceRegressor):  # merge: keep the preset's dims
-            params["module_params"] = {**(head.module_params or {}), **params["module_params"]}
-        try:
-            head.set_params(**params)
-        except ValueError as exc:
-            raise FlowError(f"bad --head-param for {name}: {exc}") from exc
-    return head
-
-
-HEADS = ("svr", "svr-bvqa", "vsfa", "a2inet", "dualpath")
+    root = Path(__file__).resolve().parents[1]
+    commit = dirty = None
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip() or None
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=30, check=True).stdout
+        dirty = bool(status.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass  # not a checkout, or no git: the version alone
+    return {"version": __version__, "git_commit": commit, "git_dirty": dirty}
 
 
 def load_features(
     store: FeatureStore, entries: Sequence[ManifestEntry], features: Sequence[str]
 ) -> tuple[list[np.ndarray], list[dict]]:
-    """Read every manifest video from the named feature sets.
+    """Read every manifest video from the named feature sets into memory (small data, scripts).
 
-    Returns one ``[T, sum D]`` array per video and the identity of each feature set used.
-    Several sets are joined along the feature axis; when their step counts differ (128 frames
-    vs 32 SlowFast steps per clip) each is resampled to the first set's count by nearest
-    neighbour on normalised time (``regressors.a2inet.align_steps``).
+    Returns one float32 ``[T, sum D]`` array per video and the identity of each feature set
+    used (see :class:`flows.fit_data.StoredVideos` for how several sets are joined).
+    ``fit_job`` itself reads in bounded memory (:mod:`flows.fit_data`).
     """
+    videos, feature_sets = _stored_videos(store, entries, features)
+    return [videos.read(i) for i in range(len(videos))], feature_sets
+
+
+def _stored_videos(store: FeatureStore, entries: Sequence[ManifestEntry],
+                   features: Sequence[str]) -> tuple[StoredVideos, list[dict]]:
+    """The manifest's videos in the named sets (lazily) and each set's identity. The videos'
+    ``cache_dtype`` is float16 when every set is stored as float16 (a cache keeps that exactly),
+    else float32."""
     if not features:
         raise FlowError("name at least one feature set (--features)")
-    ids = [e.video_id for e in entries]
     set_ids = [store.resolve(name) for name in features]
-    per_set = [store.read_videos(set_id, ids) for set_id in set_ids]
-    joined = [align_steps(list(arrays)) if len(arrays) > 1 else arrays[0] for arrays in zip(*per_set)]
-    return joined, [feature_set_identity(store, s) for s in set_ids]
-
-
-def feature_set_identity(store: FeatureStore, set_id: str) -> dict:
-    info = store.feature_set_info(set_id)
-    return {"id": set_id, "spec": info["spec"], "sampling": info["sampling"]}
+    videos = StoredVideos(store, set_ids, [e.video_id for e in entries])
+    infos = [store.feature_set_info(s) for s in set_ids]
+    videos.cache_dtype = "float16" if {i.get("dtype", "float32") for i in infos} == {"float16"} else "float32"
+    identities = [{"id": s, "spec": i["spec"], "sampling": i["sampling"]} for s, i in zip(set_ids, infos, strict=True)]
+    return videos, identities
 
 
 def _config_hash(config: dict) -> str:
@@ -197,13 +181,14 @@ def fit_job(
     features: Sequence[str],
     out: str | Path,
     head: str = "svr",
-    protocol: str = "fmc",
+    protocol: str | None = None,
     pooling: str = "mean",
     n_repeats: int | None = None,
     seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
     head_params: dict | None = None,
+    paper_schedule: bool = False,
     test_manifest: str | Path | None = None,
     test_store: str | Path | None = None,
     restart: bool = False,
@@ -212,46 +197,71 @@ def fit_job(
     """Evaluate ``head`` with ``protocol`` (grouped when the manifest has ``group``), write the
     report to ``out`` and save the head refitted on all videos to ``out/model``.
 
+    ``protocol`` None runs the head's paper protocol (:mod:`regressors.presets`);
+    ``paper_schedule`` trains sequence heads with their paper's full schedule instead of the
+    quick default. ``pooling`` applies to heads that pool (the SVR family).
     ``test_manifest`` switches to the cross-dataset protocol: train on every video of
     ``manifest``, test on every video of ``test_manifest`` (features from ``test_store``,
-    default ``store``). Returns the median metrics.
+    default ``store``).
+
+    Returns the metrics of ``metrics.json`` without ``per_split`` and ``settings``: the
+    medians, ``n_splits``, ``n_distinct_splits``, ``n_degenerate_logistic``, ``pooled``,
+    ``protocol``, ``protocol_params`` and ``notes``.
 
     Resumable (see the module docstring): an interrupted run in ``out`` with the same
     configuration is continued; ``restart`` discards it instead (as does ``overwrite`` when
     its configuration differs). ``notify`` receives one-line status messages (resuming,
-    discarding); by default they are logged."""
+    discarding, adaptations of the protocol); by default they are logged."""
     notify = notify or log.info
-    if protocol not in PROTOCOLS and test_manifest is None:
-        raise FlowError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+    preset = HEAD_PRESETS.get(head)  # unknown: a one-line error with a did-you-mean hint
+    if test_manifest is None:
+        protocol = protocol or preset.protocol
+        PROTOCOLS.get(protocol)
     if (Path(out) / "model").exists() and not overwrite:
         raise FlowError(f"{out} already holds a fitted model; choose another --out or pass --overwrite")
     entries = read_manifest(manifest, require_mos=True)
+    requested = head
+    scalable = svr_scalable.scalable_svr_preset(head, n_videos=len(entries))
+    if scalable is not None:  # the exact SVR's fit grows as n^2: its Nystroem preset runs instead
+        head, preset = scalable, HEAD_PRESETS.get(scalable)
     feature_store = FeatureStore(store, create=False)
-    X, feature_sets = load_features(feature_store, entries, features)
+    videos, feature_sets = _stored_videos(feature_store, entries, features)
     y = np.array([e.mos for e in entries], dtype=np.float64)
     groups = [e.group or e.video_id for e in entries] if any(e.group for e in entries) else None
-    estimator = make_head(head, feature_dims=[s["spec"]["dims"] for s in feature_sets], pooling=pooling,
-                          params=dict(head_params or {}, random_state=seed))
+    params = dict(head_params or {}, random_state=seed)
+    if preset.pools:
+        params.setdefault("pooling", pooling)
+    estimator = make_head(head, feature_dims=[s["spec"]["dims"] for s in feature_sets],
+                          paper_schedule=paper_schedule, **params)
+    if progress and "progress" in estimator.get_params() and "progress" not in params:
+        estimator.set_params(progress=True)  # heads draw no bars unless asked; a run with progress asks
     ids = [e.video_id for e in entries]
-    test_sets = None
+    test_sets = test_videos = None
+    notes: list[str] = []
     if test_manifest is not None:  # cross-dataset: one split, train = all of A, test = all of B
-        protocol, kwargs = "cross-dataset", {"test_manifest": str(test_manifest)}
+        protocol, protocol_params = "cross-dataset", {"test_manifest": str(test_manifest)}
         test_entries = read_manifest(test_manifest, require_mos=True)
-        X_test, test_sets = load_features(FeatureStore(test_store or store, create=False), test_entries,
-                                          [s["id"] for s in feature_sets])
-        splits = [(np.arange(len(X)), np.arange(len(X), len(X) + len(X_test)))]
-        X, ids = X + X_test, ids + [e.video_id for e in test_entries]
+        test_videos, test_sets = _stored_videos(FeatureStore(test_store or store, create=False), test_entries,
+                                                [s["id"] for s in feature_sets])
+        n_train, n_test = len(entries), len(test_entries)
+        splits = [(np.arange(n_train), np.arange(n_train, n_train + n_test))]
+        ids = ids + [e.video_id for e in test_entries]
         y = np.concatenate([y, [e.mos for e in test_entries]])
+        n_distinct = 1
     else:
-        make_splits, kwargs = PROTOCOLS[protocol]
-        kwargs = dict(kwargs, random_state=seed) | ({"n_repeats": n_repeats} if n_repeats else {})
-        splits = make_splits(len(entries), groups=groups, **kwargs)
+        plan = plan_splits(protocol, len(entries), groups=groups, n_repeats=n_repeats, random_state=seed)
+        splits, notes, n_distinct = plan.splits, plan.notes, plan.n_distinct
+        protocol_params = dict(plan.params, random_state=seed)
+    if scalable is not None:
+        notes.append(f"--head {requested} on {len(entries)} videos (more than {svr_scalable.EXACT_SVR_MAX_VIDEOS}): "
+                     f"the scalable {scalable} runs instead (Nystroem kernel, {estimator.n_components} landmarks; "
+                     "regressors.svr_scalable)")
     # What the run's result depends on; a resumed run must have exactly this.
     config = to_json({
         "head": head,
         "head_params": {k: v for k, v in estimator.get_params().items() if k != "progress"},
-        "protocol": protocol, "protocol_params": kwargs, "pooling": pooling, "seed": seed,
-        "feature_sets": feature_sets, "manifest": file_sha256(manifest),
+        "protocol": protocol, "protocol_params": protocol_params, "pooling": pooling if preset.pools else None,
+        "seed": seed, "feature_sets": feature_sets, "manifest": file_sha256(manifest),
         "test_manifest": file_sha256(test_manifest) if test_manifest is not None else None,
         "test_feature_sets": test_sets,
     }, strict=False)
@@ -261,23 +271,62 @@ def fit_job(
     if resuming:
         notify(f"resuming the interrupted run in {out}: "
                f"{_describe_progress(state, len(splits)) or 'no split finished yet'}")
-    result = evaluate(estimator, X, y, splits=splits, video_ids=ids, progress=progress,
-                      state_dir=state, state_key=config_hash)
-    settings = {
-        "head": head, "head_params": estimator.get_params(), "protocol": protocol, "protocol_params": kwargs,
-        "grouped": groups is not None, "n_videos": len(entries), "feature_sets": feature_sets,
-        "store": str(store), "manifest": str(manifest),
-    }
-    paths = write_report(out, result, video_ids=ids, mos=y, settings=settings)
-    train = splits[0][0] if test_manifest is not None else np.arange(len(X))
-    final_kwargs = {}
-    if isinstance(estimator, SequenceRegressor):  # the refit on all videos is a training too
-        final_kwargs = {"checkpoint_dir": state / "final", "checkpoint_key": f"{config_hash}/final"}
-    final = clone(estimator).fit([X[i] for i in train], y[train], **final_kwargs)
+    for note in notes:
+        notify(f"note: {note}")
+
+    pooling_step, regressor = split_pooling(estimator)
+    with _fit_features(videos, test_videos, pooling_step, state, progress=progress) as X:
+        result = evaluate(regressor, X, y, splits=splits, video_ids=ids, progress=progress,
+                          state_dir=state, state_key=config_hash)
+        result.protocol, result.protocol_params, result.n_distinct_splits = protocol, protocol_params, n_distinct
+        result.notes[:0] = notes
+        settings = {
+            "head": head, "head_requested": requested, "head_params": estimator.get_params(),
+            "schedule": "paper" if paper_schedule else "default",
+            "protocol": protocol, "protocol_params": protocol_params,
+            "grouped": groups is not None, "n_groups": len(set(groups)) if groups is not None else None,
+            "n_videos": len(entries), "feature_sets": feature_sets, "test_feature_sets": test_sets,
+            "store": str(store), "test_store": str(test_store) if test_store is not None else None,
+            "manifest": str(manifest), "manifest_sha256": config["manifest"],
+            "code_version": code_version(),
+        }
+        paths = write_report(out, result, video_ids=ids, mos=y, settings=settings)
+        train = splits[0][0] if test_manifest is not None else np.arange(len(entries))
+        final_kwargs = {}
+        if "checkpoint_dir" in _fit_parameters(regressor):  # the refit on all videos is a training too
+            final_kwargs = {"checkpoint_dir": state / "final", "checkpoint_key": f"{config_hash}/final"}
+        train_X = X[train] if isinstance(X, np.ndarray) else [X[i] for i in train]
+        final = join_pooling(pooling_step, clone(regressor).fit(train_X, y[train], **final_kwargs))
     save_head(final, out / "model", feature_info={"feature_sets": feature_sets}, overwrite=overwrite)
-    shutil.rmtree(state, ignore_errors=True)  # complete: per-epoch checkpoints and split records go
+    shutil.rmtree(state, ignore_errors=True)  # complete: per-epoch checkpoints, split records, cache go
     log.info("report written to %s", ", ".join(str(p) for p in paths.values()))
-    return result.median
+    return {k: v for k, v in result.metrics.items() if k != "per_split"}
+
+
+def _fit_parameters(estimator) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(estimator.fit).parameters)
+
+
+@contextmanager
+def _fit_features(videos: StoredVideos, test_videos: StoredVideos | None, pooling, state: Path, *, progress: bool):
+    """The features ``evaluate`` runs on, each video read from the store once
+    (:mod:`flows.fit_data`): the pooled ``[N, D']`` matrix for a pooling head, else a cache
+    of the videos in the stored dtype (a list of lazy items; closed on exit)."""
+    parts = [videos] + ([test_videos] if test_videos is not None else [])
+    if pooling is not None:
+        yield np.concatenate([pool_videos(v, pooling, progress=progress) for v in parts])
+        return
+    caches: list[FeatureCache] = []
+    try:
+        for k, part in enumerate(parts):
+            path = state / (_CACHE_FILE if k == 0 else f"test-{_CACHE_FILE}")
+            caches.append(FeatureCache.build(part, path, dtype=part.cache_dtype, progress=progress))
+        yield [item for c in caches for item in c]
+    finally:
+        for c in caches:
+            c.close()
 
 
 def predict_job(*, model: str | Path, store: str | Path, manifest: str | Path, out: str | Path) -> Path:
@@ -291,15 +340,21 @@ def predict_job(*, model: str | Path, store: str | Path, manifest: str | Path, o
                 f"the head in {model} was trained on feature set {saved['id']}, which {store} does not hold; "
                 "extract the manifest with the same extractor, weights and sampling first")
         if feature_set_identity(feature_store, saved["id"]) != saved:
-            raise ProvenanceMismatchError(f"feature set {saved['id']} in {store} differs from the one the head was trained on")
+            raise ProvenanceMismatchError(f"feature set {saved['id']} in {store} differs from the one the head "
+                                          "was trained on")
     entries = read_manifest(manifest)
-    X, _ = load_features(feature_store, entries, [s["id"] for s in expected])
+    X, _ = _stored_videos(feature_store, entries, [s["id"] for s in expected])  # read once, lazily
     predictions = head.predict(X)
+    bad = [entry.video_id for entry, p in zip(entries, predictions, strict=True) if not np.isfinite(p)]
+    if bad:  # never write a score a spreadsheet or a metric would take as a number
+        raise FlowError(f"the head in {model} gives non-finite scores for {len(bad)} of {len(entries)} videos "
+                        f"({', '.join(map(repr, bad[:5]))}{' ...' if len(bad) > 5 else ''}): it is damaged or does not "
+                        "fit these features; no scores were written")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as fh:
-        writer = csv.writer(fh)
+        writer = csvsafe.writer(fh)  # ids a spreadsheet would evaluate are escaped
         writer.writerow(["video_id", "prediction", "mos"])
-        for entry, p in zip(entries, predictions):
+        for entry, p in zip(entries, predictions, strict=True):
             writer.writerow([entry.video_id, f"{p:.6f}", "" if entry.mos is None else entry.mos])
     return out

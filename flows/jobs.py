@@ -8,7 +8,7 @@ side), predict, and extraction of the new videos of a folder (what the nightly s
                    OUT/{comparison.md, comparison.csv}
     predict_flow   --predict_task(predict_job)--> scores CSV
     extract_folder_flow
-                   FOLDER --write_folder_manifest--> <store>/_runs/extract-folder-<stamp>.csv
+                   FOLDER --write_folder_listing--> <store>/_runs/extract-folder-<stamp>.csv
                           --extract_flow (subflow; skips stored videos; Dask if asked)--> store
 
 The flows are thin: the work is ``flows.fit`` and ``flows.extract``. Each publishes its
@@ -20,14 +20,8 @@ flow goes on). ``vqa fit`` / ``vqa predict`` call the plain jobs (no Prefect sta
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import logging
-import os
-import tempfile
 from pathlib import Path
-from typing import Sequence
-
-from . import prefect_env  # noqa: F401  (must precede the prefect import)
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -36,18 +30,16 @@ from feature_store import FeatureStore
 from regressors.metrics import METRIC_NAMES
 from regressors.report import compare_runs, write_comparison
 
+from . import prefect_env  # noqa: F401  (must precede the prefect import)
 from .errors import FlowError
 from .extract import DEFAULT_PREFETCH, extract_flow
+
+# the folder's listing needs no Prefect (vqa extract-folder lists it before starting); re-exported here
+from .extract_plan import VIDEO_SUFFIXES, scan_video_folder, write_folder_listing, write_folder_manifest  # noqa: F401
 from .fit import fit_job, predict_job
-from .manifest import ManifestEntry
 from .orchestration import make_task_runner, publish_markdown, publish_table, require_api_server
 
 log = logging.getLogger(__name__)
-
-# Containers decord reads (by file name suffix, case-insensitive).
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".ts", ".m2ts", ".flv",
-                  ".wmv", ".3gp", ".y4m")
-
 
 # --------------------------------------------------------------------------------------------
 # fit / evaluate / predict
@@ -199,55 +191,6 @@ def predict_flow(*, model: str, store: str, manifest: str, out: str) -> str:
 # The new videos of a folder
 # --------------------------------------------------------------------------------------------
 
-def scan_video_folder(folder: str | os.PathLike[str], *, suffixes: Sequence[str] = VIDEO_SUFFIXES
-                      ) -> list[ManifestEntry]:
-    """Every video file under ``folder`` (recursively, by suffix; hidden files and folders
-    left out), sorted by id.
-
-    A video's id is its path relative to ``folder`` with ``/`` separators
-    (``2024/clip 01.mp4``): stable across runs and machines while the file stays where it is.
-    Paths are absolute. Files (or symbolic links) that resolve outside ``folder`` are skipped
-    with a warning. Raises ``FlowError`` if ``folder`` is not a directory.
-    """
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise FlowError(f"video folder {folder} is not a directory")
-    root_resolved = root.resolve()
-    wanted = tuple(s.lower() for s in suffixes)
-    entries = []
-    for dirpath, dirnames, filenames in os.walk(root):  # does not descend into linked folders
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for filename in filenames:
-            if filename.startswith(".") or not filename.lower().endswith(wanted):
-                continue
-            path = Path(dirpath) / filename
-            resolved = path.resolve()
-            if root_resolved not in resolved.parents:
-                log.warning("skipping %s: it resolves to %s, outside %s", path, resolved, root_resolved)
-                continue
-            if not resolved.is_file():
-                continue
-            video_id = path.relative_to(root).as_posix()
-            entries.append(ManifestEntry(video_id=video_id, path=path.absolute()))
-    return sorted(entries, key=lambda e: e.video_id)
-
-
-def write_folder_manifest(folder: str | os.PathLike[str], *, out: str | os.PathLike[str],
-                          suffixes: Sequence[str] = VIDEO_SUFFIXES) -> tuple[Path, int]:
-    """Write a manifest (``video_id,path``) of :func:`scan_video_folder`'s videos to ``out``
-    (replaced atomically if it exists). Returns its path and the number of videos."""
-    entries = scan_video_folder(folder, suffixes=suffixes)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["video_id", "path"])
-        writer.writerows([e.video_id, str(e.path)] for e in entries)
-    os.replace(tmp, out)
-    return out, len(entries)
-
-
 @flow(name="vqa-extract-folder")
 def extract_folder_flow(
     *,
@@ -269,7 +212,7 @@ def extract_folder_flow(
 ) -> dict:
     """Extract the videos of ``folder`` that ``store`` does not hold yet: the nightly job.
 
-    Lists the folder's video files (:func:`scan_video_folder`; ids are relative paths), writes
+    Lists the folder's video files (:func:`~flows.extract_plan.scan_video_folder`; ids are relative paths), writes
     that manifest to ``manifest_out`` (default ``<store>/_runs/extract-folder-<UTC stamp>.csv``;
     for a store URL, a local temporary file that is also copied there)
     and runs ``extract_flow`` on it as a subflow, which skips every video already complete in
@@ -284,14 +227,7 @@ def extract_folder_flow(
     if runner is not None:
         require_api_server("a Dask extraction")
     feature_store = FeatureStore(store)  # store created (or checked) before it receives the manifest
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    name = f"extract-folder-{stamp}.csv"
-    copy_to_store = manifest_out is None and not feature_store.is_local  # a URL: the flow reads a local file
-    if copy_to_store:
-        manifest_out = str(Path(tempfile.mkdtemp(prefix="vqa-manifest-")) / name)
-    manifest, n_videos = write_folder_manifest(folder, out=manifest_out or feature_store.runs_dir / name)
-    if copy_to_store:
-        feature_store.write_run_file(name, Path(manifest).read_text(encoding="utf-8"))
+    manifest, n_videos = write_folder_listing(folder, feature_store, manifest_out=manifest_out)
     log.info("%s: %d video file(s), listed in %s", folder, n_videos, manifest)
     if not n_videos:
         publish_markdown(f"no video files in `{folder}`", key="vqa-extract-folder", description="nothing to do")

@@ -10,11 +10,13 @@ artifacts that never fail a run, and scheduled deployments.
         '-- extract_flow.with_options(task_runner=...): one extract_video_task per video,
             each worker builds its extractors once and writes its own videos to the store
 
-Why a real server: with no ``PREFECT_API_URL`` Prefect starts a temporary in-process server,
-and under a multi-process task runner every worker would start its own (port clashes, hangs,
-orphaned processes). :func:`prefect_server` starts ``prefect server start`` on a free local
-port, waits for its health endpoint and exports ``PREFECT_API_URL`` to this process and to
-every worker process started afterwards; it stops the server on exit.
+Why a real server: with no ``PREFECT_API_URL`` Prefect starts a temporary server in a child
+process that outlives a SIGKILLed parent, and under a multi-process task runner every worker
+would start its own (port clashes, hangs, orphaned processes). :func:`prefect_server` starts
+``prefect server start`` on a free local port, tied to this process's life
+(:mod:`flows.lifeline`), waits for its health endpoint and exports ``PREFECT_API_URL`` to this
+process and to every worker process started afterwards; it stops the server on exit. ``vqa``
+runs every flow this way (or against ``PREFECT_API_URL``).
 
 Slurm GPU nodes: :func:`slurm_cluster_kwargs` / :func:`slurm_task_runner` (dask-jobqueue's
 ``SLURMCluster``, one GPU and one Dask worker per job, the worker declaring the Dask resource
@@ -39,16 +41,15 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from . import prefect_env  # noqa: F401  (must precede the prefect import)
-
-from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
-
 from .errors import FlowError
+from .lifeline import guarded
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -84,7 +85,9 @@ class PrefectServer:
 
 def configured_api_url() -> str | None:
     """The Prefect API URL this process uses (``PREFECT_API_URL`` or a profile), or ``None``
-    when Prefect would start its temporary in-process server."""
+    when Prefect would start its temporary in-process server. Imports Prefect."""
+    from prefect.settings import get_current_settings
+
     return get_current_settings().api.url or None
 
 
@@ -168,7 +171,8 @@ def prefect_server(
     """Run ``prefect server start`` for the duration of the ``with`` block.
 
     Starts the server as a subprocess (argument list, no shell) on ``port`` (default: a free
-    port), waits until ``/api/health`` answers, then sets ``PREFECT_API_URL`` both in
+    port) that dies with this process even if it is SIGKILLed (:mod:`flows.lifeline`; start
+    it from the main thread), waits until ``/api/health`` answers, then sets ``PREFECT_API_URL`` both in
     ``os.environ`` (inherited by Dask workers and other child processes started inside the
     block) and in Prefect's settings of this process. On exit the previous values are restored
     and the server is stopped (SIGTERM, then SIGKILL after ``SERVER_STOP_TIMEOUT_S``).
@@ -186,6 +190,8 @@ def prefect_server(
     Raises:
         PrefectServerError: the server exited or did not answer in time (with its log's end).
     """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     local_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     public_host = socket.gethostname() if host in ("0.0.0.0", "::") else host
     if port is None:
@@ -211,7 +217,7 @@ def prefect_server(
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
     started = time.perf_counter()
     with os.fdopen(fd, "wb") as log_file:
-        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
+        process = subprocess.Popen(guarded(command), env=env, stdin=subprocess.DEVNULL, stdout=log_file,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     clean = False
     try:
@@ -284,7 +290,7 @@ def make_task_runner(
     n_workers: int | None = None,
     resources: Mapping[str, float] | None = None,
     device: str | None = "auto",
-) -> "DaskTaskRunner | None":
+) -> DaskTaskRunner | None:
     """A Dask task runner for these options, or ``None`` (Prefect's default: in this process).
 
     Args:
@@ -375,7 +381,7 @@ def dask_session(
     resources: Mapping[str, float] | None = None,
     device: str | None = "auto",
     **server_options: Any,
-) -> Iterator["DaskTaskRunner | None"]:
+) -> Iterator[DaskTaskRunner | None]:
     """The task runner of :func:`make_task_runner`, with a Prefect server it can use for the
     block (:func:`ensure_api_server`); yields ``None`` and starts nothing without Dask options."""
     runner = make_task_runner(address=address, n_workers=n_workers, resources=resources, device=device)
@@ -472,7 +478,7 @@ def slurm_cluster(**cluster_kwargs: Any):
     return SLURMCluster(**cluster_kwargs)
 
 
-def slurm_task_runner(*, minimum_jobs: int = 0, maximum_jobs: int = 4, **cluster_options: Any) -> "DaskTaskRunner":
+def slurm_task_runner(*, minimum_jobs: int = 0, maximum_jobs: int = 4, **cluster_options: Any) -> DaskTaskRunner:
     """A ``DaskTaskRunner`` that starts a ``SLURMCluster`` (:func:`slurm_cluster_kwargs` with
     ``cluster_options``) when the flow starts and scales it adaptively between
     ``minimum_jobs`` and ``maximum_jobs`` Slurm jobs. dask-jobqueue and ``sbatch`` are needed
@@ -560,7 +566,7 @@ def build_deployment(
     cron: str | None = None,
     timezone: str | None = None,
     description: str | None = None,
-) -> "RunnerDeployment":
+) -> RunnerDeployment:
     """A deployment of the flow ``flow_name`` (a key of :data:`DEPLOYABLE`) with default
     ``parameters`` and, with ``cron``, a cron schedule (in ``timezone``, default UTC).
 
@@ -581,13 +587,30 @@ def build_deployment(
         raise FlowError(f"cannot build deployment {flow.name}/{name}: {exc}") from exc
 
 
-def serve_deployments(*deployments: "RunnerDeployment") -> None:
+def serve_deployments(*deployments: RunnerDeployment) -> None:
     """Register ``deployments`` with the configured server and run their schedules and
-    triggered runs in this process until interrupted (``prefect.serve``)."""
-    from prefect import serve
+    triggered runs in this process until interrupted (what ``prefect.serve`` does).
+
+    SIGTERM stops it as Ctrl-C does (the runner's tasks are cancelled and its connections
+    closed) and the function returns: Prefect's own SIGTERM handler calls the runner's
+    asynchronous ``stop()`` without awaiting it and exits from inside the event loop
+    ("coroutine ... was never awaited")."""
+    import asyncio
+
+    from prefect.runner import Runner
+
+    class _Runner(Runner):
+        def handle_sigterm(self, *args: Any, **kwargs: Any) -> None:
+            signal.raise_signal(signal.SIGINT)  # asyncio cancels the running task, as for Ctrl-C
 
     require_api_server("serving deployments")
-    serve(*deployments)
+    runner = _Runner()
+    for deployment in deployments:
+        runner.add_deployment(deployment)
+    try:
+        asyncio.run(runner.start())
+    except KeyboardInterrupt:
+        log.info("stopped serving %s", ", ".join(d.name for d in deployments))
 
 
 __all__ = [

@@ -1,5 +1,7 @@
-"""Test-wide settings: never touch the network, never use the user's torch cache."""
+"""Test-wide settings: never touch the network, never use the user's torch cache, leave no
+process behind."""
 import os
+import uuid
 
 import pytest
 
@@ -7,6 +9,33 @@ os.environ["VQA_OFFLINE"] = "1"
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# Every process this session starts inherits the mark, also those re-parented to PID 1 when
+# their parent was killed: the session's end finds them all (tests.helpers.marked_processes).
+os.environ["VQA_TEST_SESSION"] = uuid.uuid4().hex
+LEFTOVER_GRACE_S = 20.0  # servers and workers shut down in a few seconds once their run ends
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run when a process the tests started (a Prefect server, a Dask worker, a `vqa`
+    child) is still alive at the end; it is killed, and listed."""
+    if hasattr(session.config, "workerinput"):  # a pytest-xdist worker: the controller checks
+        return
+    from tests.helpers import marked_processes, wait_gone
+
+    left = wait_gone(marked_processes(os.environ["VQA_TEST_SESSION"]), timeout=LEFTOVER_GRACE_S)
+    if not left:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = [f"{len(left)} process(es) started by the tests outlived them (killed now):"]
+    for proc, command in left:
+        lines.append(f"  pid {proc.pid}: {command}")
+        proc.kill()
+    if reporter is not None:
+        reporter.write("\n")
+        for line in lines:
+            reporter.write_line(line, red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(autouse=True)

@@ -6,9 +6,10 @@ and YUV round trips move them by at most 2, so the nearest level is unambiguous.
 """
 from __future__ import annotations
 
+import os
 import subprocess
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -150,3 +151,73 @@ def load_fixture_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# ---- processes the tests start ----------------------------------------------------------------
+
+# Helper processes of the test process itself that end when it does: multiprocessing's, and
+# joblib's loky worker pool and its tracker (scikit-learn keeps the pool for reuse).
+_OWN_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver", "joblib.externals.loky")
+
+
+def _command(proc) -> str:
+    import psutil
+
+    try:
+        return " ".join(proc.cmdline())[:200]
+    except psutil.Error:
+        return "?"
+
+
+def _running(proc) -> bool:
+    import psutil
+
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def marked_processes(mark: str) -> list:
+    """Live processes (``psutil.Process``, command) whose environment has ``VQA_TEST_SESSION``
+    = ``mark`` (set by conftest, inherited by every process the tests start, wherever it was
+    re-parented), except this one and its own multiprocessing helpers."""
+    import psutil
+
+    me = os.getpid()
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid == me or proc.environ().get("VQA_TEST_SESSION") != mark:
+                continue
+            if proc.ppid() == me and any(h in _command(proc) for h in _OWN_HELPERS):
+                continue
+        except psutil.Error:  # gone, a zombie, or another user's
+            continue
+        if _running(proc):
+            found.append((proc, _command(proc)))
+    return found
+
+
+def descendants(pid: int) -> list:
+    """(``psutil.Process``, command) of every live descendant of ``pid``."""
+    import psutil
+
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    return [(c, _command(c)) for c in children if _running(c)]
+
+
+def wait_gone(processes: list, *, timeout: float) -> list:
+    """Wait up to ``timeout`` seconds for ``processes`` ((process, command) pairs) to end;
+    returns those still running."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    alive = [(p, c) for p, c in processes if _running(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [(p, c) for p, c in alive if _running(p)]
+    return alive

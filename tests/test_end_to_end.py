@@ -22,7 +22,7 @@ from pipeline.runner import extract_video
 from pipeline.sampling import parse_sampling
 from pipeline.synthetic import make_demo_dataset
 
-from .helpers import make_video
+from .helpers import descendants, wait_gone
 
 EXTRACTOR = "resnet50-vsfa"
 SAMPLING = "uniform:3"
@@ -116,9 +116,10 @@ def test_killed_extraction_resumes_without_redoing_finished_videos(dataset, tmp_
            "--extractor", EXTRACTOR, "--weights", "random", "--sampling", "uniform:2", "--device", "cpu",
            "--batch-size", "1", "-q"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, done_before = time.time() + 240, []
+    deadline, done_before, children = time.time() + 240, [], {}
     try:
         while time.time() < deadline and proc.poll() is None:
+            children.update({p.pid: (p, c) for p, c in descendants(proc.pid)})  # its Prefect server
             store = FeatureStore(store_path) if (store_path / "zarr.json").exists() else None
             sets = store.feature_sets() if store else []
             done_before = store.video_ids(sets[0]) if sets else []
@@ -129,6 +130,8 @@ def test_killed_extraction_resumes_without_redoing_finished_videos(dataset, tmp_
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert 3 <= len(done_before) < 20, "the run should have been killed part-way"
+    assert any("prefect server start" in c for _, c in children.values())
+    assert not wait_gone(list(children.values()), timeout=15)  # the server died with it
     summary = extract_flow(manifest=str(manifest), store=str(store_path), extractors=[EXTRACTOR],
                            weights={EXTRACTOR: "random"}, sampling="uniform:2", device="cpu", progress=False)
     store = FeatureStore(store_path)
@@ -145,7 +148,8 @@ def test_one_run_feeds_frame_and_clip_extractors_with_their_own_sampling(dataset
     lines = manifest.read_text().splitlines()
     two.write_text("\n".join(lines[:3]).replace("videos/", f"{manifest.parent}/videos/") + "\n")
     summary = extract_flow(manifest=str(two), store=str(tmp_path / "store"),
-                           extractors=[EXTRACTOR, "slowfast-fast"], weights={EXTRACTOR: "random", "slowfast-fast": "random"},
+                           extractors=[EXTRACTOR, "slowfast-fast"],
+                           weights={EXTRACTOR: "random", "slowfast-fast": "random"},
                            sampling="uniform:2", device="cpu", progress=False)
     assert (summary["done"], summary["failed"]) == (2, 0)
     store = FeatureStore(tmp_path / "store")
@@ -193,7 +197,7 @@ def test_cross_dataset_protocol_trains_on_one_manifest_and_tests_on_another(data
     manifest, _ = dataset
     rows = manifest.read_text().splitlines()
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
-    absolute = lambda lines: [l.replace("videos/", f"{manifest.parent}/videos/") for l in lines]  # noqa: E731
+    absolute = lambda lines: [row.replace("videos/", f"{manifest.parent}/videos/") for row in lines]  # noqa: E731
     a.write_text("\n".join([rows[0]] + absolute(rows[1:13])) + "\n")
     b.write_text("\n".join([rows[0]] + absolute(rows[13:])) + "\n")
     store = tmp_path / "store"

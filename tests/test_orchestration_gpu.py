@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import flows.orchestration as orchestration
-from flows.cli import _dask_options, build_parser
+from flows.cli import build_parser
+from flows.cli_flows import _dask_options
 from flows.orchestration import make_task_runner, task_resources
 from pipeline.runner import gpu_worker_count, gpu_worker_envs, pins_gpus
 
