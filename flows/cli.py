@@ -142,11 +142,11 @@ def _leave(code: int) -> None:
 
 
 def _extractors(args) -> int:
-    from pipeline.extractors import list_extractors
+    from pipeline.extractors import extractor_options, list_extractors
 
-    rows = [(e.name, str(e.dims), e.default_weights, ", ".join(e.weights_choices), e.description)
-            for e in list_extractors()]
-    header = ("name", "dims", "default", "weights", "description")
+    rows = [(e.name, str(e.dims), e.default_weights, ", ".join(e.weights_choices),
+             ", ".join(extractor_options(e.name)) or "-", e.description) for e in list_extractors()]
+    header = ("name", "dims", "default", "weights", "options", "description")
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     for row in [header] + rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -411,6 +411,9 @@ def _add_extraction_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampling", action="append",
                    help="all | uniform:N | fps:K | clips:L, or NAME=STRATEGY for one extractor (repeatable; "
                         "default all; clip extractors keep their clips)")
+    p.add_argument("--extractor-option", action="append", metavar="NAME:KEY=VALUE",
+                   help="builder option of one extractor, recorded in its spec (repeatable), e.g. "
+                        "unique:resampler=pil, resnet50:short_side=540; `vqa extractors` lists them")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--batch-size", type=int, default=16, help="frames per forward pass (default 16)")
     _add_compute_options(p)

@@ -80,7 +80,7 @@ def _sampling_option(args, extractors: list[str]) -> str | dict[str, str]:
 
 def _flow_params(args) -> dict:
     """extract_flow keyword arguments shared by extract, extract-folder and serve."""
-    from .extract_plan import parse_per_extractor_option
+    from .extract_plan import parse_extractor_options, parse_per_extractor_option
 
     params = {"store": args.store, "extractors": args.extractor,
               "weights": parse_per_extractor_option(args.weights or [], args.extractor),
@@ -88,6 +88,8 @@ def _flow_params(args) -> dict:
               "batch_size": args.batch_size, "precision": args.precision, "channels_last": args.channels_last}
     if args.prefetch is not None:
         params["prefetch"] = args.prefetch
+    if args.extractor_option:
+        params["options"] = parse_extractor_options(args.extractor_option, args.extractor)
     return params
 
 

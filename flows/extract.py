@@ -150,6 +150,7 @@ def extract_flow(
     precision: str = "fp32",
     channels_last: bool = False,
     prefetch: int = DEFAULT_PREFETCH,
+    options: dict[str, dict] | None = None,
 ) -> dict:
     """Extract features for every video of ``manifest`` into ``store``.
 
@@ -174,12 +175,13 @@ def extract_flow(
 
     ``precision`` / ``channels_last``: compute options of every extractor (their own feature
     sets: ``bf16`` features never mix with ``fp32`` ones); ``prefetch``: batches decoded ahead
-    per video (run record only). See :class:`ExtractionConfig`.
+    per video (run record only); ``options``: builder options per extractor
+    (``{"unique": {"resampler": "pil"}}``). See :class:`ExtractionConfig`.
     """
     entries = read_manifest(manifest, root=root)  # validated before anything touches the store
     config = extraction_config(extractors=extractors, weights=weights, sampling=sampling, device=device,
                                batch_size=batch_size, precision=precision, channels_last=channels_last,
-                               prefetch=prefetch, root=root)
+                               prefetch=prefetch, root=root, options=options)
     built = build_extractors(config)  # fail fast here if weights cannot be had, before the store is created
     feature_store = FeatureStore(store)
     set_ids = feature_set_ids(feature_store, built, config)

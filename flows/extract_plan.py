@@ -30,7 +30,7 @@ from pathlib import Path
 
 from feature_store import FeatureNotFoundError, FeatureStore, remove, verify
 from pipeline.errors import SamplingError, WeightsError, WeightsUnavailableError
-from pipeline.extractors import Extractor, create_extractor, get_entry, sampling_for
+from pipeline.extractors import Extractor, create_extractor, extractor_options, get_entry, sampling_for
 from pipeline.extractors.base import check_compute_options
 from pipeline.runner import DEFAULT_PREFETCH
 from pipeline.sampling import parse_sampling
@@ -57,6 +57,8 @@ class ExtractionConfig:
     and only appears in the run record. Invalid options raise ``ComputeOptionError`` /
     ``FlowError`` here, before anything touches the store. ``root``: the dataset root; each
     video's file is checked to lie inside it again when it is opened (``pipeline.video.Video``).
+    ``options`` maps extractor name -> builder options (``{"unique": {"resampler": "pil"}}``);
+    like the compute options they are recorded in the spec where they change the features.
     """
 
     extractors: tuple[str, ...]
@@ -68,9 +70,12 @@ class ExtractionConfig:
     channels_last: bool = False
     prefetch: int = DEFAULT_PREFETCH
     root: str | None = None
+    options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_compute_options(precision=self.precision, channels_last=self.channels_last, device=self.device)
+        for name, chosen in self.options.items():
+            check_extractor_options(name, chosen)
         if isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int) or self.prefetch < 0:
             raise FlowError(f"prefetch must be a non-negative integer (batches decoded ahead), got {self.prefetch!r}")
 
@@ -85,6 +90,32 @@ def parse_per_extractor_option(values: Sequence[str], extractors: Sequence[str])
         else:
             chosen.update({e: value for e in extractors})
     return chosen
+
+
+def check_extractor_options(name: str, chosen: Mapping[str, object]) -> None:
+    accepted = extractor_options(name)
+    unknown = sorted(set(chosen) - set(accepted))
+    if unknown:
+        raise FlowError(f"--extractor-option {name}:{unknown[0]}=...: {name} has no option {unknown[0]!r}; "
+                        f"it takes {', '.join(accepted) or 'no options'}")
+
+
+def parse_extractor_options(values: Sequence[str], extractors: Sequence[str]) -> dict[str, dict[str, object]]:
+    """``--extractor-option NAME:KEY=VALUE`` (repeatable) -> ``{name: {key: value}}``; a value
+    that reads as an integer becomes one (``short_side=540``)."""
+    options: dict[str, dict[str, object]] = {}
+    for text in values:
+        name, colon, assignment = text.partition(":")
+        key, equals, value = assignment.partition("=")
+        if not (colon and equals and key):
+            raise FlowError(f"--extractor-option {text!r}: write NAME:KEY=VALUE, e.g. unique:resampler=pil")
+        if name not in extractors:
+            raise FlowError(f"--extractor-option {text!r}: {name} is not one of the --extractor names "
+                            f"({', '.join(extractors)})")
+        options.setdefault(name, {})[key] = int(value) if value.lstrip("-").isdigit() else value
+    for name, chosen in options.items():
+        check_extractor_options(name, chosen)
+    return options
 
 
 def resolve_samplings(sampling: str | Mapping[str, str], extractors: Sequence[str]) -> dict[str, str]:
@@ -105,18 +136,21 @@ def resolve_samplings(sampling: str | Mapping[str, str], extractors: Sequence[st
 def extraction_config(*, extractors: Sequence[str], weights: Mapping[str, str] | None = None,
                       sampling: str | Mapping[str, str] = "all", device: str = "auto", batch_size: int = 16,
                       precision: str = "fp32", channels_last: bool = False, prefetch: int = DEFAULT_PREFETCH,
-                      root: str | os.PathLike[str] | None = None) -> ExtractionConfig:
+                      root: str | os.PathLike[str] | None = None,
+                      options: Mapping[str, Mapping[str, object]] | None = None) -> ExtractionConfig:
     """The :class:`ExtractionConfig` of ``extract_flow``'s arguments, samplings resolved per
     extractor (:func:`resolve_samplings`)."""
     return ExtractionConfig(tuple(extractors), dict(weights or {}), resolve_samplings(sampling, extractors),
                             device, batch_size, precision=precision, channels_last=channels_last,
-                            prefetch=prefetch, root=None if root is None else str(root))
+                            prefetch=prefetch, root=None if root is None else str(root),
+                            options={name: dict(chosen) for name, chosen in (options or {}).items()})
 
 
 @functools.lru_cache(maxsize=8)
 def _build(name: str, weights: str | None, device: str, precision: str = "fp32",
-           channels_last: bool = False) -> Extractor:
-    return create_extractor(name, weights=weights, device=device, precision=precision, channels_last=channels_last)
+           channels_last: bool = False, options: tuple[tuple[str, object], ...] = ()) -> Extractor:
+    return create_extractor(name, weights=weights, device=device, precision=precision, channels_last=channels_last,
+                            **dict(options))
 
 
 def build_extractors(config: ExtractionConfig) -> list[Extractor]:
@@ -130,7 +164,7 @@ def build_extractors(config: ExtractionConfig) -> list[Extractor]:
     for name in config.extractors:
         try:
             built.append(_build(name, config.weights.get(name), config.device, config.precision,
-                                config.channels_last))
+                                config.channels_last, tuple(sorted(config.options.get(name, {}).items()))))
         except WeightsError as exc:
             failures.append(exc)
     if len(failures) == 1:

@@ -209,6 +209,7 @@ def extract_folder_flow(
     precision: str = "fp32",
     channels_last: bool = False,
     prefetch: int = DEFAULT_PREFETCH,
+    options: dict[str, dict] | None = None,
 ) -> dict:
     """Extract the videos of ``folder`` that ``store`` does not hold yet: the nightly job.
 
@@ -237,5 +238,5 @@ def extract_folder_flow(
     summary = subflow(manifest=str(manifest), store=str(store), extractors=list(extractors), weights=weights,
                       sampling=sampling, device=device, batch_size=batch_size, progress=progress,
                       root=str(Path(folder).expanduser().resolve()), resources=resources,
-                      precision=precision, channels_last=channels_last, prefetch=prefetch)
+                      precision=precision, channels_last=channels_last, prefetch=prefetch, options=options)
     return {**summary, "videos": n_videos, "manifest": str(manifest)}

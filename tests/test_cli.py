@@ -322,3 +322,27 @@ def test_extract_folder_warns_once_per_skipped_link_and_survives_a_link_loop(vid
                                                                          for s in skips)
     store = FeatureStore(tmp_path / "store", create=False)
     assert store.video_ids(store.feature_sets()[0]) == ["inside.mp4"]
+
+
+def test_extractor_options_reach_the_spec_and_bad_ones_are_one_line(tmp_path):
+    """``--extractor-option NAME:KEY=VALUE`` builds the extractor with that option (recorded in its
+    spec, so its own feature set); an unknown option or a malformed one is a one-line usage error."""
+    from flows.extract_plan import build_extractors, extraction_config, parse_extractor_options
+    from flows.errors import FlowError
+
+    options = parse_extractor_options(["resnet50:short_side=540", "resnet50:resampler=pil"], ["resnet50"])
+    assert options == {"resnet50": {"short_side": 540, "resampler": "pil"}}
+    config = extraction_config(extractors=["resnet50"], weights={"resnet50": "random:0"}, options=options)
+    (built,) = build_extractors(config)
+    plain = build_extractors(extraction_config(extractors=["resnet50"], weights={"resnet50": "random:0"}))[0]
+    assert built.spec != plain.spec
+    for bad in (["resnet50:short_sid=540"], ["resnet50=short_side"], ["unique:resampler=pil"]):
+        with pytest.raises(FlowError):
+            parse_extractor_options(bad, ["resnet50"])
+    manifest = tmp_path / "m.csv"
+    make_video(tmp_path / "a.mp4", 4, width=64, height=48)
+    manifest.write_text("video_id,path\na,a.mp4\n")
+    proc, _, stderr, _ = run_vqa("extract", str(manifest), "--store", str(tmp_path / "s"), "--extractor", "resnet50",
+                                 "--extractor-option", "resnet50:colour=blue")
+    assert proc.returncode == 2
+    assert len(stderr) == 1 and "short_side" in stderr[0], stderr

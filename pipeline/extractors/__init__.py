@@ -8,9 +8,10 @@ from . import quality  # noqa: F401  (registers unique, unique-pr, quality-resne
 from . import gram  # noqa: F401  (registers inception-gram and its layer-subset variants)
 from . import slowfast  # noqa: F401  (registers slowfast, slowfast-fast, slowfast-fast-tcsvt, slowfast-tokens)
 from .base import Extractor, ExtractorEntry, ExtractorSpec
-from .registry import EXTRACTORS, create_extractor, get_entry, list_extractors, register_extractor, sampling_for
+from .registry import (EXTRACTORS, create_extractor, extractor_options, get_entry, list_extractors, register_extractor,
+                       sampling_for)
 
 __all__ = [
     "EXTRACTORS", "Extractor", "ExtractorEntry", "ExtractorSpec",
-    "create_extractor", "get_entry", "list_extractors", "register_extractor", "sampling_for",
+    "create_extractor", "extractor_options", "get_entry", "list_extractors", "register_extractor", "sampling_for",
 ]

@@ -6,6 +6,8 @@ only: no model is built and nothing is downloaded then).
 """
 from __future__ import annotations
 
+import inspect
+
 from typing import Callable
 
 from vqa_core.registry import Registry
@@ -58,6 +60,13 @@ def _accepts(entry: ExtractorEntry, requested: str) -> bool:
         return True
     policy = rest.partition(":")[2].strip() or DEFAULT_CLIP_POLICY
     return kind == "clips" and f"clips:{policy}" in entry.sampling_kinds
+
+
+def extractor_options(name: str) -> list[str]:
+    """The builder options of extractor ``name``: its keyword arguments besides weights and
+    device (``resampler``, ``short_side``, ...), which ``create_extractor`` passes through."""
+    parameters = inspect.signature(get_entry(name).builder).parameters.values()
+    return [p.name for p in parameters if p.kind is p.KEYWORD_ONLY and p.name not in ("weights", "device")]
 
 
 def sampling_for(name: str, requested: str | None) -> str:
