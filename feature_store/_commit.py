@@ -26,8 +26,9 @@ its ``zarr.json`` last. Leftovers of killed writers and removals name their owne
 does not make atomic: docs/remote_stores.md.
 
 Keys are ``/``-separated paths relative to the store's root (see :mod:`feature_store._fs`).
-A packed layout for large collections (many videos per file) would commit its shared
-files through the same two strategies.
+These strategies commit the nodes of the ``"nodes"`` layout (and groups, the statistics
+cache). Packed sets (:mod:`feature_store._packs`) commit a video by appending one record to
+the writer's own segment (local) or by one PUT of a new object (URL).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from feature_store._fs import FsspecFS, LocalFS
 from feature_store._naming import may_be_running, staging_name
 from feature_store.errors import FeatureStoreError
 
-__all__ = ["ArrayDraft", "Commit", "PutCommit", "RenameCommit", "commit_for"]
+__all__ = ["ArrayDraft", "Commit", "PutCommit", "RenameCommit", "commit_for", "with_attributes"]
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +292,7 @@ class PutCommit(Commit):
         marker_attrs = {**draft.marker, "writer": staging_name("write")}  # lets others check liveness
         write_id = marker_attrs.setdefault("write_id", uuid.uuid4().hex)
         marker, chunks = _encode_array(draft, marker_attrs)
-        final = _with_attributes(marker, draft.attributes)
+        final = with_attributes(marker, draft.attributes)
         for _round in range(_MAX_WRITE_ROUNDS):
             _refuse_other_owner(draft.name, read_meta(self.fs, key), self.fs.url(key))
             self._put_incomplete(key, marker, chunks)
@@ -337,7 +338,7 @@ class PutCommit(Commit):
         attrs = attributes(meta)
         if attrs.get("status") != REMOVING:
             attrs = {**attrs, "status": REMOVING, "remover": staging_name("rm")}
-            self.fs.write_bytes(f"{key}/{META}", _with_attributes(raw, attrs))
+            self.fs.write_bytes(f"{key}/{META}", with_attributes(raw, attrs))
         self._delete_group(key)
         return True
 
@@ -412,7 +413,7 @@ def _encode_array(draft: ArrayDraft, marker_attrs: dict) -> tuple[bytes, dict[st
     return meta, {key: value.to_bytes() for key, value in mem.items()}
 
 
-def _with_attributes(meta_bytes: bytes, new_attributes: dict) -> bytes:
+def with_attributes(meta_bytes: bytes, new_attributes: dict) -> bytes:
     """A node's ``zarr.json`` bytes with its attributes replaced."""
     meta = json.loads(meta_bytes)
     meta["attributes"] = new_attributes

@@ -19,10 +19,26 @@ import numpy as np
 
 from feature_store.errors import InvalidFeaturesError, InvalidMetadataError, ProvenanceMismatchError
 
-FORMAT_VERSION = 1
-"""On-disk layout version written to the root and every feature-set group."""
+FORMAT_VERSION = 2
+"""The newest on-disk format this code reads and writes (root attribute ``feature_store_format``).
+
+Format 1: every feature set uses the ``"nodes"`` layout (one Zarr array per video). Format 2:
+some set may use the ``"packed"`` layout (:mod:`feature_store._packs`); a store is raised to 2
+only when it gets its first packed set (or a packed default), so that code which reads
+format 1 refuses it instead of seeing packed sets as empty."""
+
+NODES_FORMAT = 1  # written to the root, the groups and the videos of the nodes layout
+PACKED_FORMAT = 2  # written to the root and the group of a packed set
+
+NODES = "nodes"
+PACKED = "packed"
+LAYOUTS = (NODES, PACKED)
+"""Layouts of a feature set: ``"nodes"`` (one Zarr array per video, 5 filesystem entries per
+video) and ``"packed"`` (videos appended as records to a few files; docs/store_layout.md)."""
 
 FORMAT_ATTR = "feature_store_format"
+LAYOUT_ATTR = "layout"  # set attribute (absent: "nodes")
+DEFAULT_LAYOUT_ATTR = "default_layout"  # root attribute: the layout of new sets (absent: "nodes")
 META = "zarr.json"
 STAGING = "_staging"
 RUNS_DIR = "_runs"  # run records and generated manifests of the flows that fill the store
@@ -210,6 +226,18 @@ def set_dtype(attrs: Mapping[str, Any]) -> str:
     return attrs.get("dtype") or "float32"
 
 
+def set_layout(attrs: Mapping[str, Any]) -> str:
+    """Layout of a feature set from its group attributes (``"nodes"`` when absent)."""
+    return attrs.get(LAYOUT_ATTR) or NODES
+
+
+def check_layout(layout: Any) -> str:
+    """A layout name (``"nodes"`` or ``"packed"``), or raise :class:`InvalidMetadataError`."""
+    if layout not in LAYOUTS:
+        raise InvalidMetadataError(f"feature-set layout must be one of {LAYOUTS}, got {layout!r}")
+    return layout
+
+
 def check_dtype(dtype: Any) -> str:
     """The name of a storage dtype (``"float32"``, ``np.float16``, ...), or raise."""
     name = np.dtype(dtype).name if isinstance(dtype, (type, np.dtype)) else dtype
@@ -300,7 +328,7 @@ def live_set(attrs: dict) -> bool:
         canonical_json([attrs["spec"], attrs["sampling"]])
     except ValueError:  # NaN/Infinity in a hand-edited file
         return False
-    return set_dtype(attrs) in DTYPES
+    return set_dtype(attrs) in DTYPES and set_layout(attrs) in LAYOUTS
 
 
 def provenance_groups(metas: Mapping[str, dict]) -> list[tuple[str | None, list[str]]]:

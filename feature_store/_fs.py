@@ -154,6 +154,40 @@ class LocalFS:
         except FileNotFoundError:
             return None
 
+    def sizes(self, key: str = "") -> dict[str, int]:
+        """Files directly under ``key`` (not folders): name -> size in bytes; {} if absent."""
+        out = {}
+        try:
+            with os.scandir(self.path(key)) as entries:
+                for e in entries:
+                    try:
+                        if e.is_file(follow_symlinks=False):
+                            out[e.name] = e.stat(follow_symlinks=False).st_size
+                    except FileNotFoundError:
+                        continue  # deleted meanwhile
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        return out
+
+    def first_entries(self, key: str = ""):
+        """The children of ``key`` one at a time, in the filesystem's order, without listing the
+        whole folder first (the caller may stop early: O(1) for a large folder)."""
+        try:
+            with os.scandir(self.path(key)) as entries:
+                for e in entries:
+                    yield Entry(e.name, e.is_dir())
+        except (FileNotFoundError, NotADirectoryError):
+            return
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """``length`` bytes of ``key`` from ``start`` (fewer at its end).
+
+        Raises:
+            FileNotFoundError: ``key`` is gone.
+        """
+        with open(self.path(key), "rb", buffering=0) as f:
+            return os.pread(f.fileno(), length, start)
+
     def zarr_store(self, key: str, *, read_only: bool = False):
         from zarr.storage import LocalStore
 
@@ -385,6 +419,52 @@ class FsspecFS:
             if stamp is not None:
                 times.append(stamp)
         return max(times) if times else None
+
+    def sizes(self, key: str = "") -> dict[str, int]:
+        """Objects directly under ``key`` (not prefixes): name -> size in bytes; {} if absent."""
+        path = self._fresh(key)
+        try:
+            infos = self.fs.ls(path, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        out = {}
+        for info in infos:
+            name = info["name"].rstrip("/")
+            if name != path and info.get("type") != "directory":
+                out[name.rsplit("/", 1)[-1]] = int(info.get("size") or 0)
+        return out
+
+    def first_entries(self, key: str = ""):
+        """The children of ``key`` (one listing: object stores have no lazy listing)."""
+        yield from self.list(key)
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """``length`` bytes of ``key`` from ``start`` (fewer at its end); one ranged GET.
+
+        Raises:
+            FileNotFoundError: ``key`` is gone.
+        """
+        return self.fs.cat_file(self._path(key), start=start, end=start + length)
+
+    def read_ranges(self, requests: list[tuple[str, int, int]]) -> list[bytes | None]:
+        """Several ``(key, start, length)`` reads at once (concurrent where the filesystem is
+        asynchronous); None where the object is gone."""
+        if not requests:
+            return []
+        found = self.fs.cat_ranges(
+            [self._path(k) for k, _s, _n in requests],
+            [s for _k, s, _n in requests],
+            [s + n for _k, s, n in requests],
+            on_error="return",
+        )
+        out: list[bytes | None] = []
+        for value in found:
+            if isinstance(value, (FileNotFoundError, NotADirectoryError, IsADirectoryError)):
+                value = None
+            elif isinstance(value, BaseException):
+                raise value
+            out.append(value)
+        return out
 
     def zarr_store(self, key: str, *, read_only: bool = False):
         from zarr.storage import FsspecStore

@@ -26,6 +26,7 @@ from feature_store._commit import ArrayDraft
 from feature_store._format import DAMAGE_ERRORS, check_one_provenance, json_sha256, now
 from feature_store.errors import (
     FeatureNotFoundError,
+    FeatureStoreError,
     InvalidFeaturesError,
     InvalidMetadataError,
 )
@@ -85,7 +86,7 @@ class FeatureDataset:
                     + ", ".join(map(repr, unique))
                 )
                 continue
-            metas = {v: store.layout.complete_meta(set_id, v) for v in unique}
+            metas = store.layout.videos(set_id).complete_metas(unique)
             absent = [v for v, m in metas.items() if m is None]
             if absent:
                 missing += [(set_id, v) for v in absent]
@@ -204,8 +205,8 @@ def feature_stats(
         ProvenanceMismatchError: the set's videos were made differently.
         InvalidFeaturesError: the videos disagree in dims, or one is damaged.
     """
-    store.layout.set_attrs(set_id)
-    metas, _incomplete = store.layout.video_metas(set_id)
+    videos = store.layout.videos(set_id)
+    metas, _incomplete = videos.video_metas()
     if not metas:
         raise FeatureNotFoundError(f"feature set {set_id!r} has no complete video")
     check_one_provenance(set_id, metas)
@@ -226,19 +227,11 @@ def feature_stats(
     mean = np.zeros(d, np.float64)
     m2 = np.zeros(d, np.float64)
     for video_id in sorted(metas):
-        arr = store.layout.open_video(set_id, video_id)
-        step = arr.chunks[0]
-        expected = arr.attrs.get("data_sha256")
         digest = hashlib.sha256()  # whole rows in order: the C-order bytes of the array
-        for start in range(0, arr.shape[0], step):
-            try:
-                stored = arr[start : start + step]
-                digest.update(np.ascontiguousarray(stored).tobytes())
-                block = np.asarray(stored, dtype=np.float64)
-            except DAMAGE_ERRORS as exc:
-                raise InvalidFeaturesError(
-                    f"{set_id} / {video_id}: chunks do not decode ({exc}); run verify"
-                ) from exc
+        expected, blocks = _blocks(videos, set_id, video_id)
+        for stored in blocks:
+            digest.update(np.ascontiguousarray(stored).tobytes())
+            block = np.asarray(stored, dtype=np.float64)
             if not np.isfinite(block).all():
                 raise InvalidFeaturesError(
                     f"{set_id} / {video_id}: NaN/Inf in stored features (a chunk file may be "
@@ -270,6 +263,32 @@ def feature_stats(
         "version": _STATS_VERSION,
     })
     return mean, std
+
+
+def _blocks(videos, set_id: str, video_id: str):
+    """``(data_sha256, row blocks)`` of a video (stored dtype, one chunk of rows at a time),
+    with decoding errors turned into :class:`InvalidFeaturesError`."""
+    try:
+        expected, blocks = videos.row_blocks(video_id)
+    except FeatureStoreError:
+        raise  # not stored any more, or metadata zarr cannot open: as it is
+    except DAMAGE_ERRORS as exc:
+        raise InvalidFeaturesError(f"{set_id} / {video_id}: chunks do not decode ({exc}); run verify") from exc
+
+    def checked():
+        iterator = iter(blocks)
+        while True:
+            try:
+                block = next(iterator)
+            except StopIteration:
+                return
+            except DAMAGE_ERRORS as exc:
+                raise InvalidFeaturesError(
+                    f"{set_id} / {video_id}: chunks do not decode ({exc}); run verify"
+                ) from exc
+            yield block
+
+    return expected, checked()
 
 
 def _stats_node(store: FeatureStore, set_id: str) -> str:

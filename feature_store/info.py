@@ -43,6 +43,14 @@ def format_store_info(infos: Sequence[dict]) -> str:
             f"  videos: {info['n_videos']}   dims: {info['dims']}   steps: {info['total_steps']}"
             f"   {info['dtype']}   on disk: {_human_bytes(info['bytes_on_disk'])}"
         )
+        packs = info.get("packs")
+        if packs:
+            garbage = packs["bytes"] - packs["live_bytes"]
+            lines.append(
+                f"  layout: packed, {packs['files']} segment file(s)"
+                + (f", {_human_bytes(garbage)} of replaced or removed videos (`vqa store migrate` frees it)"
+                   if garbage else "")
+            )
         lines.append(f"  created: {info.get('created')}")
         for key, value in _flatten({"sampling": info["sampling"], "spec": info["spec"]}):
             lines.append(f"  {key}: {_short(value, 90)}")

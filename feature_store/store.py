@@ -3,10 +3,22 @@
 The store is a local directory (a plain path) or an fsspec URL (``s3://``, ``gs://``,
 ``file://``, ``memory://``, ...): see "Remote stores" below for what differs.
 
+Each feature set keeps its videos in one of two layouts (its ``"layout"`` attribute):
+``"nodes"``, one Zarr array per video (below; the default), or ``"packed"``, videos appended
+as records to a few files shared by many videos, for large collections (per-write cost
+independent of the number of videos, well under one filesystem entry per video; see
+:mod:`feature_store._packs` and docs/store_layout.md). Choose it per set
+(``ensure_feature_set(..., layout="packed")``), per store (``FeatureStore(path,
+default_layout="packed")`` when creating it, :meth:`FeatureStore.set_default_layout`), or
+convert existing sets with ``vqa store migrate`` (:func:`feature_store.migrate.migrate`).
+Both layouts give the same API, guarantees and provenance; the rest of this docstring
+describes the ``"nodes"`` layout.
+
 Layout on disk (one local directory; every ``zarr.json`` is plain Zarr v3)::
 
     <store>/
-      zarr.json                      root group, attrs {"feature_store_format": 1}
+      zarr.json                      root group, attrs {"feature_store_format": 1 (2 once a
+                                       set is packed), "default_layout" (absent: "nodes")}
       _staging/                      group: feature sets being created
       <set node>/                    group, one per feature set; node = escaped set id
         zarr.json                    attrs {"id", "spec", "sampling", "created",
@@ -91,16 +103,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from feature_store._commit import with_attributes
 from feature_store._format import (
     COMPLETE,
+    DEFAULT_LAYOUT_ATTR,
     DTYPES,
     FORMAT_ATTR,
     FORMAT_VERSION,
+    LAYOUT_ATTR,
     META,
+    NODES,
+    NODES_FORMAT,
+    PACKED,
+    PACKED_FORMAT,
     RUNS_DIR,
     STALE_FOREIGN_S,
     canonical_json,
     check_dtype,
+    check_layout,
     check_one_provenance,
     data_sha256,
     json_sha256,
@@ -109,13 +129,14 @@ from feature_store._format import (
     provenance_groups,
     sampling_name,
     set_dtype,
+    set_layout,
     to_storage_dtype,
     validated_features,
     validated_provenance,
     validated_spec_sampling,
 )
 from feature_store._fs import open_fs
-from feature_store._layout import NodeLayout
+from feature_store._layout import StoreLayout
 from feature_store._naming import decode_node_name, encode_node_name
 from feature_store.errors import (
     FeatureNotFoundError,
@@ -152,6 +173,9 @@ class FeatureStore:
             :class:`FeatureNotFoundError` instead).
         storage_options: options of the URL's fsspec filesystem (credentials, endpoint,
             ...); only with a URL.
+        default_layout: the layout of the feature sets this object creates, ``"nodes"``
+            or ``"packed"`` (None: the store's default, see :attr:`default_layout`). When
+            this call creates the store, it is also recorded as the store's default.
 
     Raises:
         FeatureNotFoundError: ``create=False`` and there is no store at ``path``.
@@ -164,8 +188,9 @@ class FeatureStore:
             (str) for a remote one.
         location: the directory or URL as a str, for messages.
         layout: where sets and videos are in the files and how they are committed
-            (:class:`feature_store._layout.NodeLayout`); the node-level interface that the
-            package's maintenance, verify, transfer and dataset modules use. Not public API.
+            (:class:`feature_store._layout.StoreLayout`); the node-level interface that the
+            package's maintenance, verify, transfer, migrate and dataset modules use. Not
+            public API.
 
     The object holds only its location: it is cheap to create and safe to pickle to workers
     (a ``memory://`` store is per process: other processes see an empty one).
@@ -177,9 +202,11 @@ class FeatureStore:
         *,
         create: bool = True,
         storage_options: Mapping[str, Any] | None = None,
+        default_layout: str | None = None,
     ) -> None:
         fs = open_fs(path, storage_options)
-        self.layout = NodeLayout(fs)
+        self._default_layout = None if default_layout is None else check_layout(default_layout)
+        self.layout = StoreLayout(fs)
         self.storage_options = dict(storage_options) if storage_options else None
         self.location = fs.location
         self.path: Path | str = fs.root if fs.local else self.location
@@ -188,7 +215,7 @@ class FeatureStore:
             if raw is None:
                 if not create:
                     raise FeatureNotFoundError(f"no feature store at {self.location}")
-                self.layout.commit.create_root({FORMAT_ATTR: FORMAT_VERSION})
+                self.layout.commit.create_root(_root_attributes(self._default_layout or NODES))
                 logger.info("created feature store at %s", self.location)
                 raw = fs.read_bytes(META)
         except FeatureStoreError:
@@ -210,6 +237,39 @@ class FeatureStore:
                 f"{self.location} has store format {attrs[FORMAT_ATTR]!r}; this code reads "
                 f"format <= {FORMAT_VERSION}: update the project"
             )
+
+    @property
+    def default_layout(self) -> str:
+        """The layout of new feature sets: the one given to this object, else the store's
+        (its root attribute ``default_layout``), else ``"nodes"``."""
+        if self._default_layout is not None:
+            return self._default_layout
+        attrs = (self.layout.read_meta("") or {}).get("attributes") or {}
+        return attrs.get(DEFAULT_LAYOUT_ATTR) if attrs.get(DEFAULT_LAYOUT_ATTR) in (NODES, PACKED) else NODES
+
+    def set_default_layout(self, layout: str) -> None:
+        """Record ``layout`` as the store's default for new feature sets (root attribute;
+        ``"packed"`` raises the store to format 2, which older code refuses to open).
+
+        Raises:
+            InvalidMetadataError: not a layout name.
+        """
+        layout = check_layout(layout)
+        raw = self.layout.fs.read_bytes(META)
+        attrs = dict((parse_meta(raw) or {}).get("attributes") or {})
+        wanted = {**attrs, **_root_attributes(layout, attrs.get(FORMAT_ATTR))}
+        if layout == NODES:
+            wanted.pop(DEFAULT_LAYOUT_ATTR, None)
+        if wanted != attrs:
+            self.layout.fs.write_bytes(META, with_attributes(raw, wanted))
+        self._default_layout = None
+
+    def _allow_packed_sets(self) -> None:
+        """Raise the store to format 2 before its first packed set exists."""
+        raw = self.layout.fs.read_bytes(META)
+        attrs = (parse_meta(raw) or {}).get("attributes") or {}
+        if attrs.get(FORMAT_ATTR, NODES_FORMAT) < PACKED_FORMAT:
+            self.layout.fs.write_bytes(META, with_attributes(raw, {**attrs, FORMAT_ATTR: PACKED_FORMAT}))
 
     @property
     def is_local(self) -> bool:
@@ -253,6 +313,36 @@ class FeatureStore:
     def __repr__(self) -> str:
         return f"FeatureStore({self.location!r})"
 
+    # ------------------------------------------------------------------ analysts' entry points
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None) -> FeatureStore:
+        """Open an existing store for reading and analysis (docs/analysis.md).
+
+        Unlike ``FeatureStore(path)``, which creates a missing store (what extraction
+        wants), a missing store is refused: a typo does not leave an empty store behind.
+        Creating one is explicit: ``FeatureStore(path, create=True)``.
+
+        Raises:
+            FeatureNotFoundError: there is no store at ``path`` (nothing is created).
+            FeatureStoreError: as :class:`FeatureStore` (not a store, newer format, bad URL).
+        """
+        return cls(path, create=False, storage_options=storage_options)
+
+    def to_frame(self, feature_set: str, *, pooling: str | None = "mean", manifest=None):
+        """A feature set as a pandas DataFrame indexed by ``video_id``, one row per video
+        (pooled) or per step (``pooling=None``); see :func:`feature_store.frames.to_frame`."""
+        from feature_store.frames import to_frame  # pandas is imported on first use
+
+        return to_frame(self, feature_set, pooling=pooling, manifest=manifest)
+
+    def to_xarray(self, feature_set: str, *, manifest=None):
+        """A feature set as a lazy xarray Dataset with dims (video, step, feature); see
+        :func:`feature_store.frames.to_xarray`."""
+        from feature_store.frames import to_xarray  # xarray is imported on first use
+
+        return to_xarray(self, feature_set, manifest=manifest)
+
     # ------------------------------------------------------------------ feature sets
 
     @staticmethod
@@ -272,7 +362,9 @@ class FeatureStore:
         digest = json_sha256({"spec": spec_c, "sampling": sampling_c})[:10]
         return f"{spec_c['name']}--{sampling_name(sampling_c)}--{digest}"
 
-    def ensure_feature_set(self, *, spec: dict, sampling: dict, dtype: str | None = None) -> str:
+    def ensure_feature_set(
+        self, *, spec: dict, sampling: dict, dtype: str | None = None, layout: str | None = None
+    ) -> str:
         """Create the feature set's group (once; atomically) and return its id.
 
         Args:
@@ -280,6 +372,8 @@ class FeatureStore:
             dtype: storage dtype, ``"float32"`` or ``"float16"``. ``None``: the existing
                 set's dtype, or float32 for a new set. The dtype is not part of the set id:
                 one store holds a set in one dtype.
+            layout: ``"nodes"`` or ``"packed"`` for a new set (None: :attr:`default_layout`);
+                an existing set keeps its layout (``vqa store migrate`` converts it).
 
         Safe to call from many processes at once: the group is built in ``_staging`` and
         renamed into place; losers of the race keep the winner's group. (Object stores: the
@@ -288,18 +382,24 @@ class FeatureStore:
 
         Raises:
             ProvenanceMismatchError: the set exists with another explicit ``dtype``.
+            InvalidMetadataError: an unknown ``layout``.
         """
         set_id = self.feature_set_id(spec, sampling)
         spec_c, sampling_c = validated_spec_sampling(spec, sampling)
         dtype = None if dtype is None else check_dtype(dtype)
+        layout = self.default_layout if layout is None else check_layout(layout)
         group_attrs = {
             "id": set_id,
             "spec": spec_c,
             "sampling": sampling_c,
             "created": now(),
-            FORMAT_ATTR: FORMAT_VERSION,
+            FORMAT_ATTR: NODES_FORMAT,
             "dtype": dtype or "float32",
         }
+        if layout == PACKED:
+            if self.layout.fs.read_bytes(f"{self.layout.set_key(set_id)}/{META}") is None:
+                self._allow_packed_sets()  # before the set exists: older code must refuse the store
+            group_attrs.update({LAYOUT_ATTR: PACKED, FORMAT_ATTR: PACKED_FORMAT})
         if self.layout.create_set(set_id, group_attrs):
             logger.info("created feature set %s", set_id)
         attrs = self.layout.set_attrs(set_id)
@@ -356,8 +456,7 @@ class FeatureStore:
         Raises:
             FeatureNotFoundError: the feature set does not exist.
         """
-        self.layout.set_attrs(set_id)
-        return self.layout.complete_meta(set_id, video_id) is not None
+        return self.layout.videos(set_id).complete_meta(video_id) is not None
 
     def write_video(
         self,
@@ -389,6 +488,7 @@ class FeatureStore:
             FeatureStoreError: two ids map to one node name (case-insensitive filesystem).
         """
         attrs = self.layout.set_attrs(set_id)
+        videos = self.layout.videos(set_id, attrs)
         encode_node_name(video_id)  # validates the id before any work
         spec = attrs.get("spec") or {}
         data = to_storage_dtype(validated_features(features, video_id, spec.get("dims")), set_dtype(attrs), video_id)
@@ -398,11 +498,11 @@ class FeatureStore:
                 raise ProvenanceMismatchError(
                     f"video {video_id!r}: provenance['set'][{key!r}] differs from the {key} of feature set {set_id!r}"
                 )
-        if not overwrite and self.layout.complete_meta(set_id, video_id) is not None:
+        if not overwrite and videos.complete_meta(video_id) is not None:
             logger.debug("%s / %s already stored; not overwriting", set_id, video_id)
             return
         set_hash = json_sha256(prov["set"])
-        self._warn_if_mixed(set_id, set_hash, video_id)
+        self._warn_if_mixed(videos, set_hash, video_id)
         attributes = {
             "video_id": video_id,
             # unique per write: lets caches notice a replaced video (dataset stats)
@@ -411,12 +511,10 @@ class FeatureStore:
             "set_provenance_sha256": set_hash,
             "data_sha256": data_sha256(data),
             "written": now(),
-            FORMAT_ATTR: FORMAT_VERSION,
+            FORMAT_ATTR: NODES_FORMAT if videos.layout == NODES else PACKED_FORMAT,
             "status": COMPLETE,
         }
-        self.layout.write_video(
-            set_id, video_id, data, attributes, overwrite=overwrite, check=lambda: self._consistent(set_id, video_id)
-        )
+        videos.write(video_id, data, attributes, overwrite=overwrite, check=lambda: self._consistent(set_id, video_id))
         logger.debug("stored %s / %s shape %s", set_id, video_id, data.shape)
 
     def _consistent(self, set_id: str, video_id: str) -> bool:
@@ -430,17 +528,17 @@ class FeatureStore:
             return False
         return True
 
-    def _warn_if_mixed(self, set_id: str, set_hash: str, video_id: str) -> None:
+    def _warn_if_mixed(self, videos: Any, set_hash: str, video_id: str) -> None:
         """Log a warning if another stored video of the set has other set-level provenance
-        (cheap: looks at the first complete video found)."""
-        meta = self.layout.any_complete_meta(set_id)
+        (cheap: looks at the first complete video found, without listing the set)."""
+        meta = videos.any_complete_meta()
         if meta is not None and meta["attributes"].get("set_provenance_sha256") != set_hash:
             logger.warning(
                 "video %r gets set-level provenance that differs from stored video %r of "
                 "feature set %s; reading them together will fail",
                 video_id,
                 meta["attributes"].get("video_id"),
-                set_id,
+                videos.set_id,
             )
 
     # ------------------------------------------------------------------ reading videos
@@ -464,9 +562,7 @@ class FeatureStore:
         The graph reads files by path when computed: do not overwrite the video meanwhile.
         Lazy reads do not check ``data_sha256`` (:meth:`read_video` and ``verify`` do).
         """
-        import dask.array as da  # imported here: dask is only needed for lazy reads
-
-        arr = da.from_zarr(self.layout.open_video(set_id, video_id))
+        arr = self.layout.videos(set_id).dask_array(video_id)
         return arr if arr.dtype == np.float32 else arr.astype(np.float32)
 
     def read_videos(self, set_id: str, video_ids: Iterable[str]) -> list[np.ndarray]:
@@ -479,9 +575,9 @@ class FeatureStore:
                 and the exception's ``missing`` attribute holds them.
             ProvenanceMismatchError: the videos do not share one set-level provenance.
         """
-        self.layout.set_attrs(set_id)
+        videos = self.layout.videos(set_id)
         video_ids = list(video_ids)
-        metas = {v: self.layout.complete_meta(set_id, v) for v in dict.fromkeys(video_ids)}
+        metas = videos.complete_metas(video_ids)
         missing = [v for v, m in metas.items() if m is None]
         if missing:
             err = FeatureNotFoundError(
@@ -495,13 +591,11 @@ class FeatureStore:
 
     def video_ids(self, set_id: str) -> list[str]:
         """Ids of the completely stored videos of a set, sorted."""
-        self.layout.set_attrs(set_id)
-        return sorted(self.layout.video_metas(set_id)[0])
+        return self.layout.videos(set_id).video_ids()
 
     def video_provenance(self, set_id: str, video_id: str) -> dict:
         """Provenance stored with a video: ``{"set": {...}, "video": {...}}``."""
-        self.layout.set_attrs(set_id)
-        meta = self.layout.complete_meta(set_id, video_id)
+        meta = self.layout.videos(set_id).complete_meta(video_id)
         if meta is None:
             raise FeatureNotFoundError(f"video {video_id!r} is not stored in feature set {set_id!r}")
         return meta["attributes"]["provenance"]
@@ -514,16 +608,20 @@ class FeatureStore:
         Returns a dict with ``id``, ``spec``, ``sampling``, ``created``, ``n_videos``,
         ``dims`` (int; a sorted list if videos disagree; ``spec["dims"]`` or None when
         empty), ``total_steps``, ``bytes_on_disk`` (all files under the set's directory or prefix),
-        ``dtype``, ``provenance`` (``{"consistent", "n_distinct", "set", "groups"}``, where
-        ``set`` is the common set-level provenance when consistent) and ``incomplete``
-        (staging leftovers and in-flight writes).
+        ``dtype``, ``layout`` (``"nodes"`` or ``"packed"``), ``provenance`` (``{"consistent",
+        "n_distinct", "set", "groups"}``, where ``set`` is the common set-level provenance
+        when consistent), ``incomplete`` (staging leftovers and in-flight writes; packed:
+        torn or damaged records) and, for a packed set, ``packs`` (``{"files", "bytes",
+        "live_bytes"}``: its segment files, their bytes, and the bytes of the records that
+        are read; the rest is freed by ``vqa store migrate``).
         """
         attrs = self.layout.set_attrs(set_id)
-        metas, incomplete = self.layout.video_metas(set_id)
+        videos = self.layout.videos(set_id, attrs)
+        metas, incomplete = videos.video_metas()
         dims = sorted({m["shape"][1] for m in metas.values()})
         groups = provenance_groups(dict(sorted(metas.items())))
         first = {h: metas[g[0]]["attributes"]["provenance"]["set"] for h, g in groups}
-        return {
+        info = {
             "id": set_id,
             "spec": attrs.get("spec"),
             "sampling": attrs.get("sampling"),
@@ -533,6 +631,7 @@ class FeatureStore:
             "total_steps": int(sum(m["shape"][0] for m in metas.values())),
             "bytes_on_disk": self.layout.fs.size(self.layout.set_key(set_id)),
             "dtype": set_dtype(attrs),
+            "layout": set_layout(attrs),
             "provenance": {
                 "consistent": len(groups) <= 1,
                 "n_distinct": len(groups),
@@ -541,6 +640,9 @@ class FeatureStore:
             },
             "incomplete": incomplete,
         }
+        if videos.layout == PACKED:
+            info["packs"] = videos.stats()
+        return info
 
     def info(self) -> list[dict]:
         """:meth:`feature_set_info` of every feature set, sorted by id."""
@@ -564,3 +666,11 @@ class FeatureStore:
         if removed:
             logger.info("removed %d incomplete entries from %s", removed, self.location)
         return removed
+
+
+def _root_attributes(layout: str, current_format: Any = None) -> dict:
+    """Root attributes for a store whose new sets get ``layout``: format 2 and the
+    ``default_layout`` attribute for ``"packed"``; format 1 (or the current one) otherwise."""
+    if layout == PACKED:
+        return {FORMAT_ATTR: PACKED_FORMAT, DEFAULT_LAYOUT_ATTR: PACKED}
+    return {FORMAT_ATTR: current_format if isinstance(current_format, int) else NODES_FORMAT}

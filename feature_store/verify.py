@@ -7,9 +7,12 @@ and (optionally) data, leftovers of killed runs and writes in flight.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from feature_store._format import (
     COMPLETE,
@@ -23,11 +26,13 @@ from feature_store._format import (
     diff_keys,
     json_sha256,
     provenance_groups,
+    read_meta,
     set_dtype,
     validated_provenance,
     validated_spec_sampling,
 )
 from feature_store._naming import encode_node_name, owner_alive
+from feature_store._packs import PACKS, PackedVideos, duplicate_node
 from feature_store.errors import FeatureNotFoundError, FeatureStoreError, InvalidMetadataError
 from feature_store.store import FeatureStore
 
@@ -99,7 +104,13 @@ def format_verify_report(report: VerifyReport, *, max_lines: int = 50) -> str:
     return "\n".join(lines)
 
 
-def verify(store: FeatureStore, *, set_ids: Sequence[str] | None = None, read_data: bool = True) -> VerifyReport:
+def verify(
+    store: FeatureStore,
+    *,
+    set_ids: Sequence[str] | None = None,
+    read_data: bool = True,
+    workers: int | None = None,
+) -> VerifyReport:
     """Check a store (or some of its feature sets) for damage.
 
     For every feature set: its attributes are valid; every complete video node is named
@@ -118,11 +129,13 @@ def verify(store: FeatureStore, *, set_ids: Sequence[str] | None = None, read_da
         set_ids: the feature sets to check (default: all).
         read_data: read and check every value (the slow part); ``False`` checks metadata
             only.
+        workers: threads reading and checking data (default: the CPU count, at most 4).
 
     Raises:
         FeatureNotFoundError: a set in ``set_ids`` does not exist.
     """
     report = VerifyReport()
+    workers = workers or min(4, os.cpu_count() or 1)
     if set_ids is None:
         set_ids = store.feature_sets()
         _check_root(store, report)
@@ -131,7 +144,7 @@ def verify(store: FeatureStore, *, set_ids: Sequence[str] | None = None, read_da
         for set_id in set_ids:
             store.layout.set_attrs(set_id)  # raises with hints for unknown sets
     for set_id in set_ids:
-        _verify_set(store, set_id, report, read_data=read_data)
+        _verify_set(store, set_id, report, read_data=read_data, workers=workers)
     logger.info("verified %s: %d problem(s)", store.location, len(report.problems))
     return report
 
@@ -164,7 +177,7 @@ def _check_root(store: FeatureStore, report: VerifyReport) -> None:
             report.problems.append(f"(store) {entry.name}: not a feature set of this store (foreign or damaged)")
 
 
-def _verify_set(store: FeatureStore, set_id: str, report: VerifyReport, *, read_data: bool) -> None:
+def _verify_set(store: FeatureStore, set_id: str, report: VerifyReport, *, read_data: bool, workers: int) -> None:
     layout = store.layout
     attrs = layout.set_attrs(set_id)
     node = layout.set_key(set_id)
@@ -183,6 +196,58 @@ def _verify_set(store: FeatureStore, set_id: str, report: VerifyReport, *, read_
     if not layout.fs.is_file(f"{node}/{STAGING}/{META}"):
         report.problems.append(f"{where}: its {STAGING} group is missing")
 
+    videos = layout.videos(set_id, attrs)
+    if isinstance(videos, PackedVideos):
+        metas = _packed_metas(videos, layout.commit, node, report, now=now)
+    else:
+        metas = _node_metas(layout, set_id, node, report, now=now)
+
+    dims_expected = (spec or {}).get("dims")
+    if dims_expected is None and metas:
+        shapes = [m.get("shape") for m in metas.values()]
+        widths = [s[1] for s in shapes if isinstance(s, list) and len(s) == 2 and isinstance(s[1], int)]
+        if widths:
+            dims_expected = max(set(widths), key=widths.count)
+    sound: dict[str, dict] = {}
+    set_parts = {"spec": spec, "sampling": sampling}
+    found: dict[str, list[str]] = {}
+    for video_id, meta in sorted(metas.items()):
+        found[video_id] = _check_video_meta(set_id, video_id, meta, set_parts, dtype, dims_expected)
+        if not found[video_id]:
+            sound[video_id] = meta
+    if read_data and sound:
+        # decoding, checksums and reads release the GIL: a few threads keep the cores busy
+        def check(item: tuple[int, str]) -> str | None:
+            i, video_id = item
+            if (i + 1) % _PROGRESS_EVERY == 0:
+                logger.info("%s: %d of %d videos checked", set_id, i + 1, len(sound))
+            return _check_video_data(videos, set_id, video_id)
+
+        with ThreadPoolExecutor(max(1, min(workers, len(sound)))) as pool:
+            for video_id, problem in zip(sound, pool.map(check, enumerate(sound)), strict=True):
+                if problem:
+                    found[video_id].append(problem)
+    for problems in found.values():
+        report.problems.extend(problems)
+    report.n_videos[set_id] = len(metas)
+
+    groups = provenance_groups(sound)
+    if len(groups) > 1:
+        (_main_hash, main_videos), *others = groups
+        main_prov = metas[main_videos[0]]["attributes"]["provenance"]["set"]
+        for _hash, videos in others:
+            keys = diff_keys(main_prov, metas[videos[0]]["attributes"]["provenance"]["set"])
+            for video_id in videos:
+                report.problems.append(
+                    f"{set_id} / {video_id}: set-level provenance differs from that of "
+                    f"{len(main_videos)} other video(s), e.g. {main_videos[0]!r} (keys: "
+                    f"{', '.join(keys)}); reading them together is refused"
+                )
+
+
+def _node_metas(layout: Any, set_id: str, node: str, report: VerifyReport, *, now: float) -> dict[str, dict]:
+    """Metadata of the complete video nodes of a ``"nodes"`` set, by id; staging entries,
+    unfinished nodes and misplaced ones go to the report."""
     metas: dict[str, dict] = {}
     for entry in sorted(layout.fs.list(node), key=lambda e: e.name):
         rel = f"{node}/{entry.name}"
@@ -224,40 +289,56 @@ def _verify_set(store: FeatureStore, set_id: str, report: VerifyReport, *, read_
             )
             continue
         metas[video_id] = meta
+    return metas
 
-    dims_expected = (spec or {}).get("dims")
-    if dims_expected is None and metas:
-        shapes = [m.get("shape") for m in metas.values()]
-        widths = [s[1] for s in shapes if isinstance(s, list) and len(s) == 2 and isinstance(s[1], int)]
-        if widths:
-            dims_expected = max(set(widths), key=widths.count)
-    sound: dict[str, dict] = {}
-    set_parts = {"spec": spec, "sampling": sampling}
-    for i, (video_id, meta) in enumerate(sorted(metas.items())):
-        bad = _check_video_meta(set_id, video_id, meta, set_parts, dtype, dims_expected)
-        report.problems.extend(bad)
-        if not bad:
-            sound[video_id] = meta
-            if read_data:
-                problem = _check_video_data(store, set_id, video_id)
-                if problem:
-                    report.problems.append(problem)
-        if (i + 1) % _PROGRESS_EVERY == 0:
-            logger.info("%s: %d of %d videos checked", set_id, i + 1, len(metas))
-    report.n_videos[set_id] = len(metas)
 
-    groups = provenance_groups(sound)
-    if len(groups) > 1:
-        (_main_hash, main_videos), *others = groups
-        main_prov = metas[main_videos[0]]["attributes"]["provenance"]["set"]
-        for _hash, videos in others:
-            keys = diff_keys(main_prov, metas[videos[0]]["attributes"]["provenance"]["set"])
-            for video_id in videos:
-                report.problems.append(
-                    f"{set_id} / {video_id}: set-level provenance differs from that of "
-                    f"{len(main_videos)} other video(s), e.g. {main_videos[0]!r} (keys: "
-                    f"{', '.join(keys)}); reading them together is refused"
-                )
+def _packed_metas(
+    videos: PackedVideos, commit: Any, node: str, report: VerifyReport, *, now: float
+) -> dict[str, dict]:
+    """Metadata of the stored videos of a packed set, by id. Torn records at the end of a
+    segment are in flight (writer alive, or on another host and active within the hour) or
+    leftovers; records or bytes that do not read are problems; video nodes in the set
+    (written by a ``"nodes"`` writer while the set was migrated) are leftovers."""
+    fs, set_id = videos.fs, videos.set_id
+    metas, _incomplete = videos.video_metas()
+    for entry in sorted(fs.list(node), key=lambda e: e.name):
+        rel = f"{node}/{entry.name}"
+        if entry.name == STAGING:
+            for sub in fs.list(rel):
+                if sub.name != META:
+                    _classify_staging(sub.name, f"{rel}/{sub.name}", report)
+        elif entry.name == META or entry.name.startswith("_"):
+            continue
+        elif not entry.is_dir:
+            report.problems.append(f"{set_id} / {entry.name}: stray file in the feature set")
+        elif duplicate_node(read_meta(fs, rel), metas) is False:
+            report.problems.append(
+                f"{set_id} / {entry.name}: a video node in a packed set (written while the set was "
+                "migrated), not read: run `vqa store migrate` to take it in"
+            )
+        elif duplicate_node(meta := read_meta(fs, rel), metas) is None and commit.in_flight(
+            rel, meta, now=now, min_age_s=STALE_FOREIGN_S
+        ):
+            report.in_flight.append(rel)  # an unfinished node whose writer may still run
+        else:  # unfinished, or a copy of a packed video left by a killed migration
+            report.leftovers.append(rel)
+    index = videos.index
+    packs = f"{node}/{PACKS}"
+    for name in sorted(index.foreign):
+        report.problems.append(f"{set_id} ({packs}/{name}): not a segment of this store (foreign file)")
+    for name, (offset, n_bytes, running) in sorted(videos.torn_tails(now=now, min_age_s=STALE_FOREIGN_S).items()):
+        where = f"{packs}/{name} (torn record: {n_bytes} bytes from byte {offset})"
+        (report.in_flight if running else report.leftovers).append(where)
+    for name, state in sorted(index.segments.items()):
+        if state.tail is not None and state.tail[0] == "damaged":
+            _kind, offset, why = state.tail
+            report.problems.append(
+                f"{set_id} ({packs}/{name} at byte {offset}): damaged segment, {why}; the "
+                f"{state.size - offset} bytes from there are not read"
+            )
+    for (name, offset), why in sorted(index.damaged.items()):
+        report.problems.append(f"{set_id} ({packs}/{name} at byte {offset}): damaged record, {why}")
+    return metas
 
 
 def _check_video_meta(
@@ -295,11 +376,11 @@ def _check_video_meta(
     return out
 
 
-def _check_video_data(store: FeatureStore, set_id: str, video_id: str) -> str | None:
+def _check_video_data(videos: Any, set_id: str, video_id: str) -> str | None:
     """Why a complete video's data is damaged (a problem line), or None."""
     where = f"{set_id} / {video_id}"
     try:
-        _data, problem = store.layout.read_stored(set_id, video_id)
+        _data, problem = videos.read_stored(video_id)
     except FeatureNotFoundError:
         logger.debug("%s was replaced or removed while verifying", where)
         return None
