@@ -15,6 +15,16 @@ os.environ["VQA_TEST_SESSION"] = uuid.uuid4().hex
 LEFTOVER_GRACE_S = 20.0  # servers and workers shut down in a few seconds once their run ends
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests that start a Prefect server or run ``vqa`` in subprocesses are slow by nature
+    (15-60 s of start-up each on 2 cores): marked ``slow`` here, so that ``make test-fast``
+    (``-m "not slow"``) leaves them out. Other slow tests carry ``@pytest.mark.slow``."""
+    slow = pytest.mark.slow
+    for item in items:
+        if "prefect_harness" in getattr(item, "fixturenames", ()):
+            item.add_marker(slow)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session, exitstatus):
     """Fail the run when a process the tests started (a Prefect server, a Dask worker, a `vqa`

@@ -69,6 +69,7 @@ def _extract_args(manifest: Path, store: Path, *more: str) -> list[str]:
 
 # ---- user errors: one line, exit 2, before Prefect ------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["unknown extractor", "bad sampling", "store is a file", "missing weights",
                                   "missing files"])
 def test_user_errors_answer_in_one_line_before_prefect(case, videos, tmp_path):
@@ -170,6 +171,7 @@ def test_the_summary_names_every_extractors_steps(capsys):
 
 # ---- a re-run with nothing to do never starts Prefect ---------------------------------------
 
+@pytest.mark.slow
 def test_nothing_to_do_is_answered_without_prefect_and_damaged_videos_can_be_redone(videos, tmp_path, api_url):
     store = tmp_path / "store"
     done, _, err, _ = run_vqa(*_extract_args(videos, store), env={"PREFECT_API_URL": api_url})
@@ -199,6 +201,7 @@ def test_nothing_to_do_is_answered_without_prefect_and_damaged_videos_can_be_red
 
 # ---- failures: one line per video, tracebacks in the run record ------------------------------
 
+@pytest.mark.slow
 def test_each_failed_video_is_one_line_and_its_traceback_goes_to_the_run_record(videos, tmp_path, api_url):
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -284,6 +287,7 @@ def test_sigterm_stops_serve_cleanly(videos, tmp_path, api_url):
 
 # ---- extract-folder ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_extract_folder_warns_once_per_skipped_link_and_survives_a_link_loop(videos, tmp_path, api_url):
     folder = tmp_path / "folder"
     folder.mkdir()
@@ -303,6 +307,7 @@ def test_extract_folder_warns_once_per_skipped_link_and_survives_a_link_loop(vid
     assert store.video_ids(store.feature_sets()[0]) == ["inside.mp4"]
 
 
+@pytest.mark.slow
 def test_extractor_options_reach_the_spec_and_bad_ones_are_one_line(tmp_path):
     """``--extractor-option NAME:KEY=VALUE`` builds the extractor with that option (recorded in its
     spec, so its own feature set); an unknown option or a malformed one is a one-line usage error."""

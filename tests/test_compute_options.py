@@ -57,6 +57,7 @@ def _relative_errors(store: FeatureStore, set_id: str, reference: str) -> np.nda
     return np.asarray(errors)
 
 
+@pytest.mark.slow
 def test_bf16_is_its_own_feature_set_within_a_bound_of_fp32(manifest, tmp_path, prefect_harness, capsys):
     store_path = tmp_path / "store"
     assert _extract(manifest, store_path) == 0
@@ -74,6 +75,7 @@ def test_bf16_is_its_own_feature_set_within_a_bound_of_fp32(manifest, tmp_path, 
     assert vqa(["store", "verify", str(store_path)]) == 0
 
 
+@pytest.mark.slow
 def test_channels_last_is_its_own_set_and_prefetch_only_reaches_the_run_record(manifest, tmp_path, prefect_harness,
                                                                                 capsys):
     store_path = tmp_path / "store"
@@ -129,6 +131,7 @@ def test_the_flow_refuses_bad_options_before_creating_the_store(manifest, tmp_pa
     assert not store.exists()
 
 
+@pytest.mark.slow
 def test_the_extractor_cache_key_includes_the_compute_options():
     flows.extract._build.cache_clear()
     configs = [ExtractionConfig((EXTRACTOR,), {EXTRACTOR: "random"}, {EXTRACTOR: SAMPLING}, "cpu", precision=p,
@@ -143,6 +146,7 @@ def test_the_extractor_cache_key_includes_the_compute_options():
     flows.extract._build.cache_clear()
 
 
+@pytest.mark.slow
 def test_extract_folder_takes_the_compute_options(manifest, tmp_path, prefect_harness, capsys):
     store_path = tmp_path / "store"
     assert vqa(["extract-folder", str(manifest.parent), "--store", str(store_path), "--extractor", EXTRACTOR,

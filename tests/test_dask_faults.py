@@ -106,6 +106,7 @@ def _all_ids(manifest: Path) -> list[str]:
     return sorted(line.split(",")[0] for line in manifest.read_text().splitlines()[1:])
 
 
+@pytest.mark.slow
 def test_a_lost_worker_is_replaced_and_its_video_retried(manifest, cluster, tmp_path):
     lc, client = cluster
     pids_before = set(client.run(os.getpid).values())
@@ -131,6 +132,7 @@ def test_a_lost_worker_is_replaced_and_its_video_retried(manifest, cluster, tmp_
     assert (_last_record(store)["done"], _last_record(store)["skipped"]) == (0, 4)
 
 
+@pytest.mark.slow
 def test_when_dask_gives_up_the_video_is_recorded_failed_and_the_next_run_stores_it(manifest, cluster, tmp_path):
     lc, client = cluster
     marker, store = tmp_path / "killed", tmp_path / "store"

@@ -40,6 +40,7 @@ def dataset(tmp_path_factory):
     return manifest, with_broken
 
 
+@pytest.mark.slow
 def test_extract_fit_predict(dataset, tmp_path, prefect_harness, capsys):
     manifest, with_broken = dataset
     store_path = tmp_path / "store"
@@ -93,6 +94,7 @@ def test_extract_fit_predict(dataset, tmp_path, prefect_harness, capsys):
     assert [r["video_id"] for r in predicted] == [r["video_id"] for r in rows]
 
 
+@pytest.mark.slow
 def test_predict_refuses_features_made_differently(dataset, tmp_path, prefect_harness, capsys):
     manifest, _ = dataset
     a, b = tmp_path / "a", tmp_path / "b"
@@ -107,6 +109,7 @@ def test_predict_refuses_features_made_differently(dataset, tmp_path, prefect_ha
     assert not (tmp_path / "s.csv").exists()
 
 
+@pytest.mark.slow
 def test_killed_extraction_resumes_without_redoing_finished_videos(dataset, tmp_path, prefect_harness):
     """SIGKILL a real `vqa extract` once some videos are stored, then re-run to completion."""
     manifest, _ = dataset
@@ -142,6 +145,7 @@ def test_killed_extraction_resumes_without_redoing_finished_videos(dataset, tmp_
         assert np.isfinite(store.read_video(set_id, video_id)).all()
 
 
+@pytest.mark.slow
 def test_one_run_feeds_frame_and_clip_extractors_with_their_own_sampling(dataset, tmp_path, prefect_harness):
     manifest, _ = dataset
     two = tmp_path / "two.csv"
@@ -160,6 +164,7 @@ def test_one_run_feeds_frame_and_clip_extractors_with_their_own_sampling(dataset
     assert store.read_video(clips_set, video_id).shape == (32, 512)  # a 0.5 s clip: one 32-frame clip
 
 
+@pytest.mark.slow
 def test_every_head_trains_predicts_and_is_reported_side_by_side(dataset, tmp_path, prefect_harness, capsys):
     manifest, _ = dataset
     store = tmp_path / "store"
@@ -193,6 +198,7 @@ def test_every_head_trains_predicts_and_is_reported_side_by_side(dataset, tmp_pa
     assert all(f"| {h} | {h} |" in table for h in runs) and "unique+resnet50-vsfa" in table
 
 
+@pytest.mark.slow
 def test_cross_dataset_protocol_trains_on_one_manifest_and_tests_on_another(dataset, tmp_path, prefect_harness):
     manifest, _ = dataset
     rows = manifest.read_text().splitlines()

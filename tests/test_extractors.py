@@ -26,6 +26,7 @@ from vqa_core.registry import Registry
 FRAMES = np.random.default_rng(0).integers(0, 256, size=(2, 64, 80, 3), dtype=np.uint8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", list_extractors(), ids=lambda e: e.name)
 def test_every_registered_extractor_gives_its_declared_dims(entry):
     extractor = create_extractor(entry.name, weights="random")
@@ -128,6 +129,7 @@ def test_resnet50_default_taps_all_four_stages(tmp_path):
     np.testing.assert_allclose(out[:, 256:512], l1.flatten(2).std(2).numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_random_weights_are_seeded_and_distinct_per_seed():
     a = create_extractor("resnet50-vsfa", weights="random:5")(FRAMES)
     b = create_extractor("resnet50-vsfa", weights="random:5")(FRAMES)
@@ -141,6 +143,7 @@ def test_imagenet_weights_missing_offline_says_how_to_provide_them():
         create_extractor("resnet50", weights="imagenet")
 
 
+@pytest.mark.slow
 def test_cached_imagenet_file_is_checked_against_its_published_hash(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     cached = tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
@@ -150,6 +153,7 @@ def test_cached_imagenet_file_is_checked_against_its_published_hash(tmp_path, mo
         torchvision_weights(ResNet50_Weights.IMAGENET1K_V1, allow_download=False)
 
 
+@pytest.mark.slow
 def test_cached_file_with_matching_hash_loads(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     state = resnet50(weights=None).state_dict()
@@ -166,6 +170,7 @@ def test_cached_file_with_matching_hash_loads(tmp_path, monkeypatch):
     assert set(resolved.state_dict) == set(state)
 
 
+@pytest.mark.slow
 def test_mismatched_state_dict_fails_clearly(tmp_path):
     state = resnet50(weights=None).state_dict()
     state["layer1.0.conv1.weightx"] = state.pop("layer1.0.conv1.weight")
@@ -221,6 +226,7 @@ def test_pil_resize_and_crop_equal_torchvision_on_pil_images(height, width, shor
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.slow
 def test_resnet50_pr_option_resizes_to_a_540_short_side():
     """A2INet PR: semantic frames resized so that min(H, W) = 540, aspect ratio kept, up or down."""
     default = create_extractor("resnet50", weights="random:1")

@@ -200,6 +200,7 @@ def fmc_run(iqa, tmp_path_factory, prefect_harness):
     return summary, out
 
 
+@pytest.mark.slow
 def test_fmc_flow_writes_a_checkpoint_the_gram_extractor_loads(fmc_run, iqa):
     summary, out = fmc_run
     assert summary["finished"] and summary["checkpoint"] == str(out / CHECKPOINT_NAME)
@@ -238,6 +239,7 @@ def test_fmc_changes_only_the_layers_before_mixed_5c_branch1x1(fmc_run):
                            after["Mixed_7c.branch_pool.bn.running_mean"])
 
 
+@pytest.mark.slow
 def test_frozen_bn_eval_keeps_every_frozen_tensor(entries, tmp_path):
     paths, mos, groups, train, val = subset(entries)
     recipe = dataclasses.replace(RECIPES["fmc-inception"], frozen_bn="eval")
@@ -262,6 +264,7 @@ def resnet_run(iqa, tmp_path_factory, prefect_harness):
     return summary, out
 
 
+@pytest.mark.slow
 def test_quality_flow_writes_a_checkpoint_unique_loads(resnet_run):
     summary, out = resnet_run
     assert summary["finished"] and summary["epochs_done"] == 2 and summary["extractor"] == "unique"
@@ -279,6 +282,7 @@ def test_quality_flow_writes_a_checkpoint_unique_loads(resnet_run):
     assert extractor(np.full((1, 64, 64, 3), 90, np.uint8)).shape == (1, 1920)
 
 
+@pytest.mark.slow
 def test_finished_run_is_not_redone_and_its_record_is_stable(resnet_run, iqa):
     from flows.finetune import finetune_flow
 
@@ -301,6 +305,7 @@ def test_stale_sidecar_is_refused(resnet_run, tmp_path):
 
 
 # --------------------------------------------------------------------------- resume
+@pytest.mark.slow
 def test_stopped_and_resumed_run_equals_an_uninterrupted_one(entries, tmp_path):
     paths, mos, groups, train, val = subset(entries)
     args = dict(train_idx=train, val_idx=val, groups=groups, recipe="quality-resnet", start="random", epochs=2,
@@ -321,6 +326,7 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(entries, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_state_made_differently(entries, tmp_path):
     paths, mos, groups, train, val = subset(entries)
     args = dict(train_idx=train, val_idx=val, recipe="quality-resnet", start="random", epochs=2, batch_size=8,
@@ -380,6 +386,7 @@ def test_vqa_extract_uses_the_fine_tuned_checkpoint_and_names_it_in_provenance(r
     assert store.read_video(set_id, "v").shape == (2, 1920)
 
 
+@pytest.mark.slow
 def test_vqa_finetune_command_runs_the_flow(iqa, tmp_path, prefect_harness, capsys):
     from flows.cli import main
 

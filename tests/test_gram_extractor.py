@@ -112,6 +112,7 @@ def rows(ours, frames) -> np.ndarray:
     return ours(frames)
 
 
+@pytest.mark.slow
 def test_reproduces_fmc_full_layout_after_reconstruction(ours, rows, golden):
     assert ours.spec.weights["source"] == "file" and ours.spec.backbone == "inception_v3(transform_input=True)"
     assert rows.shape == (2, 76_560) and rows.dtype == np.float32
@@ -248,6 +249,7 @@ def by_resampler() -> dict:
     return {r: create_extractor("inception-gram-avgpool", weights="random", resampler=r) for r in ("torch", "pil")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("height, width", [(540, 960), (359, 641), (1001, 17)])
 def test_pil_resampler_input_is_fmcs_frame_transform_bit_for_bit(by_resampler, height, width):
     """FMC: each frame -> PIL image -> Resize(338) (PIL bilinear on uint8) -> CenterCrop(299) ->

@@ -145,6 +145,7 @@ def _no_staging_leftovers(store: FeatureStore, set_id: str) -> bool:
     return [p.name for p in (store.path / encode_node_name(set_id) / "_staging").iterdir()] == ["zarr.json"]
 
 
+@pytest.mark.slow
 def test_disk_full_in_a_flow_records_a_clear_failure_and_a_rerun_completes(tmp_path, prefect_harness, monkeypatch):
     """The disk stays full to the end of the run, so the run record cannot be written either:
     the summary is still returned (and printed by the command line), with a warning."""
@@ -296,6 +297,7 @@ def _store_operations(path: Path, set_id: str):
     return {"verify": lambda: verify(store), **operations}
 
 
+@pytest.mark.slow
 @settings(max_examples=100, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())

@@ -46,6 +46,7 @@ def test_frames_over_the_pixel_limit_are_refused_from_the_header(bomb):
     assert MAX_FRAME_PIXELS_ENV in cause and "ffmpeg -i IN -vf scale" in cause
 
 
+@pytest.mark.slow
 def test_the_refusal_decodes_nothing(bomb):
     """In a fresh process, opening the bomb (and the runner on it) raises the limit error
     while the peak resident memory grows by less than one decoded frame's grey plane (256 MB)."""

@@ -191,6 +191,7 @@ def test_odd_dimensions_decode_without_shear(videos):
     assert error < 3, f"mean abs error {error:.1f}: decoded frame does not match the source"
 
 
+@pytest.mark.slow
 def test_4k_frames_pass_through_in_bounded_batches(tmp_path):
     path = encode_video(tmp_path / "4k.mp4", [pattern_frame(3840, 2160)] * 3, crf=35,
                         extra_args=["-preset", "ultrafast"])
@@ -269,6 +270,7 @@ def _peak_bytes(path) -> tuple[int, np.ndarray]:
         tracemalloc.stop()
 
 
+@pytest.mark.slow
 def test_memory_does_not_grow_with_video_length(tmp_path):
     levels = list(grey_frames(41))
     short = encode_video(tmp_path / "short.mp4", (levels[i % 41] for i in range(300)), crf=0)
@@ -346,6 +348,7 @@ def flow_run(videos, tmp_path_factory, prefect_harness, probe_registered):
     return summary, FeatureStore(store), v
 
 
+@pytest.mark.slow
 def test_flow_records_each_broken_video_and_goes_on(flow_run):
     summary, store, v = flow_run
     failures = summary["failures"]

@@ -149,6 +149,7 @@ def test_features_of_another_width_are_a_clear_input_error(saved):
         head.predict([np.ones((3, 6))])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_features_in", [4_000_000, 1_000_000_000])
 def test_a_huge_n_features_in_is_refused_before_allocating(saved, tmp_path, n_features_in):
     """The review's case: n_features_in 4e6 made load allocate 2.6 GB (the first layer at that
@@ -162,6 +163,7 @@ def test_a_huge_n_features_in_is_refused_before_allocating(saved, tmp_path, n_fe
     assert growth_kib < 200 * 1024, growth_kib  # the layer alone would be 2 GB at 4e6 features
 
 
+@pytest.mark.slow
 def test_an_array_declaring_more_data_than_its_file_holds_is_refused(saved, tmp_path):
     """A 1 KB npz member whose .npy header declares [1e9, 64] float64 (512 GB)."""
     folder = copy_of(saved, "svr", tmp_path)

@@ -97,6 +97,7 @@ def _last_run_record(store: Path) -> dict:
     return json.loads(sorted((store / "_runs").glob("extract-*.json"))[-1].read_text())
 
 
+@pytest.mark.slow
 def test_dask_local_cluster_writes_the_same_store_as_a_local_run(with_broken, local_store, tmp_path, monkeypatch):
     """`vqa extract --dask-workers 2`: one task per video on 2 worker processes, each annotated
     with the resource the workers declare; the store equals the in-process one, and the broken
@@ -203,6 +204,7 @@ def test_folder_manifest_ids_are_relative_paths(tmp_path):
         scan_video_folder(tmp_path / "missing")
 
 
+@pytest.mark.slow
 def test_extract_folder_extracts_only_videos_not_yet_stored(dataset, server, tmp_path, capsys):
     videos = sorted((dataset.parent / "videos").glob("*.mp4"))
     folder, store = tmp_path / "incoming", tmp_path / "store"
@@ -223,6 +225,7 @@ def test_extract_folder_extracts_only_videos_not_yet_stored(dataset, server, tmp
     assert len(list((store / "_runs").glob("extract-folder-*.csv"))) == 2
 
 
+@pytest.mark.slow
 def test_evaluate_flow_fits_every_head_and_compares_them(dataset, local_store, tmp_path, capsys):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -255,6 +258,7 @@ def test_evaluate_flow_fits_every_head_and_compares_them(dataset, local_store, t
     assert "| a2inet | a2inet |" not in (out / "comparison.md").read_text()  # run | head columns
 
 
+@pytest.mark.slow
 def test_fit_and_predict_flows(dataset, local_store, tmp_path):
     out = tmp_path / "fit"
     metrics = fit_flow(store=str(local_store), manifest=str(dataset), features=[EXTRACTOR], out=str(out),

@@ -72,8 +72,8 @@ def test_splits_are_deterministic_given_a_seed():
         lambda s: random_splits(36, groups=GROUPS, n_repeats=4, random_state=s),
     ):
         a, b, c = make(3), make(3), make(4)
-        assert all(np.array_equal(x[1], y[1]) and np.array_equal(x[0], y[0]) for x, y in zip(a, b))
-        assert not all(np.array_equal(x[1], y[1]) for x, y in zip(a, c))
+        assert all(np.array_equal(x[1], y[1]) and np.array_equal(x[0], y[0]) for x, y in zip(a, b, strict=True))
+        assert not all(np.array_equal(x[1], y[1]) for x, y in zip(a, c, strict=True))
 
 
 def test_default_protocol_sizes():
@@ -206,3 +206,108 @@ def test_evaluate_length_mismatch():
     X, y = _data(10)
     with pytest.raises(InvalidInputError, match="X has 9 videos but y has 10"):
         evaluate(FirstFeatureHead(), X[:9], y, splits=random_splits(10), progress=False)
+
+
+# ---------------------------------------------------------------- protocols by name, few groups, small data
+from regressors.protocols import (  # noqa: E402
+    PROTOCOLS,
+    logistic_is_degenerate,
+    plan_splits,
+    train_val_test_splits,
+    vsfa_splits,
+)
+
+
+def test_protocols_are_the_papers():
+    assert PROTOCOLS.names() == ["fmc", "a2inet", "vsfa"]
+    plan = plan_splits("fmc", 50)
+    assert len(plan.splits) == 100 and plan.n_distinct == 100 and plan.notes == []
+    assert plan.params == {"n_splits": 5, "n_repeats": 20}
+    assert len(plan_splits("a2inet", 50).splits) == 10 and len(plan_splits("vsfa", 50).splits) == 10
+    with pytest.raises(InvalidInputError, match="unknown protocol 'fcm'. Did you mean fmc"):
+        plan_splits("fcm", 50)
+
+
+def test_five_groups_give_five_distinct_kfold_splits_and_say_so():
+    groups = np.repeat(np.arange(5), 17)  # 85 clips of 5 sources
+    plan = plan_splits("fmc", 85, groups=groups)
+    assert len(plan.splits) == 100 and plan.n_distinct == 5
+    assert any("only 5 distinct splits among the 100 drawn" in n for n in plan.notes)
+    X, y = _data(85)
+    FirstFeatureHead.fits = 0
+    result = evaluate(FirstFeatureHead(), X, y, groups=groups, protocol="fmc")
+    assert FirstFeatureHead.fits == 5  # each distinct split fitted once
+    assert result.n_distinct_splits == 5 and len(result.per_split) == 100
+    assert sum("same_as" in m for m in result.per_split) == 95
+    assert result.metrics["n_distinct_splits"] == 5 and result.metrics["notes"] == plan.notes
+    # reusing a repeated split changes nothing: the median over all 100 as if each were fitted
+    assert result.median["srcc"] == pytest.approx(np.median([m["srcc"] for m in result.per_split]))
+
+
+def test_fewer_groups_than_folds_become_leave_one_group_out():
+    groups = np.repeat(np.arange(3), 6)
+    plan = plan_splits("fmc", 18, groups=groups, n_repeats=2)
+    assert plan.params["n_splits"] == 3 and len(plan.splits) == 6 and plan.n_distinct == 3
+    assert "only 3 groups, so 3-fold instead of 5-fold" in plan.notes[0]
+    for _, test in plan.splits:
+        assert len(set(groups[test])) == 1
+
+
+def test_small_test_folds_take_fewer_folds_and_tiny_sets_are_refused_naming_the_flag():
+    plan = plan_splits("fmc", 14, n_repeats=1)  # 5 folds of 14 would test 2 or 3 videos
+    assert plan.params["n_splits"] == 4 and min(t.size for _, t in plan.splits) >= 3
+    assert "5 folds would leave test folds under 3 videos, so 4-fold" in plan.notes[0]
+    with pytest.raises(InvalidInputError, match="too few for the fmc protocol.*--protocol a2inet"):
+        plan_splits("fmc", 5)
+    grown = plan_splits("a2inet", 5, n_repeats=3)  # 1 of 5 videos would be tested: grown to 3
+    assert all(t.size == 3 and tr.size == 2 for tr, t in grown.splits)
+    assert "3 of 3 random test parts held fewer than 3 videos" in grown.notes[0]
+    with pytest.raises(InvalidInputError, match="too few for the a2inet protocol"):
+        plan_splits("a2inet", 4)
+
+
+def test_growing_random_test_parts_keeps_the_draws():
+    groups = np.repeat(np.arange(10), [1, 1, 1, 1, 1, 4, 4, 4, 4, 4])
+    plain = random_splits(25, groups=groups, n_repeats=8, random_state=3)
+    grown = random_splits(25, groups=groups, n_repeats=8, random_state=3, min_test_samples=3)
+    for (_, te0), (_, te1) in zip(plain, grown, strict=True):
+        assert set(te0) <= set(te1) and te1.size >= 3  # the same draw, extended
+        if te0.size >= 3:
+            assert np.array_equal(te0, te1)
+    triples = train_val_test_splits(12, n_repeats=4, random_state=0, fractions=(0.8, 0.1, 0.1),
+                                    min_test_samples=3)
+    assert all(test.size == 3 and train.size >= 1 for train, _, test in triples)
+    pairs = vsfa_splits(12, n_repeats=4, random_state=0, min_test_samples=3)
+    assert all(np.array_equal(np.sort(np.concatenate(p)), np.arange(12)) for p in pairs)
+
+
+def test_evaluate_takes_a_protocol_or_splits_not_both():
+    X, y = _data(20)
+    with pytest.raises(InvalidInputError, match="either splits, or a protocol"):
+        evaluate(FirstFeatureHead(), X, y, splits=random_splits(20), protocol="fmc")
+    result = evaluate(FirstFeatureHead(), X, y, protocol="a2inet", n_repeats=3)
+    assert result.protocol == "a2inet" and len(result.per_split) == 3
+
+
+def test_degenerate_logistic_is_detected_and_reported_beside_raw_plcc():
+    rng = np.random.default_rng(0)
+    p = rng.standard_t(2, size=100)  # heavy-tailed predictions ...
+    y = 1.5 + 3 * (p > 0.3) + rng.normal(0, 0.15, 100)  # ... of a MOS that is a threshold of them
+    assert logistic_is_degenerate(y[:50], p[:50]) and logistic_is_degenerate(y, p)
+    linear = rng.uniform(1, 5, 100)
+    assert not logistic_is_degenerate(linear, linear + rng.normal(0, 0.5, 100))
+    x = rng.normal(size=100)  # a genuinely logistic relation is not a step
+    assert not logistic_is_degenerate(1 + 4 / (1 + np.exp(-x / 0.3)) + rng.normal(0, 0.2, 100), x)
+
+    class Given(FirstFeatureHead):
+        def predict(self, X):
+            return np.array([float(np.asarray(x)[0, 0]) for x in X])
+
+    X = [np.array([[v]]) for v in p]
+    result = evaluate(Given(), X, y, splits=[(np.arange(50), np.arange(50, 100))])
+    (row,) = result.per_split
+    metrics = result.metrics
+    assert row["logistic_degenerate"] is True and metrics["n_degenerate_logistic"] == 1
+    assert any("collapsed to a step in 1 of 1 splits" in n and "raw PLCC" in n for n in metrics["notes"])
+    assert metrics["plcc"] > metrics["plcc_raw"] + 0.2  # what the flag warns about
+    assert metrics["pooled"]["logistic_degenerate"] is True

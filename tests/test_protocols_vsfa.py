@@ -51,8 +51,8 @@ def test_seeded_and_custom_fractions():
     a = train_val_test_splits(40, fractions=(0.5, 0.25, 0.25), n_repeats=3, random_state=7)
     b = train_val_test_splits(40, fractions=(0.5, 0.25, 0.25), n_repeats=3, random_state=7)
     c = train_val_test_splits(40, fractions=(0.5, 0.25, 0.25), n_repeats=3, random_state=8)
-    assert all(np.array_equal(x, y) for s, t in zip(a, b) for x, y in zip(s, t))
-    assert not all(np.array_equal(s[2], t[2]) for s, t in zip(a, c))
+    assert all(np.array_equal(x, y) for s, t in zip(a, b, strict=True) for x, y in zip(s, t, strict=True))
+    assert not all(np.array_equal(s[2], t[2]) for s, t in zip(a, c, strict=True))
     assert [len(p) for p in a[0]] == [20, 10, 10]
     train, val, test = train_val_test_splits(10, fractions=(0.8, 0.0, 0.2), n_repeats=1)[0]
     assert (len(train), len(val), len(test)) == (8, 0, 2)

@@ -356,6 +356,7 @@ def _run_writers(url: str, jobs: list[tuple], timeout: float = 180) -> list[int]
     return [p.exitcode for p in procs]
 
 
+@pytest.mark.slow
 def test_disjoint_writers_into_one_file_url(file_url):
     jobs = [(w, [f"w{w}/v{i}" for i in range(8)], False, 1, None) for w in range(3)]
     assert _run_writers(file_url, jobs) == [0, 0, 0]

@@ -136,6 +136,55 @@ def test_compare_runs_puts_runs_side_by_side(tmp_path):
     paths = write_comparison(tmp_path / "cmp", rows)
     md = paths["markdown"].read_text()
     assert "| svr-run | svr | resnet50 | fmc | 20 | 0.8100 |" in md and "![gru-run](../gru-run/scatter.png)" in md
-    assert paths["csv"].read_text().splitlines()[0] == "run,head,features,protocol,n_videos,srcc,krcc,plcc,plcc_raw,rmse"
+    header = "run,head,features,protocol,n_videos,srcc,krcc,plcc,plcc_raw,rmse"
+    assert paths["csv"].read_text().splitlines()[0] == header
     with pytest.raises(RegressorError, match="not a run report"):
         compare_runs([tmp_path])
+
+
+def test_scatter_title_reports_exactly_the_plotted_points(tmp_path, monkeypatch):
+    import regressors.report as report
+    from regressors.metrics import evaluate_predictions
+
+    result, mos = _result()
+    drawn = {}
+    monkeypatch.setattr(report, "_scatter", lambda path, pred, m, title, footnote, pooled: drawn.update(
+        pred=pred, mos=m, title=title, footnote=footnote))
+    paths = write_report(tmp_path, result, video_ids=list(range(40)), mos=mos, settings={})
+    on_points = evaluate_predictions(drawn["mos"], drawn["pred"])
+    assert len(drawn["pred"]) == 39  # the never-tested video is not drawn
+    for key, label in (("srcc", "SRCC"), ("plcc", "PLCC"), ("plcc_raw", "PLCC (raw)"), ("rmse", "RMSE")):
+        assert f"{label} {on_points[key]:.4f}" in drawn["title"]
+    assert f"SRCC {result.median['srcc']:.4f}" not in drawn["title"]  # the split median is not the points'
+    assert "median over 3 splits" in drawn["footnote"] and f"SRCC {result.median['srcc']:.4f}" in drawn["footnote"]
+    doc = json.loads(paths["metrics"].read_text())
+    assert doc["pooled"]["srcc"] == pytest.approx(on_points["srcc"]) and doc["pooled"]["n_videos"] == 39
+    assert doc["n_distinct_splits"] == 3 and doc["notes"] == [] and doc["n_degenerate_logistic"] == 0
+
+
+def test_format_metrics_table_lists_notes_after_the_table():
+    table = format_metrics_table({"srcc": 0.5, "krcc": 0.4, "plcc": 0.6, "plcc_raw": 0.1, "rmse": 0.3,
+                                  "n_distinct_splits": 5, "notes": ["fmc: only 5 distinct splits"]})
+    assert table.splitlines()[-1] == "note: fmc: only 5 distinct splits"
+    assert "n_distinct_splits" in table
+
+
+def test_vqa_report_lists_the_settings_that_differ(tmp_path):
+    from regressors.report import compare_runs, format_settings_diff, settings_diff, write_comparison
+
+    for name, lr, code in (("a", 1e-4, "abc"), ("b", 1e-3, "abc"), ("c", 1e-4, "def")):
+        run = tmp_path / name
+        run.mkdir()
+        settings = {"head": "vsfa", "head_params": {"lr": lr, "epochs": 40}, "protocol": "vsfa", "n_videos": 85,
+                    "feature_sets": [{"id": "r50--fps-4--1", "spec": {"name": "resnet50"}}],
+                    "code_version": {"git_commit": code}}
+        (run / "metrics.json").write_text(json.dumps(
+            {"srcc": 0.5, "krcc": 0.4, "plcc": 0.6, "plcc_raw": 0.5, "rmse": 0.4, "settings": settings}))
+    rows = compare_runs([tmp_path / n for n in "abc"])
+    diff = dict(settings_diff(rows))
+    assert diff == {"code_version.git_commit": ["abc", "abc", "def"], "head_params.lr": ["0.0001", "0.001", "0.0001"]}
+    text = format_settings_diff(rows)
+    assert "| setting | a | b | c |" in text and "| head_params.lr | 0.0001 | 0.001 | 0.0001 |" in text
+    assert "Settings that differ" in write_comparison(tmp_path / "cmp", rows)["markdown"].read_text()
+    same = compare_runs([tmp_path / "a", tmp_path / "a"])
+    assert format_settings_diff(same) == "Settings: every recorded setting is the same in these runs."

@@ -242,6 +242,7 @@ def relative_errors(approx: np.ndarray, exact: np.ndarray) -> np.ndarray:
     return np.linalg.norm(approx - exact, axis=1) / np.linalg.norm(exact, axis=1)
 
 
+@pytest.mark.slow
 def test_bf16_features_stay_within_the_measured_bound():
     photos = _photos()
     fp32 = create_extractor("resnet50", weights="random:0")
@@ -253,6 +254,7 @@ def test_bf16_features_stay_within_the_measured_bound():
     assert errors.min() > 1e-4, errors  # bf16 really ran (it is not exact)
 
 
+@pytest.mark.slow
 def test_channels_last_matches_the_standard_layout():
     photos = _photos(64)
     standard = create_extractor("resnet50", weights="random:0")
@@ -262,6 +264,7 @@ def test_channels_last_matches_the_standard_layout():
     np.testing.assert_allclose(channels_last(photos), standard(photos), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_channels_last_3d_for_video_networks():
     clip = np.repeat(_photos(64)[:1, None], 32, axis=1)  # [1, 32, H, W, 3]
     standard = create_extractor("slowfast", weights="random:0", size=64)

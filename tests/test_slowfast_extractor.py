@@ -82,6 +82,7 @@ def test_registry_dims_and_spec(name):
     assert spec.to_dict()["resize"] == [SMALL, SMALL]
 
 
+@pytest.mark.slow
 def test_full_size_clip():
     """The one 224 px forward: stage-5 shapes, and SimpleVQA's pooling on the real maps."""
     extractor = create_extractor("slowfast", weights="random:2")

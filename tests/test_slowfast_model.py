@@ -112,6 +112,7 @@ def test_stage5_parity_small_clip(model, golden):
     _check_maps(golden, "small", slow_map, fast_map)
 
 
+@pytest.mark.slow
 def test_224_clip_shapes_maps_and_logits(model, golden):
     """The one full-size forward (~5 s on CPU): stage-5 shapes, maps and classify() logits."""
     captured = {}
@@ -181,6 +182,7 @@ def test_load_checkpoint_renamed_key_is_a_clear_error(tmp_path, synthetic_state)
     assert "missing" in message and "unexpected" in message
 
 
+@pytest.mark.slow
 def test_load_checkpoint_wrong_shape_is_a_clear_error(tmp_path, synthetic_state):
     state = dict(synthetic_state)
     state["blocks.6.proj.weight"] = torch.zeros(700, 2304)  # a 700-class head

@@ -66,6 +66,7 @@ def _join(procs: list, timeout: float = 120) -> None:
     assert not stuck, "writers did not finish"
 
 
+@pytest.mark.slow
 def test_disjoint_writers(tmp_path):
     path = tmp_path / "store"
     jobs = [(w, [f"w{w}/v{i:02d}" for i in range(12)], False, False) for w in range(4)]
@@ -83,6 +84,7 @@ def test_disjoint_writers(tmp_path):
             assert store.video_provenance(set_id, vid)["video"]["writer"] == w
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overwrite", [False, True], ids=["keep-first", "overwrite"])
 def test_writers_racing_on_the_same_videos(tmp_path, overwrite):
     """Two writers store different values under the same ids at the same time: every video
@@ -109,6 +111,7 @@ def test_writers_racing_on_the_same_videos(tmp_path, overwrite):
     assert store.feature_set_info(set_id)["incomplete"] == 0
 
 
+@pytest.mark.slow
 def test_one_of_several_writers_killed(tmp_path):
     """A writer is SIGKILLed mid-write (while replacing its videos in a loop) as the others
     write: theirs are all stored, the victim's are complete or absent, verify is ok and lists

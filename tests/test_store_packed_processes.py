@@ -141,6 +141,7 @@ def test_writer_killed_mid_record_leaves_nothing_half_visible(tmp_path):
     assert store.feature_set_info(set_id)["incomplete"] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["local", "file"])
 def test_writers_killed_at_random_moments(kind, tmp_path):
     """Writers replacing their videos in a loop are SIGKILLed at random moments: every video
@@ -168,6 +169,7 @@ def test_writers_killed_at_random_moments(kind, tmp_path):
     assert report.ok and report.leftovers == [] and report.in_flight == [], str(report)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["local", "file"])
 def test_racing_writers_the_newest_record_wins(kind, tmp_path):
     """Three writers store different values under the same ids at the same time: each video
@@ -198,6 +200,7 @@ def test_racing_writers_the_newest_record_wins(kind, tmp_path):
     assert _assert_sound(*_fresh(location)) == writers
 
 
+@pytest.mark.slow
 def test_compaction_while_writers_and_readers_run(tmp_path):
     """file://: every write is its own object, so compaction has work while writers keep
     adding records and readers keep reading; nobody fails and nothing is lost."""

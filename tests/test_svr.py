@@ -41,7 +41,7 @@ def _videos(n=60, d=6, seed=0):
 # candidate fits per check would make the suite slow. It is tested directly below.
 # pooling="meanmax" passes these checks too; it is left out for speed (its 2-D handling
 # is covered by test_list_and_2d_inputs_are_consistent).
-@parametrize_with_checks([SVRHead(), SVRHead(preset="bvqa", C=4.0, gamma=0.5)])
+@parametrize_with_checks([SVRHead(), SVRHead(pooling=None), SVRHead(preset="bvqa", C=4.0, gamma=0.5)])
 def test_sklearn_estimator_checks(estimator, check):
     # check_regressor_data_not_an_array is skipped by scikit-learn itself when pandas is
     # missing, and check_array_api_input when SCIPY_ARRAY_API is unset.
@@ -261,3 +261,44 @@ def test_load_errors_name_the_file(saved, corrupt, match):
     with pytest.raises(ModelFormatError, match=match) as info:
         load_head(saved)
     assert str(saved) in str(info.value)
+
+
+# --------------------------------------------------------------- pooling as a composable step
+def test_heads_saved_before_pooling_moved_out_load_and_predict_the_same():
+    """tests/fixtures/svr_head_v1 was saved by SVRHead as it was at commit 611005c
+    (tests/fixtures/make_svr_head_fixture.py regenerates it)."""
+    import importlib.util
+    from pathlib import Path
+
+    fixtures = Path(__file__).parent / "fixtures"
+    spec = importlib.util.spec_from_file_location("make_svr_head_fixture", fixtures / "make_svr_head_fixture.py")
+    maker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(maker)
+    X, y = maker.data()
+    head, info = load_head(fixtures / "svr_head_v1")
+    assert isinstance(head, SVRHead) and head.pooling == "meanmax" and head.n_features_in_ == 4
+    expected = np.load(fixtures / "svr_head_v1_predictions.npy")
+    np.testing.assert_array_equal(head.predict(X[18:]), expected)
+    # and today's code, fitting the same data, gives the very same head
+    np.testing.assert_array_equal(SVRHead(pooling="meanmax").fit(X[:18], y[:18]).predict(X[18:]), expected)
+
+
+def test_pooling_none_takes_pooled_features_and_with_pooling_restores_videos(tmp_path):
+    X, y = _videos(40)
+    pooled = np.stack([pool_features(x, "meanmax") for x in X])
+    on_pooled = SVRHead(pooling=None).fit(pooled[:30], y[:30])
+    assert on_pooled.n_features_in_ == 12
+    on_videos = on_pooled.with_pooling("meanmax")
+    assert on_videos.pooling == "meanmax" and on_videos.n_features_in_ == 6 and on_pooled.pooling is None
+    direct = SVRHead(pooling="meanmax").fit(X[:30], y[:30])
+    np.testing.assert_array_equal(on_videos.predict(X[30:]), direct.predict(X[30:]))
+    np.testing.assert_array_equal(on_pooled.predict(pooled[30:]), direct.predict(X[30:]))
+    save_head(on_videos, tmp_path / "m", feature_info={})
+    loaded, _ = load_head(tmp_path / "m")
+    np.testing.assert_array_equal(loaded.predict(X[30:]), direct.predict(X[30:]))
+    with pytest.raises(InvalidInputError, match="needs a head fitted with pooling=None"):
+        direct.with_pooling("mean")
+    with pytest.raises(InvalidInputError, match="cannot come from 'meanmax'"):
+        SVRHead(pooling=None).fit(pooled[:30, :11], y[:30]).with_pooling("meanmax")
+    with pytest.raises(NotFittedError):
+        SVRHead(pooling=None).with_pooling("mean")

@@ -109,6 +109,7 @@ def loky_workers_stop():
     get_reusable_executor().shutdown(wait=True)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("loky_workers_stop")
 def test_grid_search_parallel_equals_serial_and_follows_the_grid():
     X, y = _features(80, d=16, seed=3)

@@ -228,6 +228,7 @@ def _report(out: Path) -> tuple[dict, str, dict]:
     return metrics, (out / "predictions.csv").read_text(), head.module_.state_dict()
 
 
+@pytest.mark.slow
 def test_sigkilled_vqa_fit_resumes_and_matches_an_uninterrupted_run(tmp_path):
     from flows.cli import main as vqa
 
@@ -305,6 +306,7 @@ def _crash_in_fit(monkeypatch, on_call: int, after_epoch: int):
     monkeypatch.setattr(SequenceRegressor, "fit", fit)
 
 
+@pytest.mark.slow
 def test_changed_configuration_refuses_to_resume_and_restart_starts_over(tmp_path, monkeypatch):
     from flows.errors import FlowError
 

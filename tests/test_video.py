@@ -154,6 +154,7 @@ def _decord_frames(path, indices, batch_size, monkeypatch) -> np.ndarray:
             return np.concatenate([f for _, f in video.frames(indices, batch_size=batch_size)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["grey_mp4", "grey_mkv", "noise_mp4", "noise_faststart", "noise_mkv", "konvid"])
 def test_dense_reads_stream_through_pyav_pixel_identical_to_decord(videos, key, monkeypatch):
     if key == "konvid":
