@@ -23,6 +23,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "prefect_harness" in getattr(item, "fixturenames", ()):
             item.add_marker(slow)
+        elif item.nodeid.startswith("tests/test_orchestration.py") and "server" in item.fixturenames:
+            item.add_marker(slow)  # that module's own real server (its `server` fixture)
 
 
 @pytest.hookimpl(trylast=True)

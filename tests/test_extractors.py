@@ -93,6 +93,7 @@ def _vsfa_style_reference(model, x):
             return torch.cat((mean, std), 1).squeeze(-1).squeeze(-1)
 
 
+@pytest.mark.slow
 def test_resnet50_vsfa_matches_vsfa_pooling_on_the_same_weights(tmp_path):
     torch.manual_seed(3)
     reference = resnet50(weights=None).eval()

@@ -128,6 +128,7 @@ def test_reproduces_fmc_full_layout_after_reconstruction(ours, rows, golden):
     _close(full.astype(np.float64).sum(axis=1), golden["total"], "per-frame totals")
 
 
+@pytest.mark.slow
 def test_default_pooling_gives_temporal_mean_and_max_rows(ours, rows):
     assert ours.spec.pooling.startswith("mean+max: 2 rows per video, row 0 = temporal mean, row 1 = temporal max")
     accumulator = ours.accumulator(video_key="v")
@@ -180,6 +181,7 @@ def test_frames_pooling_keeps_every_row(mixed5b_hw):
     np.testing.assert_array_equal(accumulator.result(), out)
 
 
+@pytest.mark.slow
 def test_variant_layouts_are_slices_of_the_full_layout(checkpoint, ours, rows, frames):
     assert {name: get_entry(name).dims for name in VARIANTS} == EXPECTED_DIMS
     assert all(taps_dims(taps) == EXPECTED_DIMS[name] for name, taps in VARIANTS.items())
@@ -194,6 +196,7 @@ def test_variant_layouts_are_slices_of_the_full_layout(checkpoint, ours, rows, f
         _close(part, full_parts[tap], tap)
 
 
+@pytest.mark.slow
 def test_imagenet_path_loads_torchvision_layout_strictly(monkeypatch, checkpoint, mixed5b_hw, frames):
     # torchvision's file holds AuxLogits and the 1000-class fc, as the fixture checkpoint does. A
     # stand-in enum member whose published name carries that file's hash prefix takes its place.
@@ -261,6 +264,7 @@ def test_pil_resampler_input_is_fmcs_frame_transform_bit_for_bit(by_resampler, h
     assert torch.equal(by_resampler["pil"].preprocess(frames), want)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("height, width", [(540, 960), (359, 641)])
 def test_default_input_is_torchvision_on_float_tensors_bit_for_bit(by_resampler, height, width):
     """The default resizes float32 tensors: torchvision's tensor transforms, same geometry as FMC's."""

@@ -211,6 +211,7 @@ def test_tiny_frames_and_rotation_metadata(videos):
     assert frame_numbers_ok(probe, range(4))
 
 
+@pytest.mark.slow
 def test_real_extractor_on_small_odd_and_high_bit_depth_frames(videos):
     """resnet50-vsfa (random weights) at native resolution on the awkward sizes and formats."""
     extractor = create_extractor("resnet50-vsfa", weights="random")

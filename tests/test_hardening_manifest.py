@@ -220,6 +220,7 @@ def fuzz_dir():
         yield root
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.binary(max_size=300) | CSV_TEXT.map(lambda t: t.encode("utf-8", "surrogatepass")),
        with_root=st.booleans(), require_mos=st.booleans())

@@ -275,6 +275,7 @@ def test_fit_and_predict_flows(dataset, local_store, tmp_path):
     assert json.loads((tmp_path / "cli" / "metrics.json").read_text())["srcc"] == metrics["srcc"]
 
 
+@pytest.mark.slow
 def test_artifacts_never_fail_a_flow(server, monkeypatch, caplog):
     from prefect import artifacts, flow
 
@@ -328,6 +329,7 @@ def test_slurm_job_script_renders_gpu_directives(tmp_path):
     assert "--gres" not in cpu_only and "--resources" not in cpu_only
 
 
+@pytest.mark.slow
 def test_serve_builds_a_cron_deployment_without_blocking(server, tmp_path, monkeypatch, capsys):
     from prefect.client.orchestration import get_client
 

@@ -89,6 +89,7 @@ def test_dask_workers_auto_starts_one_worker_per_gpu(fake_gpus):
         parser.parse_args(args[:-1] + ["many"])
 
 
+@pytest.mark.slow
 def test_the_pinned_cluster_starts_workers_that_each_see_one_gpu(fake_gpus):
     """Start the LocalCluster exactly as the task runner would (its cluster_kwargs), and ask the
     worker processes what they see."""

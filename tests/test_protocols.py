@@ -281,6 +281,7 @@ def test_growing_random_test_parts_keeps_the_draws():
     assert all(np.array_equal(np.sort(np.concatenate(p)), np.arange(12)) for p in pairs)
 
 
+@pytest.mark.slow
 def test_evaluate_takes_a_protocol_or_splits_not_both():
     X, y = _data(20)
     with pytest.raises(InvalidInputError, match="either splits, or a protocol"):

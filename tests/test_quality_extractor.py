@@ -126,6 +126,7 @@ def test_mixed_prefixes_are_refused(unique_state, tmp_path):
         create_extractor("unique", weights=str(path))
 
 
+@pytest.mark.slow
 def test_default_weights_come_from_the_torch_cache(unique_file, monkeypatch, tmp_path, frames, golden):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     cached = UNIQUE_CHECKPOINT.path
@@ -221,6 +222,7 @@ def test_default_resize_is_close_to_uniques_but_not_equal(large_frame, resize_go
     assert 0 < difference.max() < 0.05
 
 
+@pytest.mark.slow
 def test_quality_resnet50_loads_tcsvt_training_checkpoint(golden, frames, tmp_path):
     """TCSVT-2022 saves a training checkpoint: weights under ``state_dict`` beside the optimizer
     state and numpy-scalar SRCC histories."""

@@ -377,6 +377,7 @@ def test_disjoint_writers_into_one_file_url(file_url):
     assert verify(local).ok, str(verify(local))
 
 
+@pytest.mark.slow
 def test_two_processes_racing_on_the_same_videos(file_url):
     """Two runs of the same extraction on the same videos (equal data), both overwriting in a
     loop: every video ends complete, consistent with its checksum."""
@@ -417,6 +418,7 @@ def _kill_during_write(url: str, video_id: str, overwrite: bool) -> None:
     assert proc.exitcode == -signal.SIGKILL
 
 
+@pytest.mark.slow
 def test_writer_killed_before_the_completing_put(file_url):
     store, set_id = _open(file_url)
     store.write_video(set_id, "kept", values(0, "kept"), provenance=prov())
@@ -448,6 +450,7 @@ def test_writer_killed_before_the_completing_put(file_url):
 # --------------------------------------------------------------------------- CLI and flows
 
 
+@pytest.mark.slow
 def test_cli_store_commands_and_fit_accept_urls(url, tmp_path, capsys):
     store, set_id = _open(url)
     rng = np.random.default_rng(0)

@@ -275,6 +275,7 @@ def test_channels_last_3d_for_video_networks():
     np.testing.assert_allclose(channels_last(clip), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
 
 
+@pytest.mark.slow
 def test_compute_options_are_recorded_in_the_spec_and_the_feature_set_id():
     default = create_extractor("resnet50-vsfa", weights="random")
     bf16 = create_extractor("resnet50-vsfa", weights="random", precision="bf16", channels_last=True)
@@ -344,6 +345,7 @@ def test_representatives_cover_every_registered_family():
     assert {n.split("-")[0] for n in registered} <= {n.split("-")[0] for n in REPRESENTATIVES} | {"quality"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", REPRESENTATIVES)
 def test_every_extractor_family_runs_in_bf16_channels_last(name):
     size = {"size": 32} if name.startswith("slowfast") else {}  # bf16 3-D convolutions are slow on this CPU

@@ -168,6 +168,7 @@ def test_size_must_be_a_multiple_of_32(size):
 
 # ---- runner integration ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_runner_feeds_clips_and_frames_from_one_decode_pass(tmp_path, fast_extractor, monkeypatch):
     path = make_video(tmp_path / "clip.mp4", 40, fps=25.0, noise=True)  # 1.6 s -> 2 clips
     vsfa = create_extractor("resnet50-vsfa", weights="random")

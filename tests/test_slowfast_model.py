@@ -157,6 +157,7 @@ def test_forward_rejects_unpaired_pathways(slow_shape, fast_shape):
         SlowFastR50()(torch.zeros(slow_shape), torch.zeros(fast_shape))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("wrap", [True, False], ids=["model_state", "bare"])
 def test_load_checkpoint(tmp_path, synthetic_state, wrap):
     path = tmp_path / "SLOWFAST_8x8_R50.pyth"
@@ -199,6 +200,7 @@ def test_load_checkpoint_refuses_pickled_objects(tmp_path):
         load_slowfast_checkpoint(SlowFastR50(), path)
 
 
+@pytest.mark.slow
 def test_load_checkpoint_missing_file(tmp_path):
     with pytest.raises(WeightsUnavailableError):
         load_slowfast_checkpoint(SlowFastR50(), tmp_path / "absent.pyth")

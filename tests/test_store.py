@@ -358,6 +358,7 @@ def _kill_mid_write(path: Path, n_done: int, delay_s: float) -> int:
 @pytest.mark.parametrize(
     ("n_done", "delay_s"), [(8, 0.0), (34, 0.004)], ids=["first-write", "overwrite"]
 )
+@pytest.mark.slow
 def test_sigkill_mid_write_leaves_only_complete_videos(tmp_path, n_done, delay_s):
     path = tmp_path / "killed"
     assert _kill_mid_write(path, n_done, delay_s) >= 1

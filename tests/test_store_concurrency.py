@@ -167,6 +167,7 @@ def _export(store_path: str, out: str) -> None:
     export_hdf5(FeatureStore(store_path), out)
 
 
+@pytest.mark.slow
 def test_export_killed_leaves_no_partial_file(tmp_path):
     path = tmp_path / "store"
     store = FeatureStore(path)

@@ -108,6 +108,7 @@ def _assert_sound(store: FeatureStore, set_id: str) -> dict[str, int]:
     return writers
 
 
+@pytest.mark.slow
 def test_writer_killed_mid_record_leaves_nothing_half_visible(tmp_path):
     """SIGKILL while a record is half appended: the videos before it are stored, the torn
     one is not; verify is ok and lists the torn record; a re-run stores exactly the missing

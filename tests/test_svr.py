@@ -96,6 +96,7 @@ def test_bvqa_fixed_params_equals_sklearn_pipeline():
     assert (head.y_center_, head.y_scale_) == (0.0, 1.0)  # bvqa does not scale y
 
 
+@pytest.mark.slow
 def test_bvqa_grid_search_matches_gridsearchcv_on_training_set():
     X, y = _videos(24, seed=2)
     head = SVRHead(preset="bvqa", inner_cv=2, random_state=7).fit(X, y)

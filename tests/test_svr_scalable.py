@@ -125,6 +125,7 @@ def test_grid_search_parallel_equals_serial_and_follows_the_grid():
         NystroemSVRHead(preset="bvqa", inner_cv=1).fit(X, y)
 
 
+@pytest.mark.slow
 def test_exact_svr_grid_search_runs_in_threads_with_the_serial_result():
     X, y = _features(60, d=8, seed=4)
     serial = SVRHead(preset="bvqa", inner_cv=2, n_jobs=1).fit(X, y)

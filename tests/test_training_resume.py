@@ -342,6 +342,7 @@ def test_changed_configuration_refuses_to_resume_and_restart_starts_over(tmp_pat
     assert not (tmp_path / "again" / STATE_DIR).exists() and (tmp_path / "again" / "model" / "head.json").is_file()
 
 
+@pytest.mark.slow
 def test_svr_protocol_resumes_without_refitting_finished_splits(tmp_path, monkeypatch):
     from regressors.svr import SVRHead
 
