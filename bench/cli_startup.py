@@ -14,6 +14,7 @@ Cases, each the real program (``python -m flows.cli``) in a fresh process, media
 
     python bench/cli_startup.py [--repeats 3] [--no-flows]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,9 @@ def timed(command: list[str], *, env: dict[str, str | None] | None = None, expec
     full = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run(command, env={k: v for k, v in full.items() if v is not None}, cwd=REPO,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        command, env={k: v for k, v in full.items() if v is not None}, cwd=REPO, capture_output=True, text=True
+    )
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != expect:
@@ -73,29 +75,49 @@ def main() -> None:
         rows = [f"v{i},{make_video(work / f'v{i}.mp4', 8, width=64, height=48)}" for i in range(2)]
         manifest = work / "manifest.csv"
         manifest.write_text("video_id,path\n" + "\n".join(rows) + "\n")
-        extract = [*vqa, "extract", str(manifest), "--extractor", EXTRACTOR, "--weights", "random",
-                   "--sampling", "uniform:2", "--device", "cpu", "-q"]
+        extract = [
+            *vqa,
+            "extract",
+            str(manifest),
+            "--extractor",
+            EXTRACTOR,
+            "--weights",
+            "random",
+            "--sampling",
+            "uniform:2",
+            "--device",
+            "cpu",
+            "-q",
+        ]
 
         results["import prefect"] = median_of(args.repeats, [python, "-c", "import prefect"])
         results["import pipeline.extractors"] = median_of(args.repeats, [python, "-c", "import pipeline.extractors"])
-        results["user error"] = median_of(args.repeats, [*vqa, "extract", str(manifest), "--store",
-                                                         str(work / "s0"), "--extractor", "resnet5"],
-                                          env=offline, expect=2)
+        results["user error"] = median_of(
+            args.repeats,
+            [*vqa, "extract", str(manifest), "--store", str(work / "s0"), "--extractor", "resnet5"],
+            env=offline,
+            expect=2,
+        )
         with prefect_server(database=work / "prefect" / "prefect.db") as server:
             long_lived = {**offline, "PREFECT_API_URL": server.api_url}
             timed([*extract, "--store", str(work / "done")], env=long_lived)  # fills the store once
             results["nothing to do"] = median_of(args.repeats, [*extract, "--store", str(work / "done")], env=offline)
             if not args.no_flows:  # a store of its own per run: each one extracts both videos
                 results["2 videos, own server"] = median(
-                    [timed([*extract, "--store", str(work / f"own{i}")],
-                           env={**offline, "PREFECT_HOME": str(work / f"home{i}")}) for i in range(args.repeats)])
+                    [
+                        timed(
+                            [*extract, "--store", str(work / f"own{i}")],
+                            env={**offline, "PREFECT_HOME": str(work / f"home{i}")},
+                        )
+                        for i in range(args.repeats)
+                    ]
+                )
                 results["2 videos, long-lived server"] = median(
-                    [timed([*extract, "--store", str(work / f"long{i}")], env=long_lived)
-                     for i in range(args.repeats)])
+                    [timed([*extract, "--store", str(work / f"long{i}")], env=long_lived) for i in range(args.repeats)]
+                )
 
     reference = results["import prefect"][0]
-    print(f"vqa start-up, median of {args.repeats} (load average now {os.getloadavg()[0]:.1f}, "
-          f"{os.cpu_count()} CPUs)")
+    print(f"vqa start-up, median of {args.repeats} (load average now {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs)")
     print(f"{'case':<30} {'wall s':>8} {'CPU s':>7} {'/ import prefect':>17}")
     for case, (wall, cpu) in results.items():
         print(f"{case:<30} {wall:8.2f} {cpu:7.2f} {wall / reference:16.2f}x")

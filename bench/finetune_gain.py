@@ -13,6 +13,7 @@ spin against other processes on a busy 2-core machine).
 
     python bench/finetune_gain.py [--epochs 12 --views 2 --image-size 64 --threads 1 --keep DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,7 @@ START = "random:0"  # ImageNet weights are not downloadable here
 def unique_features(weights: str, paths: list[Path], *, batch: int = 32) -> np.ndarray:
     """``unique`` features ``[N, 1920]`` of equally sized images (whole image, native resolution)."""
     extractor = create_extractor("unique", weights=weights, device="cpu")
-    rows = [extractor(np.stack([load_image(p) for p in paths[i:i + batch]])) for i in range(0, len(paths), batch)]
+    rows = [extractor(np.stack([load_image(p) for p in paths[i : i + batch]])) for i in range(0, len(paths), batch)]
     return np.concatenate(rows)
 
 
@@ -72,32 +73,57 @@ def main() -> None:
         work = Path(args.keep or tmp)
         manifest = work / "iqa" / "manifest.csv"
         if not manifest.exists():
-            make_iqa_dataset(work / "iqa", n_sources=len(list_sources()), views=args.views,
-                             size=(args.width, args.height), seed=0, progress=False)
+            make_iqa_dataset(
+                work / "iqa",
+                n_sources=len(list_sources()),
+                views=args.views,
+                size=(args.width, args.height),
+                seed=0,
+                progress=False,
+            )
         entries = read_manifest(manifest, require_mos=True)
         photos = list(dict.fromkeys(e.group for e in entries))
         held_out = set(photos[1::2])  # alternate photos: both parts mix colour and greyscale ones
         tune = [e for e in entries if e.group not in held_out]
         test = [e for e in entries if e.group in held_out]
-        print(f"synthetic IQA set: {len(entries)} images ({args.width}x{args.height}) of {len(photos)} photos; "
-              f"fine-tune on {len(tune)} images of {len(photos) - len(held_out)} photos, "
-              f"evaluate on {len(test)} images of {len(held_out)} other photos: {', '.join(sorted(held_out))}")
+        print(
+            f"synthetic IQA set: {len(entries)} images ({args.width}x{args.height}) of {len(photos)} photos; "
+            f"fine-tune on {len(tune)} images of {len(photos) - len(held_out)} photos, "
+            f"evaluate on {len(test)} images of {len(held_out)} other photos: {', '.join(sorted(held_out))}"
+        )
         print(f"start weights: {START} (ImageNet weights cannot be downloaded on this machine)")
 
         groups = [e.group for e in tune]
         train, val = random_splits(len(tune), groups=groups, test_size=0.2, n_repeats=1, random_state=0)[0]
         t0 = time.perf_counter()
-        result = finetune([e.path for e in tune], [e.mos for e in tune], train_idx=train, val_idx=val, groups=groups,
-                          out=work / "finetuned", recipe="quality-resnet", start=START, epochs=args.epochs,
-                          batch_size=args.batch_size, lr=args.lr, image_size=args.image_size, device="cpu",
-                          seed=0, progress=False)
+        result = finetune(
+            [e.path for e in tune],
+            [e.mos for e in tune],
+            train_idx=train,
+            val_idx=val,
+            groups=groups,
+            out=work / "finetuned",
+            recipe="quality-resnet",
+            start=START,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            image_size=args.image_size,
+            device="cpu",
+            seed=0,
+            progress=False,
+        )
         tune_seconds = time.perf_counter() - t0
         for row in result.history:
-            print(f"  epoch {row['epoch']}: train L1 {row['train_loss']:.3f}  val L1 {row['val_loss']:.3f}  "
-                  f"val SROCC {row['srocc'] if row['srocc'] is None else round(row['srocc'], 4)}  "
-                  f"({row['seconds']:.0f} s)")
-        print(f"fine-tuning: {len(train)} train / {len(val)} val images, best epoch {result.best_epoch}, "
-              f"{tune_seconds:.0f} s")
+            print(
+                f"  epoch {row['epoch']}: train L1 {row['train_loss']:.3f}  val L1 {row['val_loss']:.3f}  "
+                f"val SROCC {row['srocc'] if row['srocc'] is None else round(row['srocc'], 4)}  "
+                f"({row['seconds']:.0f} s)"
+            )
+        print(
+            f"fine-tuning: {len(train)} train / {len(val)} val images, best epoch {result.best_epoch}, "
+            f"{tune_seconds:.0f} s"
+        )
 
         paths = [e.path for e in test]
         y = np.array([e.mos for e in test])
@@ -107,8 +133,10 @@ def main() -> None:
             X = unique_features(weights, paths)
             scores[label] = svr_scores(X, y, test_groups, folds=args.folds, repeats=args.repeats)
 
-    print(f"\nSVR (FMC preset) on unique features of the {len(test)} held-out images, "
-          f"{args.repeats} x {args.folds}-fold CV grouped by photo (median):")
+    print(
+        f"\nSVR (FMC preset) on unique features of the {len(test)} held-out images, "
+        f"{args.repeats} x {args.folds}-fold CV grouped by photo (median):"
+    )
     print(f"  {'weights':<20} {'SROCC':>7} {'PLCC':>7}")
     for label, m in scores.items():
         print(f"  {label:<20} {m['srcc']:7.4f} {m['plcc']:7.4f}")

@@ -17,6 +17,7 @@ disturbed by other work on a shared machine.
     python bench/pipeline_efficiency.py [--width 480 --height 270 --seconds 2 --fps 25]
         [--batch-size 16] [--repeats 2] [--photo-side 160] [--weights random:0] [--peak-tflops T]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,8 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -52,8 +53,17 @@ EFFICIENCY_GOAL = 0.9
 GPU_SIZE = (960, 540)  # KoNViD-1k's resolution
 GPU_BATCH = 32
 # Dense fp16 tensor-core peak (TFLOP/s, no sparsity) by device name; --peak-tflops overrides.
-FP16_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0),
-                    ("L40S", 362.0), ("L4", 121.0), ("A10", 125.0), ("V100", 125.0), ("T4", 65.0))
+FP16_PEAK_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),
+    ("H200", 989.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+    ("A10", 125.0),
+    ("V100", 125.0),
+    ("T4", 65.0),
+)
 
 
 def timed(fn: Callable, repeats: int):
@@ -81,7 +91,7 @@ def steps_in_memory(video: Path, sampling, batch_size: int) -> tuple[list[np.nda
     if plan.shape[1] == 1:
         steps = steps[:, 0]
     per_batch = max(1, batch_size // plan.shape[1])
-    return [steps[i:i + per_batch] for i in range(0, len(steps), per_batch)], plan.size
+    return [steps[i : i + per_batch] for i in range(0, len(steps), per_batch)], plan.size
 
 
 def best_interleaved(runs: dict[str, Callable], repeats: int) -> dict[str, float]:
@@ -106,17 +116,25 @@ def flops_per_step(extractor: Extractor, batch: np.ndarray) -> float:
 
 # ---- 1 and 2: efficiency per extractor, decode once ------------------------------------------
 
+
 def measure(extractor: Extractor, video: Path, sampling, *, batch_size: int, repeats: int) -> dict:
     """One extractor on ``video``: ``frames`` (sampled), ``steps``, best seconds of the bare
     ``model`` on the frames in memory and of the ``pipeline`` with ``prefetch`` 0 and 2
     (``pipe0``, ``pipe2``), and the in-memory ``batches``."""
     batches, frames = steps_in_memory(video, sampling, batch_size)
     extractor(batches[0][:1])  # warm-up
-    best = best_interleaved({
-        "model": lambda: [extractor(b) for b in batches],
-        **{f"pipe{p}": lambda p=p: extract_video(video, [extractor], sampling=sampling, batch_size=batch_size,
-                                                 prefetch=p) for p in (0, 2)},
-    }, repeats)
+    best = best_interleaved(
+        {
+            "model": lambda: [extractor(b) for b in batches],
+            **{
+                f"pipe{p}": lambda p=p: extract_video(
+                    video, [extractor], sampling=sampling, batch_size=batch_size, prefetch=p
+                )
+                for p in (0, 2)
+            },
+        },
+        repeats,
+    )
     return {"frames": frames, "steps": sum(len(b) for b in batches), "batches": batches, **best}
 
 
@@ -125,8 +143,10 @@ def efficiency_section(args, video: Path, *, title: str) -> None:
     extractors = {name: create_extractor(name, weights="random:0") for name in JOBS}
     samplings = {name: parse_sampling(s) for name, s in JOBS.items()}
     print(f"\n{title}")
-    print(f"{'extractor':<16}{'sampling':<12}{'frames':>7}{'model f/s':>11}{'pipe f/s':>12}{'pipe f/s':>12}"
-          f"{'eff.':>7}{'eff.':>7}")
+    print(
+        f"{'extractor':<16}{'sampling':<12}{'frames':>7}{'model f/s':>11}{'pipe f/s':>12}{'pipe f/s':>12}"
+        f"{'eff.':>7}{'eff.':>7}"
+    )
     print(f"{'':<46}{'prefetch 0':>12}{'prefetch 2':>12}{'pf 0':>7}{'pf 2':>7}")
     separate_total, worst = 0.0, float("inf")
     for name, extractor in extractors.items():
@@ -134,13 +154,19 @@ def efficiency_section(args, video: Path, *, title: str) -> None:
         n = m["frames"]
         separate_total += m["pipe2"]
         worst = min(worst, m["model"] / m["pipe2"])
-        print(f"{name:<16}{JOBS[name]:<12}{n:>7}{n / m['model']:>11.1f}{n / m['pipe0']:>12.1f}{n / m['pipe2']:>12.1f}"
-              f"{m['model'] / m['pipe0']:>7.2f}{m['model'] / m['pipe2']:>7.2f}")
+        print(
+            f"{name:<16}{JOBS[name]:<12}{n:>7}{n / m['model']:>11.1f}{n / m['pipe0']:>12.1f}{n / m['pipe2']:>12.1f}"
+            f"{m['model'] / m['pipe0']:>7.2f}{m['model'] / m['pipe2']:>7.2f}"
+        )
     verdict = "met" if worst >= EFFICIENCY_GOAL else "NOT met"
     print(f"efficiency goal >= {EFFICIENCY_GOAL} with prefetch 2: {verdict} (lowest {worst:.2f})")
 
-    _, once_s = timed(lambda: extract_video(video, list(extractors.values()), sampling=list(samplings.values()),
-                                            batch_size=args.batch_size), args.repeats)
+    _, once_s = timed(
+        lambda: extract_video(
+            video, list(extractors.values()), sampling=list(samplings.values()), batch_size=args.batch_size
+        ),
+        args.repeats,
+    )
 
     def decode_all():
         with open_video(video) as v:
@@ -148,11 +174,14 @@ def efficiency_section(args, video: Path, *, title: str) -> None:
 
     n_decoded, decode_s = timed(decode_all, args.repeats)
     print(f"decoding alone: {n_decoded / decode_s:.0f} frames/s")
-    print(f"decode once: one pass feeding all {len(extractors)} extractors {once_s:.2f} s vs one pass per "
-          f"extractor {separate_total:.2f} s -> ratio {once_s / separate_total:.2f} (lower is better)")
+    print(
+        f"decode once: one pass feeding all {len(extractors)} extractors {once_s:.2f} s vs one pass per "
+        f"extractor {separate_total:.2f} s -> ratio {once_s / separate_total:.2f} (lower is better)"
+    )
 
 
 # ---- 3: bf16 vs fp32 -------------------------------------------------------------------------
+
 
 def photo_batch(short_side: int) -> np.ndarray:
     """Every skimage source photo resized to ``short_side`` x ``4/3 short_side`` (aspect ratio
@@ -189,23 +218,31 @@ def precision_section(args) -> None:
     except WeightsError as exc:
         print(f"\nbf16 vs fp32: skipped: weights {args.weights!r} unavailable ({str(exc).splitlines()[0]})")
         return
-    print(f"\nbf16 vs fp32 on the CPU: resnet50 (weights {args.weights}), {len(photos)} skimage photos at "
-          f"{photos.shape[2]}x{photos.shape[1]}, batch {args.batch_size}")
-    print(f"{'precision':<10}{'layout':<15}{'frames/s':>9}{'speed vs fp32':>15}{'rel. error median':>19}"
-          f"{'max':>10}{'GFLOP/s':>9}")
-    batches = [photos[i:i + args.batch_size] for i in range(0, len(photos), args.batch_size)]
+    print(
+        f"\nbf16 vs fp32 on the CPU: resnet50 (weights {args.weights}), {len(photos)} skimage photos at "
+        f"{photos.shape[2]}x{photos.shape[1]}, batch {args.batch_size}"
+    )
+    print(
+        f"{'precision':<10}{'layout':<15}{'frames/s':>9}{'speed vs fp32':>15}{'rel. error median':>19}"
+        f"{'max':>10}{'GFLOP/s':>9}"
+    )
+    batches = [photos[i : i + args.batch_size] for i in range(0, len(photos), args.batch_size)]
     flops = flops_per_step(reference, photos)
     want = np.concatenate([reference(b) for b in batches])
     base_s = None
     for precision, channels_last in (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)):
         extractor = create_extractor("resnet50", weights=args.weights, precision=precision, channels_last=channels_last)
         extractor(photos[:1])  # warm-up
-        outputs, seconds = timed(lambda: np.concatenate([extractor(b) for b in batches]), args.repeats)
+        outputs, seconds = timed(
+            lambda extractor=extractor: np.concatenate([extractor(b) for b in batches]), args.repeats
+        )
         base_s = base_s or seconds
         errors = relative_errors(outputs, want)
-        print(f"{precision:<10}{'channels-last' if channels_last else 'standard':<15}{len(photos) / seconds:>9.2f}"
-              f"{base_s / seconds:>15.2f}{np.median(errors):>19.2e}{errors.max():>10.2e}"
-              f"{flops * len(photos) / seconds / 1e9:>9.1f}")
+        print(
+            f"{precision:<10}{'channels-last' if channels_last else 'standard':<15}{len(photos) / seconds:>9.2f}"
+            f"{base_s / seconds:>15.2f}{np.median(errors):>19.2e}{errors.max():>10.2e}"
+            f"{flops * len(photos) / seconds / 1e9:>9.1f}"
+        )
     if args.weights.startswith("random"):
         # Random weights understate or overstate the error of trained ones: a second proxy.
         fp32 = create_extractor("resnet50", weights=args.weights)
@@ -213,8 +250,10 @@ def precision_section(args) -> None:
         bf16 = create_extractor("resnet50", weights=args.weights, precision="bf16")
         bf16.model.load_state_dict(fp32.model.state_dict())
         errors = relative_errors(bf16(photos), fp32(photos))
-        print(f"bf16 error with BatchNorm statistics calibrated on the photos (normalised activations; "
-              f"likely pessimistic): median {np.median(errors):.2e}, max {errors.max():.2e}")
+        print(
+            f"bf16 error with BatchNorm statistics calibrated on the photos (normalised activations; "
+            f"likely pessimistic): median {np.median(errors):.2e}, max {errors.max():.2e}"
+        )
     print("relative error: per photo ||f_bf16 - f_fp32|| / ||f_fp32|| over the 7680 features")
 
 
@@ -225,6 +264,7 @@ def relative_errors(approx: np.ndarray, exact: np.ndarray) -> np.ndarray:
 
 # ---- 4: GPU ----------------------------------------------------------------------------------
 
+
 def fp16_peak_tflops(name: str, override: float | None) -> float | None:
     """The dense fp16 tensor-core peak of GPU ``name`` (TFLOP/s), or ``override``; None if unknown."""
     if override:
@@ -232,8 +272,15 @@ def fp16_peak_tflops(name: str, override: float | None) -> float | None:
     return next((peak for key, peak in FP16_PEAK_TFLOPS if key in name), None)
 
 
-def gpu_section(args, workdir: Path, *, device: str = "cuda", precisions: Sequence[str] = ("fp32", "bf16", "fp16"),
-                size: tuple[int, int] = GPU_SIZE, batch_size: int = GPU_BATCH) -> None:
+def gpu_section(
+    args,
+    workdir: Path,
+    *,
+    device: str = "cuda",
+    precisions: Sequence[str] = ("fp32", "bf16", "fp16"),
+    size: tuple[int, int] = GPU_SIZE,
+    batch_size: int = GPU_BATCH,
+) -> None:
     """Frames/s per extractor and precision at 540p on ``device``, pipeline efficiency, and the
     fp16 roofline fraction. Prints "skipped: no GPU" without CUDA (for ``device="cuda"``)."""
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -242,20 +289,31 @@ def gpu_section(args, workdir: Path, *, device: str = "cuda", precisions: Sequen
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
     peak = fp16_peak_tflops(name, args.peak_tflops)
     video = make_clip(workdir / "gpu540p.mp4", size=size, seconds=args.gpu_seconds, fps=args.fps)
-    print(f"\nGPU {name}: {size[0]}x{size[1]}, {args.gpu_seconds} s at {args.fps} fps, batch {batch_size}, "
-          f"channels-last for bf16/fp16; fp16 peak {peak or 'unknown'} TFLOP/s")
-    print(f"{'extractor':<16}{'precision':<10}{'model f/s':>10}{'pipe f/s pf0':>13}{'pipe f/s pf2':>13}"
-          f"{'eff. pf2':>9}{'TFLOP/s':>9}{'of peak':>8}")
+    print(
+        f"\nGPU {name}: {size[0]}x{size[1]}, {args.gpu_seconds} s at {args.fps} fps, batch {batch_size}, "
+        f"channels-last for bf16/fp16; fp16 peak {peak or 'unknown'} TFLOP/s"
+    )
+    print(
+        f"{'extractor':<16}{'precision':<10}{'model f/s':>10}{'pipe f/s pf0':>13}{'pipe f/s pf2':>13}"
+        f"{'eff. pf2':>9}{'TFLOP/s':>9}{'of peak':>8}"
+    )
     for extractor_name, sampling_text in JOBS.items():
         for precision in precisions:
-            extractor = create_extractor(extractor_name, weights="random:0", device=device, precision=precision,
-                                         channels_last=precision != "fp32")
+            extractor = create_extractor(
+                extractor_name,
+                weights="random:0",
+                device=device,
+                precision=precision,
+                channels_last=precision != "fp32",
+            )
             m = measure(extractor, video, parse_sampling(sampling_text), batch_size=batch_size, repeats=args.repeats)
             n = m["frames"]
             tflops = flops_per_step(extractor, m["batches"][0]) * m["steps"] / m["model"] / 1e12
             fraction = f"{tflops / peak:>8.2f}" if peak and precision == "fp16" else f"{'-':>8}"
-            print(f"{extractor_name:<16}{precision:<10}{n / m['model']:>10.1f}{n / m['pipe0']:>13.1f}"
-                  f"{n / m['pipe2']:>13.1f}{m['model'] / m['pipe2']:>9.2f}{tflops:>9.2f}{fraction}")
+            print(
+                f"{extractor_name:<16}{precision:<10}{n / m['model']:>10.1f}{n / m['pipe0']:>13.1f}"
+                f"{n / m['pipe2']:>13.1f}{m['model'] / m['pipe2']:>9.2f}{tflops:>9.2f}{fraction}"
+            )
             del extractor, m
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
@@ -272,7 +330,9 @@ def main() -> None:
     parser.add_argument("--photo-side", type=int, default=128, help="short side of the photos for bf16 vs fp32")
     parser.add_argument("--weights", default="random:0", help="resnet50 weights for bf16 vs fp32 (e.g. imagenet)")
     parser.add_argument("--gpu-seconds", type=float, default=4.0, help="length of the 540p clip (GPU only)")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense fp16 peak, if not in the table")
+    parser.add_argument(
+        "--peak-tflops", type=float, default=None, help="the GPU's dense fp16 peak, if not in the table"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     torch.set_grad_enabled(False)
@@ -280,8 +340,12 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; best of {args.repeats}")
     with tempfile.TemporaryDirectory() as tmp:
         video = make_clip(Path(tmp) / "bench.mp4", size=(args.width, args.height), seconds=args.seconds, fps=args.fps)
-        efficiency_section(args, video, title=f"CPU: {args.width}x{args.height}, {args.seconds} s at {args.fps} fps, "
-                                              f"batch {args.batch_size}, random weights")
+        efficiency_section(
+            args,
+            video,
+            title=f"CPU: {args.width}x{args.height}, {args.seconds} s at {args.fps} fps, "
+            f"batch {args.batch_size}, random weights",
+        )
         precision_section(args)
         gpu_section(args, Path(tmp))
     print(f"\ntotal {time.perf_counter() - started:.0f} s")

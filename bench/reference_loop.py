@@ -36,6 +36,7 @@ long 1080p video.
     python bench/reference_loop.py [--frames 24 --width 320 --height 180] [--short 60 --long 600 --fps 2]
                                    [--size 1920x1080] [--parts 1,2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,9 +48,9 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import decord
 import numpy as np
@@ -72,13 +73,22 @@ MB = 2**20
 
 # ---- the two methods (each run in a fresh process) -----------------------------------------
 
+
 class PoolingStandIn(Extractor):
     """Per frame: mean and std of each normalised channel (6 dims). Stands in for the network
     where only the memory that depends on the video (frames) is measured."""
 
     def __init__(self):
-        super().__init__(ExtractorSpec(name="pooling-stand-in", version="1", dims=6, backbone="none", taps=(),
-                                       pooling="per-channel mean and std"))
+        super().__init__(
+            ExtractorSpec(
+                name="pooling-stand-in",
+                version="1",
+                dims=6,
+                backbone="none",
+                taps=(),
+                pooling="per-channel mean and std",
+            )
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` -> ``[B, 6]``."""
@@ -119,7 +129,7 @@ def reference_loop(paths: Sequence[str], weights_file: str | None, frame_batch_s
             model = _vsfa_body(weights_file) if weights_file else None  # rebuilt for every video
             means, stds = [], []
             for start in range(0, len(frames), frame_batch_size):
-                batch = frames[start:start + frame_batch_size]
+                batch = frames[start : start + frame_batch_size]
                 if model is None:
                     pooled = stand_in_pool(batch)
                     means.append(pooled[:, :3]), stds.append(pooled[:, 3:])
@@ -138,8 +148,10 @@ def ours(paths: Sequence[str], weights_file: str | None, batch_size: int, prefet
     tracemalloc.start()
     started = time.perf_counter()
     extractor = create_extractor("resnet50-vsfa", weights=weights_file) if weights_file else PoolingStandIn()
-    features = [extract_video(path, [extractor], sampling=parse_sampling("all"), batch_size=batch_size,
-                              prefetch=prefetch)[0][0] for path in paths]
+    features = [
+        extract_video(path, [extractor], sampling=parse_sampling("all"), batch_size=batch_size, prefetch=prefetch)[0][0]
+        for path in paths
+    ]
     return _report(started, baseline, features)
 
 
@@ -167,9 +179,13 @@ def decode_only(path: str, decoder: str, batch_size: int) -> dict:
 
 
 def _report(started: float, baseline: int, features: list[np.ndarray]) -> dict:
-    return {"seconds": time.perf_counter() - started, "baseline": baseline,
-            "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "numpy": tracemalloc.get_traced_memory()[1], "features": features}
+    return {
+        "seconds": time.perf_counter() - started,
+        "baseline": baseline,
+        "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "numpy": tracemalloc.get_traced_memory()[1],
+        "features": features,
+    }
 
 
 def best_of(results: list[dict]) -> dict:
@@ -189,6 +205,7 @@ def in_fresh_process(fn, *args) -> dict:
 
 # ---- inputs --------------------------------------------------------------------------------
 
+
 def ffmpeg(*args: str) -> None:
     subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", *args], check=True)
 
@@ -199,22 +216,50 @@ def part1_videos(folder: Path, *, frames: int, width: int, height: int, count: i
     out = []
     for i in range(count):
         dst = folder / (f"{sources[i].stem}.mp4" if i < len(sources) else f"synthetic{i}.mp4")
-        source = ["-i", str(sources[i])] if i < len(sources) else \
-            ["-f", "lavfi", "-i", f"testsrc2=size=960x540:rate=25:duration={frames / 25 + 1}"]
-        ffmpeg(*source, "-frames:v", str(frames), "-vf", f"scale={width}:{height}", "-an",
-               "-c:v", "libx264", "-crf", "18", "-pix_fmt", "yuv420p", str(dst))
+        source = (
+            ["-i", str(sources[i])]
+            if i < len(sources)
+            else ["-f", "lavfi", "-i", f"testsrc2=size=960x540:rate=25:duration={frames / 25 + 1}"]
+        )
+        ffmpeg(
+            *source,
+            "-frames:v",
+            str(frames),
+            "-vf",
+            f"scale={width}:{height}",
+            "-an",
+            "-c:v",
+            "libx264",
+            "-crf",
+            "18",
+            "-pix_fmt",
+            "yuv420p",
+            str(dst),
+        )
         out.append(str(dst))
     return out
 
 
 def pattern_video(path: Path, *, seconds: float, fps: float, size: str) -> str:
     """A moving test pattern (ffmpeg testsrc2), H.264, ``seconds`` long at ``fps``."""
-    ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={size}:rate={fps}:duration={seconds}", "-c:v", "libx264",
-           "-preset", "veryfast", "-pix_fmt", "yuv420p", str(path))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc2=size={size}:rate={fps}:duration={seconds}",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-pix_fmt",
+        "yuv420p",
+        str(path),
+    )
     return str(path)
 
 
 # ---- main ------------------------------------------------------------------------------------
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -252,60 +297,93 @@ def part1(args, tmp: Path, weights_file: Path) -> None:
     """Ours vs the VSFA-style loop on the same real clips: time, memory, features."""
     paths = part1_videos(tmp, frames=args.frames, width=args.width, height=args.height, count=args.videos)
     names = ", ".join(Path(p).stem for p in paths)
-    print(f"part 1: {len(paths)} videos ({names}), first {args.frames} frames at {args.width}x{args.height}, "
-          f"every frame, ResNet-50 layer4 mean+std (seeded random weights from a file); "
-          f"{torch.get_num_threads()} threads; best of {args.repeats} fresh processes each")
-    runs = [(in_fresh_process(ours, paths, str(weights_file), args.batch_size, args.prefetch),
-             in_fresh_process(reference_loop, paths, str(weights_file), args.frame_batch_size))
-            for _ in range(args.repeats)]  # alternated, so that load changes hit both alike
+    print(
+        f"part 1: {len(paths)} videos ({names}), first {args.frames} frames at {args.width}x{args.height}, "
+        f"every frame, ResNet-50 layer4 mean+std (seeded random weights from a file); "
+        f"{torch.get_num_threads()} threads; best of {args.repeats} fresh processes each"
+    )
+    runs = [
+        (
+            in_fresh_process(ours, paths, str(weights_file), args.batch_size, args.prefetch),
+            in_fresh_process(reference_loop, paths, str(weights_file), args.frame_batch_size),
+        )
+        for _ in range(args.repeats)
+    ]  # alternated, so that load changes hit both alike
     mine, ref = (best_of([run[i] for run in runs]) for i in (0, 1))
     worst = max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(mine["features"], ref["features"]))
-    _table([(f"ours (batch {args.batch_size}, prefetch {args.prefetch})", mine),
-            (f"VSFA-style loop (frame_batch_size {args.frame_batch_size})", ref)])
-    print(f"ours / reference: wall time {mine['seconds'] / ref['seconds']:.2f}, peak RSS "
-          f"{mine['peak'] / ref['peak']:.2f}, working memory "
-          f"{(mine['peak'] - mine['baseline']) / max(1, ref['peak'] - ref['baseline']):.2f}; "
-          f"features agree to {worst:.1e} (max abs difference / max abs value)")
-
+    _table(
+        [
+            (f"ours (batch {args.batch_size}, prefetch {args.prefetch})", mine),
+            (f"VSFA-style loop (frame_batch_size {args.frame_batch_size})", ref),
+        ]
+    )
+    print(
+        f"ours / reference: wall time {mine['seconds'] / ref['seconds']:.2f}, peak RSS "
+        f"{mine['peak'] / ref['peak']:.2f}, working memory "
+        f"{(mine['peak'] - mine['baseline']) / max(1, ref['peak'] - ref['baseline']):.2f}; "
+        f"features agree to {worst:.1e} (max abs difference / max abs value)"
+    )
 
 
 def part2(args, tmp: Path) -> None:
     """Memory vs video length: ours at three lengths, the reference on the short one, and the
     decoders alone (decord as the runner uses it vs PyAV sequential) on the long one."""
     lengths = (args.short, args.long / 2, args.long)
-    videos = [pattern_video(tmp / f"pattern{i}.mp4", seconds=seconds, fps=args.fps, size=args.size)
-              for i, seconds in enumerate(lengths)]
-    print(f"\npart 2: {args.size} test pattern at {args.fps:g} fps, "
-          + ", ".join(f"{seconds:g} s ({int(seconds * args.fps)} frames)" for seconds in lengths)
-          + "; every frame, pooling stand-in instead of the network")
-    rows = [(f"ours, {seconds:g} s", in_fresh_process(ours, [video], None, args.batch_size, args.prefetch))
-            for seconds, video in zip(lengths, videos)]
-    rows += [(f"ours, {args.long:g} s, prefetch 0", in_fresh_process(ours, videos[-1:], None, args.batch_size, 0)),
-             (f"VSFA-style loop, {args.short:g} s", in_fresh_process(reference_loop, videos[:1], None,
-                                                                       args.frame_batch_size))]
+    videos = [
+        pattern_video(tmp / f"pattern{i}.mp4", seconds=seconds, fps=args.fps, size=args.size)
+        for i, seconds in enumerate(lengths)
+    ]
+    print(
+        f"\npart 2: {args.size} test pattern at {args.fps:g} fps, "
+        + ", ".join(f"{seconds:g} s ({int(seconds * args.fps)} frames)" for seconds in lengths)
+        + "; every frame, pooling stand-in instead of the network"
+    )
+    rows = [
+        (f"ours, {seconds:g} s", in_fresh_process(ours, [video], None, args.batch_size, args.prefetch))
+        for seconds, video in zip(lengths, videos)
+    ]
+    rows += [
+        (f"ours, {args.long:g} s, prefetch 0", in_fresh_process(ours, videos[-1:], None, args.batch_size, 0)),
+        (
+            f"VSFA-style loop, {args.short:g} s",
+            in_fresh_process(reference_loop, videos[:1], None, args.frame_batch_size),
+        ),
+    ]
     _table(rows)
     (_, s), (_, mid), (_, lg), _, (_, r) = rows
     working = [x["peak"] - x["baseline"] for x in (s, mid, lg)]
     per_frame = (r["peak"] - r["baseline"]) / (args.short * args.fps)
     estimate = r["baseline"] + per_frame * args.long * args.fps
-    print(f"ours, working memory: {lengths[0]:g} -> {lengths[1]:g} s x{working[1] / working[0]:.2f}, "
-          f"{lengths[1]:g} -> {lengths[2]:g} s x{working[2] / working[1]:.2f}; numpy peak "
-          f"{s['numpy'] / MB:.0f} / {mid['numpy'] / MB:.0f} / {lg['numpy'] / MB:.0f} MiB")
-    print(f"VSFA-style loop on the {args.long:g} s video: ~{estimate / MB / 1024:.1f} GiB peak RSS "
-          f"(estimated from the short run, {per_frame / MB:.1f} MiB per frame; not run)")
-    decoders = [(f"{name} decoding alone, {seconds:g} s", in_fresh_process(decode_only, video, name, args.batch_size))
-                for name in ("decord", "pyav") for seconds, video in ((lengths[0], videos[0]), (lengths[2], videos[2]))]
+    print(
+        f"ours, working memory: {lengths[0]:g} -> {lengths[1]:g} s x{working[1] / working[0]:.2f}, "
+        f"{lengths[1]:g} -> {lengths[2]:g} s x{working[2] / working[1]:.2f}; numpy peak "
+        f"{s['numpy'] / MB:.0f} / {mid['numpy'] / MB:.0f} / {lg['numpy'] / MB:.0f} MiB"
+    )
+    print(
+        f"VSFA-style loop on the {args.long:g} s video: ~{estimate / MB / 1024:.1f} GiB peak RSS "
+        f"(estimated from the short run, {per_frame / MB:.1f} MiB per frame; not run)"
+    )
+    decoders = [
+        (f"{name} decoding alone, {seconds:g} s", in_fresh_process(decode_only, video, name, args.batch_size))
+        for name in ("decord", "pyav")
+        for seconds, video in ((lengths[0], videos[0]), (lengths[2], videos[2]))
+    ]
     _table(decoders)
 
 
 def _table(rows: list[tuple[str, dict]]) -> None:
-    print(f"{'method':<44}{'wall s':>8}{'peak RSS MiB':>14}{'after imports':>15}{'working MiB':>13}"
-          f"{'numpy peak MiB':>16}")
+    print(
+        f"{'method':<44}{'wall s':>8}{'peak RSS MiB':>14}{'after imports':>15}{'working MiB':>13}{'numpy peak MiB':>16}"
+    )
     for label, r in rows:
-        print(f"{label:<44}{r['seconds']:>8.1f}{r['peak'] / MB:>14.0f}{r['baseline'] / MB:>15.0f}"
-              f"{(r['peak'] - r['baseline']) / MB:>13.0f}{r['numpy'] / MB:>16.0f}")
-    print("working = peak RSS - RSS after imports; numpy peak = tracemalloc (numpy and Python objects: the "
-          "decoded frames the method holds; not torch tensors, not decord's native buffers)")
+        print(
+            f"{label:<44}{r['seconds']:>8.1f}{r['peak'] / MB:>14.0f}{r['baseline'] / MB:>15.0f}"
+            f"{(r['peak'] - r['baseline']) / MB:>13.0f}{r['numpy'] / MB:>16.0f}"
+        )
+    print(
+        "working = peak RSS - RSS after imports; numpy peak = tracemalloc (numpy and Python objects: the "
+        "decoded frames the method holds; not torch tensors, not decord's native buffers)"
+    )
 
 
 if __name__ == "__main__":

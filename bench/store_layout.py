@@ -21,6 +21,7 @@ all channels, per-channel scale and offset, independent noise, then ReLU (~40% e
 
     python bench/store_layout.py [--quick] [--variants] [--mb-per-case 48] [--repeats 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,12 +73,10 @@ VARIANT_LAYOUTS = [
     Layout("zarr f32 lz4", "zarr", codec={"cname": "lz4", "clevel": 5, "shuffle": "shuffle"}),
     Layout("zarr f32 zstd3", "zarr", codec={"cname": "zstd", "clevel": 3, "shuffle": "shuffle"}),
     Layout("zarr f32 zstd5", "zarr", codec={"cname": "zstd", "clevel": 5, "shuffle": "shuffle"}),
-    Layout("zarr f32 zstd5-bit", "zarr",
-           codec={"cname": "zstd", "clevel": 5, "shuffle": "bitshuffle"}),
+    Layout("zarr f32 zstd5-bit", "zarr", codec={"cname": "zstd", "clevel": 5, "shuffle": "bitshuffle"}),
     Layout("zarr f32 raw", "zarr", codec={"cname": "zstd", "clevel": 0, "shuffle": "noshuffle"}),
     Layout("zarr f32 chunk64", "zarr", chunk_steps=64),
-    Layout("zarr f16 lz4", "zarr", dtype="float16",
-           codec={"cname": "lz4", "clevel": 5, "shuffle": "shuffle"}),
+    Layout("zarr f16 lz4", "zarr", dtype="float16", codec={"cname": "lz4", "clevel": 5, "shuffle": "shuffle"}),
 ]
 
 
@@ -115,9 +114,7 @@ def drop_from_page_cache(root: Path) -> None:
 
 
 def dir_bytes(root: Path) -> int:
-    return sum(
-        os.path.getsize(os.path.join(d, f)) for d, _s, fs in os.walk(root) for f in fs
-    )
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _s, fs in os.walk(root) for f in fs)
 
 
 @contextlib.contextmanager
@@ -126,9 +123,7 @@ def patched(layout: Layout):
         if layout.codec is not None:
             stack.enter_context(mock.patch.object(format_mod, "CODEC", layout.codec))
         if layout.chunk_steps is not None:
-            stack.enter_context(
-                mock.patch.object(format_mod, "MAX_CHUNK_STEPS", layout.chunk_steps)
-            )
+            stack.enter_context(mock.patch.object(format_mod, "MAX_CHUNK_STEPS", layout.chunk_steps))
         yield
 
 
@@ -183,9 +178,7 @@ def prepare(layout: Layout, videos: list[np.ndarray], root: Path):
     return t_write, read
 
 
-def run_case(
-    layouts: list[Layout], videos: list[np.ndarray], tmp: Path, repeats: int
-) -> list[dict]:
+def run_case(layouts: list[Layout], videos: list[np.ndarray], tmp: Path, repeats: int) -> list[dict]:
     """Write every layout, then time the reads round-robin (layout after layout, ``repeats``
     rounds, best of each), so that load from other processes hits all layouts alike."""
     roots = [tmp / layout.name.replace(" ", "_") for layout in layouts]
@@ -195,27 +188,29 @@ def run_case(
     for _ in range(repeats):
         for k, (root, (_w, read)) in enumerate(zip(roots, prepared)):
             hot[k] = min(hot[k], best(read, 1))
-            cold[k] = min(cold[k], best(read, 1, before=lambda: drop_from_page_cache(root)))
+            cold[k] = min(cold[k], best(read, 1, before=lambda root=root: drop_from_page_cache(root)))
     out = []
     for k, layout in enumerate(layouts):
-        out.append({
-            "layout": layout.name,
-            "bytes_per_video": dir_bytes(roots[k]) / len(videos),
-            "write_s": prepared[k][0],
-            "hot_s": hot[k],
-            "cold_s": cold[k],
-        })
+        out.append(
+            {
+                "layout": layout.name,
+                "bytes_per_video": dir_bytes(roots[k]) / len(videos),
+                "write_s": prepared[k][0],
+                "hot_s": hot[k],
+                "cold_s": cold[k],
+            }
+        )
         shutil.rmtree(roots[k])
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mb-per-case", type=float, default=48.0,
-                        help="float32 megabytes of features per case (sets the video count)")
+    parser.add_argument(
+        "--mb-per-case", type=float, default=48.0, help="float32 megabytes of features per case (sets the video count)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--variants", action="store_true",
-                        help="also compare other codecs and chunk shapes")
+    parser.add_argument("--variants", action="store_true", help="also compare other codecs and chunk shapes")
     parser.add_argument("--quick", action="store_true", help="8 MB per case, two rounds")
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     parser.add_argument("--tmp", default=None, help="directory for the stores (default: $TMPDIR)")
@@ -234,17 +229,21 @@ def main() -> None:
             rng = np.random.default_rng(0)
             videos = [cnn_like(rng, steps, dims) for _ in range(n)]
             zeros = float(np.mean([np.mean(v == 0) for v in videos]))
-            print(f"{case}: {n} videos of [{steps}, {dims}] "
-                  f"({mb_video:.2f} MB float32 each, {zeros:.0%} zeros)", flush=True)
+            print(
+                f"{case}: {n} videos of [{steps}, {dims}] ({mb_video:.2f} MB float32 each, {zeros:.0%} zeros)",
+                flush=True,
+            )
             case_dir = Path(tmp) / case
             case_dir.mkdir()
             for out in run_case(layouts, videos, case_dir, args.repeats):
                 out.update(case=case, n=n, mb_video=mb_video)
                 rows.append(out)
 
-    header = (f"{'case':<12} {'layout':<19} {'MB/video':>9} {'vs npy':>7} {'write MB/s':>10} "
-              f"{'hot MB/s':>9} {'hot vid/s':>9} {'cold MB/s':>9} {'cold vid/s':>10} "
-              f"{'hot vs npy':>10} {'cold vs npy':>11}")
+    header = (
+        f"{'case':<12} {'layout':<19} {'MB/video':>9} {'vs npy':>7} {'write MB/s':>10} "
+        f"{'hot MB/s':>9} {'hot vid/s':>9} {'cold MB/s':>9} {'cold vid/s':>10} "
+        f"{'hot vs npy':>10} {'cold vs npy':>11}"
+    )
     print()
     print(header)
     print("-" * len(header))
@@ -261,8 +260,10 @@ def main() -> None:
                 f"{r['n'] / r['cold_s']:>10.1f} "
                 f"{ref['hot_s'] / r['hot_s']:>10.2f} {ref['cold_s'] / r['cold_s']:>11.2f}"
             )
-    print("\nMB = float32 megabytes delivered (steps x dims x 4); 'vs npy' columns are ratios "
-          "(size: lower is better; speed: higher is better).")
+    print(
+        "\nMB = float32 megabytes delivered (steps x dims x 4); 'vs npy' columns are ratios "
+        "(size: lower is better; speed: higher is better)."
+    )
 
 
 if __name__ == "__main__":

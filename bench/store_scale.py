@@ -31,6 +31,7 @@ LSVQ-like videos: ``--steps 128 --dims 7680 --dtype float16 --sizes 100 400 --no
 
 Default run: about 3 minutes on 2 busy cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,7 +78,9 @@ def grow(layout: str, sizes: list[int], args, root: Path) -> list[dict]:
     """Write one store up to each size in turn; measure at each size."""
     store = FeatureStore(root)
     set_id = store.ensure_feature_set(
-        spec={"name": "bench", "dims": args.dims}, sampling={"strategy": "uniform", "value": 16}, layout=layout,
+        spec={"name": "bench", "dims": args.dims},
+        sampling={"strategy": "uniform", "value": 16},
+        layout=layout,
         dtype=args.dtype,
     )
     rows: list[dict] = []
@@ -86,8 +89,10 @@ def grow(layout: str, sizes: list[int], args, root: Path) -> list[dict]:
         costs, cpu = [], []
         for i in range(written, n):
             x = video(i, args.steps, args.dims)
-            provenance = {"set": SET_PROVENANCE,
-                          "video": {"source": {"path": f"/data/videos/{i:06d}.mp4", "size": 1000 + i}, "steps": 16}}
+            provenance = {
+                "set": SET_PROVENANCE,
+                "video": {"source": {"path": f"/data/videos/{i:06d}.mp4", "size": 1000 + i}, "steps": 16},
+            }
             start, start_cpu = time.perf_counter(), time.process_time()
             store.write_video(set_id, f"{i:06d}.mp4", x, provenance=provenance)
             costs.append(time.perf_counter() - start)
@@ -111,28 +116,43 @@ def grow(layout: str, sizes: list[int], args, root: Path) -> list[dict]:
 
         t_verify = timed(check)
         assert report.ok and report.n_videos[set_id] == n, str(report)
+
         def read_all(f=fresh, n=n) -> None:
             for i in range(n):  # one video at a time, not kept (memory stays flat)
                 f.read_video(set_id, f"{i:06d}.mp4")
 
         t_read = timed(read_all)
-        rows.append({
-            "layout": layout, "n": n, "write_first_ms": first * 1e3, "write_last_ms": last * 1e3,
-            "cpu_first_ms": first_cpu * 1e3, "cpu_last_ms": last_cpu * 1e3,
-            "write_total_s": sum(costs) + (rows[-1]["write_total_s"] if rows else 0.0),  # from empty
-            "entries_per_video": entries(root) / n, "open_s": t_open,
-            "info_s": t_info, "verify_s": t_verify, "read_s": t_read,
-            "bytes_per_video": sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) / n,
-        })
-        print(f"  {layout:<6} n={n:>6}: write {first * 1e3:6.2f} ms (first) {last * 1e3:6.2f} ms (last), CPU "
-              f"{first_cpu * 1e3:.2f} / {last_cpu * 1e3:.2f} ms, "
-              f"{rows[-1]['entries_per_video']:.3f} entries/video, open {t_open:.2f} s, info {t_info:.2f} s, "
-              f"verify {t_verify:.2f} s, read {t_read:.2f} s", flush=True)
+        rows.append(
+            {
+                "layout": layout,
+                "n": n,
+                "write_first_ms": first * 1e3,
+                "write_last_ms": last * 1e3,
+                "cpu_first_ms": first_cpu * 1e3,
+                "cpu_last_ms": last_cpu * 1e3,
+                "write_total_s": sum(costs) + (rows[-1]["write_total_s"] if rows else 0.0),  # from empty
+                "entries_per_video": entries(root) / n,
+                "open_s": t_open,
+                "info_s": t_info,
+                "verify_s": t_verify,
+                "read_s": t_read,
+                "bytes_per_video": sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) / n,
+            }
+        )
+        print(
+            f"  {layout:<6} n={n:>6}: write {first * 1e3:6.2f} ms (first) {last * 1e3:6.2f} ms (last), CPU "
+            f"{first_cpu * 1e3:.2f} / {last_cpu * 1e3:.2f} ms, "
+            f"{rows[-1]['entries_per_video']:.3f} entries/video, open {t_open:.2f} s, info {t_info:.2f} s, "
+            f"verify {t_verify:.2f} s, read {t_read:.2f} s",
+            flush=True,
+        )
     # the same writes into an empty set and into the full one, alternately: load from other
     # processes hits both alike
     probe = FeatureStore(root.with_name(root.name + "-probe"))
     probe_set = probe.ensure_feature_set(
-        spec={"name": "bench", "dims": args.dims}, sampling={"strategy": "uniform", "value": 16}, layout=layout,
+        spec={"name": "bench", "dims": args.dims},
+        sampling={"strategy": "uniform", "value": 16},
+        layout=layout,
         dtype=args.dtype,
     )
     empty, full = [], []
@@ -144,9 +164,12 @@ def grow(layout: str, sizes: list[int], args, root: Path) -> list[dict]:
             times.append(time.perf_counter() - start)
     rows[-1]["probe_empty_ms"] = statistics.median(empty) * 1e3
     rows[-1]["probe_full_ms"] = statistics.median(full) * 1e3
-    print(f"  {layout:<6} interleaved: a write into an empty set {rows[-1]['probe_empty_ms']:.2f} ms, into the set "
-          f"of {rows[-1]['n']} videos {rows[-1]['probe_full_ms']:.2f} ms "
-          f"(ratio {rows[-1]['probe_full_ms'] / rows[-1]['probe_empty_ms']:.2f})", flush=True)
+    print(
+        f"  {layout:<6} interleaved: a write into an empty set {rows[-1]['probe_empty_ms']:.2f} ms, into the set "
+        f"of {rows[-1]['n']} videos {rows[-1]['probe_full_ms']:.2f} ms "
+        f"(ratio {rows[-1]['probe_full_ms'] / rows[-1]['probe_empty_ms']:.2f})",
+        flush=True,
+    )
     shutil.rmtree(root.with_name(root.name + "-probe"))
     return rows
 
@@ -214,20 +237,35 @@ def prefect_growth(counts: list[int], tmp: Path) -> list[dict]:
     home = tmp / "prefect_home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120", PREFECT_LOGGING_LEVEL="WARNING")
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+        PREFECT_LOGGING_LEVEL="WARNING",
+    )
     script = tmp / "flow.py"
     script.write_text(PREFECT_SCRIPT)
-    done = subprocess.run([sys.executable, str(script), str(home), *map(str, counts)], env=env, check=True,
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, str(script), str(home), *map(str, counts)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 8000], help="packed layout sizes")
-    parser.add_argument("--nodes-sizes", type=int, nargs="*", default=[250, 1000],
-                        help="'nodes' layout sizes (slow: ~20 ms per write); none to skip")
+    parser.add_argument(
+        "--nodes-sizes",
+        type=int,
+        nargs="*",
+        default=[250, 1000],
+        help="'nodes' layout sizes (slow: ~20 ms per write); none to skip",
+    )
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--dims", type=int, default=256)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="storage dtype")
@@ -239,8 +277,10 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    print(f"videos of [{args.steps}, {args.dims}] stored as {args.dtype}; per-write medians over {args.window} "
-          "writes", flush=True)
+    print(
+        f"videos of [{args.steps}, {args.dims}] stored as {args.dtype}; per-write medians over {args.window} writes",
+        flush=True,
+    )
     results = {}
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         for layout, sizes in (("packed", sorted(args.sizes)), ("nodes", sorted(args.nodes_sizes))):
@@ -251,49 +291,68 @@ def main() -> None:
         prefect = prefect_growth(counts, Path(tmp)) if args.tasks else None
 
     print()
-    header = (f"{'layout':<7}{'videos':>8}{'write first':>12}{'write last':>11}{'last/first':>11}{'CPU l/f':>8}"
-              f"{'entries/vid':>12}{'KB/video':>9}{'open s':>8}{'info s':>8}{'verify s':>9}{'read s':>8}")
+    header = (
+        f"{'layout':<7}{'videos':>8}{'write first':>12}{'write last':>11}{'last/first':>11}{'CPU l/f':>8}"
+        f"{'entries/vid':>12}{'KB/video':>9}{'open s':>8}{'info s':>8}{'verify s':>9}{'read s':>8}"
+    )
     print(header)
     print("-" * len(header))
     for rows in results.values():
         for r in rows:
-            print(f"{r['layout']:<7}{r['n']:>8}{r['write_first_ms']:>10.2f}ms{r['write_last_ms']:>9.2f}ms"
-                  f"{r['write_last_ms'] / r['write_first_ms']:>11.2f}{r['cpu_last_ms'] / r['cpu_first_ms']:>8.2f}"
-                  f"{r['entries_per_video']:>12.3f}"
-                  f"{r['bytes_per_video'] / 1e3:>9.1f}{r['open_s']:>8.2f}{r['info_s']:>8.2f}"
-                  f"{r['verify_s']:>9.2f}{r['read_s']:>8.2f}")
+            print(
+                f"{r['layout']:<7}{r['n']:>8}{r['write_first_ms']:>10.2f}ms{r['write_last_ms']:>9.2f}ms"
+                f"{r['write_last_ms'] / r['write_first_ms']:>11.2f}{r['cpu_last_ms'] / r['cpu_first_ms']:>8.2f}"
+                f"{r['entries_per_video']:>12.3f}"
+                f"{r['bytes_per_video'] / 1e3:>9.1f}{r['open_s']:>8.2f}{r['info_s']:>8.2f}"
+                f"{r['verify_s']:>9.2f}{r['read_s']:>8.2f}"
+            )
     print()
     for layout, rows in results.items():
         r = rows[-1]
-        print(f"{layout}: one write into an empty set {r['probe_empty_ms']:.2f} ms, into the set of {r['n']} videos "
-              f"{r['probe_full_ms']:.2f} ms (ratio {r['probe_full_ms'] / r['probe_empty_ms']:.2f}; "
-              f"{args.window} interleaved pairs)")
+        print(
+            f"{layout}: one write into an empty set {r['probe_empty_ms']:.2f} ms, into the set of {r['n']} videos "
+            f"{r['probe_full_ms']:.2f} ms (ratio {r['probe_full_ms'] / r['probe_empty_ms']:.2f}; "
+            f"{args.window} interleaved pairs)"
+        )
     for layout, rows in results.items():
         if len(rows) < 2:
             continue
         n2 = rows[-1]["n"]
-        print(f"{layout}: growth exponents b (time ~ n^b) between {rows[-2]['n']} and {n2} videos, "
-              f"projected to {args.project}:")
-        for key, label in (("write_last_ms", "one write"), ("cpu_last_ms", "write CPU"),
-                           ("write_total_s", "all writes"), ("open_s", "open"),
-                           ("info_s", "info"), ("verify_s", "verify"), ("read_s", "read all")):
+        print(
+            f"{layout}: growth exponents b (time ~ n^b) between {rows[-2]['n']} and {n2} videos, "
+            f"projected to {args.project}:"
+        )
+        for key, label in (
+            ("write_last_ms", "one write"),
+            ("cpu_last_ms", "write CPU"),
+            ("write_total_s", "all writes"),
+            ("open_s", "open"),
+            ("info_s", "info"),
+            ("verify_s", "verify"),
+            ("read_s", "read all"),
+        ):
             b = exponent(rows, key)
             scale = (args.project / n2) ** b if math.isfinite(b) else float("nan")
             unit = "ms" if key.endswith("_ms") else "s"
-            print(f"  {label:<11} b = {b:5.2f}   {rows[-1][key]:9.2f} {unit} at {n2} -> "
-                  f"{rows[-1][key] * scale:9.2f} {unit} at {args.project}")
+            print(
+                f"  {label:<11} b = {b:5.2f}   {rows[-1][key]:9.2f} {unit} at {n2} -> "
+                f"{rows[-1][key] * scale:9.2f} {unit} at {args.project}"
+            )
     if prefect:
         # each flow adds F + n*T bytes: a least-squares line through the flows' growths
         tasks = np.array([f["tasks"] for f in prefect[1:]], dtype=float)
         grown = np.diff([f["used_bytes"] for f in prefect]).astype(float)
         per_task, per_flow = np.polyfit(tasks, grown, 1)
         big = max(prefect[1:], key=lambda f: f["tasks"])
-        print(f"\nPrefect history database (sqlite, used pages after a checkpoint): flows of "
-              f"{', '.join(str(int(n)) for n in tasks)} tasks grew it by "
-              f"{', '.join(f'{g / 1e3:.0f}' for g in grown)} KB: {per_task / 1e3:.1f} KB per task run "
-              f"{per_flow / 1e3:+.1f} KB per flow run; {prefect[-1]['used_bytes'] / 1e6:.2f} MB in all; "
-              f"{args.project} task runs: {per_task * args.project / 1e6:.0f} MB; {big['seconds']:.1f} s for a "
-              f"{big['tasks']}-task flow")
+        print(
+            f"\nPrefect history database (sqlite, used pages after a checkpoint): flows of "
+            f"{', '.join(str(int(n)) for n in tasks)} tasks grew it by "
+            f"{', '.join(f'{g / 1e3:.0f}' for g in grown)} KB: {per_task / 1e3:.1f} KB per task run "
+            f"{per_flow / 1e3:+.1f} KB per flow run; {prefect[-1]['used_bytes'] / 1e6:.2f} MB in all; "
+            f"{args.project} task runs: {per_task * args.project / 1e6:.0f} MB; {big['seconds']:.1f} s for a "
+            f"{big['tasks']}-task flow"
+        )
+
 
 if __name__ == "__main__":
     main()

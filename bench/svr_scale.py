@@ -22,6 +22,7 @@ scale   fit time (wall and CPU) and peak RSS of ``NystroemSVRHead()`` (defaults:
 
 Prints tables and one JSON line per part (``RESULT {...}``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -121,8 +122,10 @@ def print_compare(title: str, n: int, result: dict) -> None:
     print(f"  {'m':>6} {'SRCC':>7} {'mean d':>7} {'max|d|':>7} {'agree':>6} {'fit s':>6}")
     for m, r in result.items():
         if m != "exact":
-            print(f"  {m:>6} {r['srcc']:7.4f} {r['delta']:+7.4f} {r['max_abs_delta']:7.4f} {r['agree']:6.4f} "
-                  f"{r['fit_s']:6.1f}")
+            print(
+                f"  {m:>6} {r['srcc']:7.4f} {r['delta']:+7.4f} {r['max_abs_delta']:7.4f} {r['agree']:6.4f} "
+                f"{r['fit_s']:6.1f}"
+            )
 
 
 def part_parity(sizes, components) -> dict:
@@ -162,15 +165,27 @@ def _scale_child(n: int, queue) -> None:
     wall, cpu = time.perf_counter(), time.process_time()
     head = NystroemSVRHead().fit(X, y)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    queue.put({"n": n, "wall_s": wall, "cpu_s": cpu, "peak_rss_gib": _rss_gib("VmHWM"), "data_rss_gib": before,
-               "n_iter": head.n_iter_, "converged": head.converged_, "rank": head.rank_})
+    queue.put(
+        {
+            "n": n,
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "peak_rss_gib": _rss_gib("VmHWM"),
+            "data_rss_gib": before,
+            "n_iter": head.n_iter_,
+            "converged": head.converged_,
+            "rank": head.rank_,
+        }
+    )
 
 
 def part_scale(sizes) -> dict:
     ctx = mp.get_context("spawn")
     rows = []
-    print(f"\nNystroemSVRHead() fit on [n, {DIMS}] float32 (m=2048, fmc), one fresh process per n; "
-          f"{len(os.sched_getaffinity(0))} usable cores")
+    print(
+        f"\nNystroemSVRHead() fit on [n, {DIMS}] float32 (m=2048, fmc), one fresh process per n; "
+        f"{len(os.sched_getaffinity(0))} usable cores"
+    )
     print(f"  {'n':>6} {'wall s':>7} {'cpu s':>7} {'peak RSS GiB':>13} {'(before fit)':>12} {'passes':>6}")
     for n in sizes:
         queue = ctx.Queue()
@@ -179,15 +194,19 @@ def part_scale(sizes) -> dict:
         row = queue.get()
         proc.join()
         rows.append(row)
-        print(f"  {n:>6} {row['wall_s']:7.1f} {row['cpu_s']:7.1f} {row['peak_rss_gib']:13.2f} "
-              f"{row['data_rss_gib']:12.2f} {row['n_iter']:>6}")
+        print(
+            f"  {n:>6} {row['wall_s']:7.1f} {row['cpu_s']:7.1f} {row['peak_rss_gib']:13.2f} "
+            f"{row['data_rss_gib']:12.2f} {row['n_iter']:>6}"
+        )
     exponents = {}
     if len(rows) > 1:
         ns = np.log([r["n"] for r in rows])
         for key in ("wall_s", "cpu_s"):
             exponents[key] = float(np.polyfit(ns, np.log([r[key] for r in rows]), 1)[0])
-        print(f"  fit time grows as n^{exponents['wall_s']:.2f} (wall), n^{exponents['cpu_s']:.2f} (CPU), "
-              "least squares on log-log")
+        print(
+            f"  fit time grows as n^{exponents['wall_s']:.2f} (wall), n^{exponents['cpu_s']:.2f} (CPU), "
+            "least squares on log-log"
+        )
     return {"rows": rows, "exponents": exponents}
 
 

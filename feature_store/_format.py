@@ -145,9 +145,7 @@ def validated_spec_sampling(spec: Any, sampling: Any) -> tuple[dict, dict]:
     if not isinstance(spec_c.get("name"), str) or not spec_c["name"]:
         raise InvalidMetadataError(f"spec needs a non-empty str 'name', got {spec_c.get('name')!r}")
     if not isinstance(sampling_c.get("strategy"), str) or not sampling_c["strategy"]:
-        raise InvalidMetadataError(
-            f"sampling needs a non-empty str 'strategy', got {sampling_c.get('strategy')!r}"
-        )
+        raise InvalidMetadataError(f"sampling needs a non-empty str 'strategy', got {sampling_c.get('strategy')!r}")
     dims = spec_c.get("dims")
     if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or dims < 1):
         raise InvalidMetadataError(f"spec['dims'] must be a positive int, got {dims!r}")
@@ -184,9 +182,7 @@ def validated_features(features: Any, video_id: str, dims: int | None) -> np.nda
     if arr.ndim != 2:
         raise InvalidFeaturesError(f"video {video_id!r}: features must be 2-D [steps, dims], got shape {arr.shape}")
     if arr.dtype.kind not in "iuf":
-        raise InvalidFeaturesError(
-            f"video {video_id!r}: features must be a real numeric array, got dtype {arr.dtype}"
-        )
+        raise InvalidFeaturesError(f"video {video_id!r}: features must be a real numeric array, got dtype {arr.dtype}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InvalidFeaturesError(f"video {video_id!r}: features are empty, shape {arr.shape}")
     if dims is not None and arr.shape[1] != dims:
@@ -376,9 +372,7 @@ def stored_data_problem(data: np.ndarray, expected_sha256: Any) -> str | None:
     bad = int(data.size - np.count_nonzero(np.isfinite(data)))
     if bad:
         return f"{bad} of {data.size} values are NaN/Inf (NaN is the fill value: a chunk file may be missing)"
-    if expected_sha256 is not None and (
-        not isinstance(expected_sha256, str) or data_sha256(data) != expected_sha256
-    ):
+    if expected_sha256 is not None and (not isinstance(expected_sha256, str) or data_sha256(data) != expected_sha256):
         return (
             "its data does not match its data_sha256 checksum (a chunk was damaged or "
             "replaced, or two writers of this video mixed their chunks)"

@@ -34,9 +34,22 @@ __all__ = ["Entry", "FsspecFS", "LocalFS", "is_url", "open_fs"]
 
 # Packages providing common fsspec protocols, for the "what to install" hint.
 _PROTOCOL_PACKAGES = {
-    "s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs",
-    "abfss": "adlfs", "adl": "adlfs", "http": "aiohttp", "https": "aiohttp", "sftp": "paramiko",
-    "ssh": "paramiko", "hdfs": "pyarrow", "webdav": "webdav4", "oci": "ocifs", "hf": "huggingface_hub",
+    "s3": "s3fs",
+    "s3a": "s3fs",
+    "gs": "gcsfs",
+    "gcs": "gcsfs",
+    "az": "adlfs",
+    "abfs": "adlfs",
+    "abfss": "adlfs",
+    "adl": "adlfs",
+    "http": "aiohttp",
+    "https": "aiohttp",
+    "sftp": "paramiko",
+    "ssh": "paramiko",
+    "hdfs": "pyarrow",
+    "webdav": "webdav4",
+    "oci": "ocifs",
+    "hf": "huggingface_hub",
 }
 
 
@@ -64,8 +77,7 @@ def open_fs(location: Any, storage_options: Mapping[str, Any] | None = None) -> 
         return FsspecFS(location, storage_options)
     if storage_options:
         raise FeatureStoreError(
-            f"storage_options apply to fsspec URLs (s3://..., gs://...), not to the local path "
-            f"{location!r}"
+            f"storage_options apply to fsspec URLs (s3://..., gs://...), not to the local path {location!r}"
         )
     try:
         return LocalFS(Path(os.fspath(location)).expanduser().absolute())
@@ -223,9 +235,7 @@ class FsspecFS:
             import fsspec  # a dependency of dask, prefect and torch: always installed
             from fsspec.core import url_to_fs
         except ImportError:  # pragma: no cover
-            raise FeatureStoreError(
-                f"store {url!r} is a URL: install fsspec (pip install fsspec) to use it"
-            ) from None
+            raise FeatureStoreError(f"store {url!r} is a URL: install fsspec (pip install fsspec) to use it") from None
         protocol = url.split("://", 1)[0]
         options = dict(storage_options or {})
         try:
@@ -234,8 +244,7 @@ class FsspecFS:
             package = _PROTOCOL_PACKAGES.get(protocol.lower())
             hint = f"pip install {package}" if package else "install its fsspec implementation"
             raise FeatureStoreError(
-                f"store {url!r}: the {protocol!r} protocol needs a package that is not "
-                f"installed ({exc}); {hint}"
+                f"store {url!r}: the {protocol!r} protocol needs a package that is not installed ({exc}); {hint}"
             ) from None
         except ValueError as exc:
             if protocol not in fsspec.available_protocols():
@@ -251,8 +260,7 @@ class FsspecFS:
         root = root.rstrip("/")
         if not root.strip("/"):
             raise FeatureStoreError(
-                f"store {url!r}: the URL needs a path, e.g. {protocol}://features or "
-                f"{protocol}://bucket/features"
+                f"store {url!r}: the URL needs a path, e.g. {protocol}://features or {protocol}://bucket/features"
             )
         self.fs = fs
         self.root = root
@@ -391,7 +399,7 @@ class FsspecFS:
         except (FileNotFoundError, NotADirectoryError):
             return {}
         prefix = path + "/"
-        return {n[len(prefix):]: info for n, info in found.items() if n.startswith(prefix)}
+        return {n[len(prefix) :]: info for n, info in found.items() if n.startswith(prefix)}
 
     def size(self, key: str = "") -> int:
         return sum(int(info.get("size") or 0) for info in self.files(key).values())
@@ -475,9 +483,7 @@ class FsspecFS:
 
                 self._async_fs = _make_async(self.fs)
             except ImportError:  # pragma: no cover -- other zarr versions
-                return FsspecStore.from_url(
-                    self.url(key), storage_options=self.storage_options, read_only=read_only
-                )
+                return FsspecStore.from_url(self.url(key), storage_options=self.storage_options, read_only=read_only)
         return FsspecStore(self._async_fs, path=self._path(key), read_only=read_only)
 
     def __getstate__(self) -> dict:

@@ -124,9 +124,7 @@ def owner_alive(name: str) -> bool | None:
     return True
 
 
-def may_be_running(
-    owner: str | None, mtime: Callable[[], float | None], *, now: float, min_age_s: float
-) -> bool:
+def may_be_running(owner: str | None, mtime: Callable[[], float | None], *, now: float, min_age_s: float) -> bool:
     """Whether the writer or remover tagged ``owner`` may still be at work.
 
     Alive or dead on this host: known. Another host (or no tag): running while the entry's

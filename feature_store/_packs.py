@@ -294,9 +294,7 @@ def _zarr_array(meta: dict, chunks: list[list], blob: bytes | memoryview):
     return zarr.open_array(store=MemoryStore(mem, read_only=True), mode="r", zarr_format=3)
 
 
-def _decode_chunk(
-    read: Callable[[], bytes], rows: int, cols: int, dtype: str, r: int, c: int
-) -> np.ndarray:
+def _decode_chunk(read: Callable[[], bytes], rows: int, cols: int, dtype: str, r: int, c: int) -> np.ndarray:
     """One chunk of a lazy (dask) read: ``read()`` its bytes, decode, cut the edge."""
     import numcodecs
 
@@ -930,9 +928,7 @@ class PackedVideos:
         """Whether no writer will append to segment ``name`` any more."""
         if not name.startswith("w."):
             return True  # written whole (compaction, migration) or one PUT
-        return not may_be_running(
-            name, partial(self.fs.mtime, f"{self.packs}/{name}"), now=now, min_age_s=min_age_s
-        )
+        return not may_be_running(name, partial(self.fs.mtime, f"{self.packs}/{name}"), now=now, min_age_s=min_age_s)
 
     def torn_tails(self, *, now: float, min_age_s: float) -> dict[str, tuple[int, int, bool]]:
         """Segments that end in a torn record: name -> (offset, bytes, whether its writer may
@@ -1015,7 +1011,11 @@ class PackedVideos:
             index.reset()
         logger.info(
             "compacted %s: %d segment(s) -> %d, %d record(s), %d bytes freed",
-            self.set_id, len(sealed), len(written), len(keep), size_in - kept_bytes,
+            self.set_id,
+            len(sealed),
+            len(written),
+            len(keep),
+            size_in - kept_bytes,
         )
         return len(sealed), len(written), size_in - kept_bytes
 

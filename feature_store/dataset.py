@@ -91,16 +91,14 @@ class FeatureDataset:
             if absent:
                 missing += [(set_id, v) for v in absent]
                 lines.append(
-                    f"  feature set {set_id!r}: {len(absent)} of {len(unique)} videos: "
-                    + ", ".join(map(repr, absent))
+                    f"  feature set {set_id!r}: {len(absent)} of {len(unique)} videos: " + ", ".join(map(repr, absent))
                 )
                 continue
             check_one_provenance(set_id, metas)
             self._shapes[set_id] = [tuple(metas[v]["shape"]) for v in video_ids]
         if missing:
             err = FeatureNotFoundError(
-                f"{len(missing)} (feature set, video) pairs are not stored in {store.location}:\n"
-                + "\n".join(lines)
+                f"{len(missing)} (feature set, video) pairs are not stored in {store.location}:\n" + "\n".join(lines)
             )
             err.missing = missing
             raise err
@@ -139,17 +137,13 @@ class FeatureDataset:
         """Lazy features: ``out[i][k]`` is video ``i`` in set ``set_ids[k]``, a float32
         dask array [steps, dims] with one dask chunk per Zarr chunk. Building it reads only
         metadata; computing reads the files (do not overwrite those videos meanwhile)."""
-        return [
-            [self.store.read_video_dask(s, v) for s in self.set_ids] for v in self.video_ids
-        ]
+        return [[self.store.read_video_dask(s, v) for s in self.set_ids] for v in self.video_ids]
 
     def stats(self, set_id: str, *, recompute: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Per-dim mean and std, float64 [D] each, over all steps of all complete videos of
         the set (not only this dataset's videos); see :func:`feature_stats`."""
         if set_id not in self.set_ids:
-            raise FeatureNotFoundError(
-                f"feature set {set_id!r} is not part of this dataset ({self.set_ids})"
-            )
+            raise FeatureNotFoundError(f"feature set {set_id!r} is not part of this dataset ({self.set_ids})")
         if recompute or set_id not in self._stats:
             self._stats[set_id] = feature_stats(self.store, set_id, recompute=recompute)
         mean, std = self._stats[set_id]
@@ -164,8 +158,7 @@ def _stats_key(metas: dict[str, dict]) -> tuple[str, str]:
         {
             "version": _STATS_VERSION,
             "videos": [
-                [v, metas[v]["attributes"].get("write_id") or metas[v]["attributes"].get("written")]
-                for v in ids
+                [v, metas[v]["attributes"].get("write_id") or metas[v]["attributes"].get("written")] for v in ids
             ],
         }
     )
@@ -188,9 +181,7 @@ def _read_cached(store: FeatureStore, stats_key: str, key: str) -> tuple[np.ndar
     return data[0], data[1]
 
 
-def feature_stats(
-    store: FeatureStore, set_id: str, *, recompute: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
+def feature_stats(store: FeatureStore, set_id: str, *, recompute: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Per-dim mean and (population, ddof=0) std of a feature set, float64 [D] each.
 
     Computed over every step of every complete video of the set, streaming one Zarr chunk
@@ -212,9 +203,7 @@ def feature_stats(
     check_one_provenance(set_id, metas)
     dims = {m["shape"][1] for m in metas.values()}
     if len(dims) != 1:
-        raise InvalidFeaturesError(
-            f"videos of feature set {set_id!r} disagree in dims ({sorted(dims)}); run verify"
-        )
+        raise InvalidFeaturesError(f"videos of feature set {set_id!r} disagree in dims ({sorted(dims)}); run verify")
     key, ids_hash = _stats_key(metas)
     if not recompute:
         cached = _read_cached(store, _stats_node(store, set_id), key)
@@ -234,8 +223,7 @@ def feature_stats(
             block = np.asarray(stored, dtype=np.float64)
             if not np.isfinite(block).all():
                 raise InvalidFeaturesError(
-                    f"{set_id} / {video_id}: NaN/Inf in stored features (a chunk file may be "
-                    "missing); run verify"
+                    f"{set_id} / {video_id}: NaN/Inf in stored features (a chunk file may be missing); run verify"
                 )
             n_b = block.shape[0]
             mean_b = block.mean(axis=0)
@@ -252,16 +240,21 @@ def feature_stats(
             )
     std = np.sqrt(m2 / count)
     logger.info("statistics of %s: %d videos, %d steps", set_id, len(metas), count)
-    _write_cache(store, set_id, np.stack([mean, std]), {
-        "key": key,
-        "video_ids_sha256": ids_hash,
-        "n_videos": len(metas),
-        "n_steps": count,
-        "ddof": 0,
-        "rows": ["mean", "std"],
-        "computed": now(),
-        "version": _STATS_VERSION,
-    })
+    _write_cache(
+        store,
+        set_id,
+        np.stack([mean, std]),
+        {
+            "key": key,
+            "video_ids_sha256": ids_hash,
+            "n_videos": len(metas),
+            "n_steps": count,
+            "ddof": 0,
+            "rows": ["mean", "std"],
+            "computed": now(),
+            "version": _STATS_VERSION,
+        },
+    )
     return mean, std
 
 
@@ -283,9 +276,7 @@ def _blocks(videos, set_id: str, video_id: str):
             except StopIteration:
                 return
             except DAMAGE_ERRORS as exc:
-                raise InvalidFeaturesError(
-                    f"{set_id} / {video_id}: chunks do not decode ({exc}); run verify"
-                ) from exc
+                raise InvalidFeaturesError(f"{set_id} / {video_id}: chunks do not decode ({exc}); run verify") from exc
             yield block
 
     return expected, checked()

@@ -48,8 +48,11 @@ def format_store_info(infos: Sequence[dict]) -> str:
             garbage = packs["bytes"] - packs["live_bytes"]
             lines.append(
                 f"  layout: packed, {packs['files']} segment file(s)"
-                + (f", {_human_bytes(garbage)} of replaced or removed videos (`vqa store migrate` frees it)"
-                   if garbage else "")
+                + (
+                    f", {_human_bytes(garbage)} of replaced or removed videos (`vqa store migrate` frees it)"
+                    if garbage
+                    else ""
+                )
             )
         lines.append(f"  created: {info.get('created')}")
         for key, value in _flatten({"sampling": info["sampling"], "spec": info["spec"]}):

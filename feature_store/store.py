@@ -287,8 +287,7 @@ class FeatureStore:
         """
         if not self.is_local:
             raise FeatureStoreError(
-                f"{self.location} is not a local directory: write run records with "
-                "FeatureStore.write_run_file()"
+                f"{self.location} is not a local directory: write run records with FeatureStore.write_run_file()"
             )
         return self.path / RUNS_DIR
 
@@ -299,12 +298,7 @@ class FeatureStore:
         Raises:
             InvalidMetadataError: ``name`` is not a plain file name.
         """
-        if (
-            not isinstance(name, str)
-            or not name
-            or name.startswith((".", "_"))
-            or any(c in name for c in "/\\\0")
-        ):
+        if not isinstance(name, str) or not name or name.startswith((".", "_")) or any(c in name for c in "/\\\0"):
             raise InvalidMetadataError(f"run record names are plain file names, got {name!r}")
         key = f"{RUNS_DIR}/{name}"
         self.layout.fs.write_bytes(key, text.encode("utf-8"))

@@ -88,8 +88,7 @@ def format_verify_report(report: VerifyReport, *, max_lines: int = 50) -> str:
             lines.append(f"  ... and {len(report.problems) - max_lines} more")
     if report.leftovers:
         lines.append(
-            f"leftovers of killed runs ({len(report.leftovers)}; harmless, "
-            "`vqa store clean STORE` deletes them):"
+            f"leftovers of killed runs ({len(report.leftovers)}; harmless, `vqa store clean STORE` deletes them):"
         )
         lines.extend(f"  {p}" for p in report.leftovers[:max_lines])
         if len(report.leftovers) > max_lines:
@@ -292,9 +291,7 @@ def _node_metas(layout: Any, set_id: str, node: str, report: VerifyReport, *, no
     return metas
 
 
-def _packed_metas(
-    videos: PackedVideos, commit: Any, node: str, report: VerifyReport, *, now: float
-) -> dict[str, dict]:
+def _packed_metas(videos: PackedVideos, commit: Any, node: str, report: VerifyReport, *, now: float) -> dict[str, dict]:
     """Metadata of the stored videos of a packed set, by id. Torn records at the end of a
     segment are in flight (writer alive, or on another host and active within the hour) or
     leftovers; records or bytes that do not read are problems; video nodes in the set

@@ -8,6 +8,7 @@ Exit statuses: :data:`EPILOG`. Run as a program (``main()`` without ``argv``), a
 started nothing leaves without the interpreter's teardown (about a second once torch is
 loaded).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,10 +54,29 @@ Prefect server for the run (10-20 s) unless PREFECT_API_URL names a running one
 """
 
 # Loggers whose records stay off the console unless -v (the run's results say what matters).
-LIBRARY_LOGGERS = frozenset({
-    "prefect", "distributed", "httpx", "httpcore", "uvicorn", "fastapi", "asyncio", "alembic", "aiosqlite",
-    "docket", "websockets", "urllib3", "fsspec", "tornado", "numcodecs", "h5py", "PIL", "matplotlib", "filelock",
-})
+LIBRARY_LOGGERS = frozenset(
+    {
+        "prefect",
+        "distributed",
+        "httpx",
+        "httpcore",
+        "uvicorn",
+        "fastapi",
+        "asyncio",
+        "alembic",
+        "aiosqlite",
+        "docket",
+        "websockets",
+        "urllib3",
+        "fsspec",
+        "tornado",
+        "numcodecs",
+        "h5py",
+        "PIL",
+        "matplotlib",
+        "filelock",
+    }
+)
 # The same for the child processes (Prefect's server, Dask workers), which read the environment;
 # a user's own settings win.
 QUIET_ENV = {
@@ -107,8 +127,12 @@ def _user_error_types() -> tuple[type, ...]:
     """The project's error bases, from the packages this command imported (an error of a
     package never imported cannot have been raised; importing them all would cost seconds)."""
     bases = [FlowError]
-    for module, name in (("pipeline.errors", "PipelineError"), ("feature_store.errors", "FeatureStoreError"),
-                         ("regressors.errors", "RegressorError"), ("vqa_core.errors", "CoreError")):
+    for module, name in (
+        ("pipeline.errors", "PipelineError"),
+        ("feature_store.errors", "FeatureStoreError"),
+        ("regressors.errors", "RegressorError"),
+        ("vqa_core.errors", "CoreError"),
+    ):
         loaded = sys.modules.get(module)
         if loaded is not None:
             bases.append(getattr(loaded, name))
@@ -144,8 +168,17 @@ def _leave(code: int) -> None:
 def _extractors(args) -> int:
     from pipeline.extractors import extractor_options, list_extractors
 
-    rows = [(e.name, str(e.dims), e.default_weights, ", ".join(e.weights_choices),
-             ", ".join(extractor_options(e.name)) or "-", e.description) for e in list_extractors()]
+    rows = [
+        (
+            e.name,
+            str(e.dims),
+            e.default_weights,
+            ", ".join(e.weights_choices),
+            ", ".join(extractor_options(e.name)) or "-",
+            e.description,
+        )
+        for e in list_extractors()
+    ]
     header = ("name", "dims", "default", "weights", "options", "description")
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     for row in [header] + rows:
@@ -165,8 +198,9 @@ def _weights(args) -> int:
     missing = [r for r in rows if not r["present"]]
     print(f"\npublished checkpoints ({len(rows) - len(missing)} of {len(rows)} available locally):")
     for r in rows:
-        print(f"  [{'x' if r['present'] else ' '}] {r['title']}  ->  {r['path']}\n"
-              f"      used by {', '.join(r['used_by'])}")
+        print(
+            f"  [{'x' if r['present'] else ' '}] {r['title']}  ->  {r['path']}\n      used by {', '.join(r['used_by'])}"
+        )
         if not r["present"]:
             print(f"      how to get it: {r['how_to_get']}")
     return 0
@@ -195,8 +229,11 @@ def _store_rm(args) -> int:
 
     store = FeatureStore(args.store, create=False)
     set_id = store.resolve(args.feature_set)
-    what = f"{len(args.video)} video(s) of {set_id}" if args.video else f"the whole feature set {set_id} " \
-        f"({len(store.video_ids(set_id))} videos)"
+    what = (
+        f"{len(args.video)} video(s) of {set_id}"
+        if args.video
+        else f"the whole feature set {set_id} ({len(store.video_ids(set_id))} videos)"
+    )
     if not args.yes:
         if not sys.stdin.isatty():
             raise FlowError(f"refusing to remove {what} without confirmation: pass --yes")
@@ -211,8 +248,9 @@ def _store_export(args) -> int:
     from feature_store import FeatureStore, export_hdf5
 
     store = FeatureStore(args.store, create=False)
-    counts = export_hdf5(store, args.out, set_ids=[store.resolve(s) for s in args.set] if args.set else None,
-                         overwrite=args.overwrite)
+    counts = export_hdf5(
+        store, args.out, set_ids=[store.resolve(s) for s in args.set] if args.set else None, overwrite=args.overwrite
+    )
     for set_id, n in counts.items():
         print(f"{set_id}: {n} videos")
     print(f"written: {args.out}")
@@ -227,13 +265,23 @@ def _store_import(args) -> int:
         print(import_hdf5(store, args.source, overwrite=args.overwrite))
         return 0
     if not (args.spec and args.sampling):
-        raise FlowError("importing a .npy folder needs --spec (JSON file describing how the features were made) "
-                        "and --sampling (e.g. all)")
+        raise FlowError(
+            "importing a .npy folder needs --spec (JSON file describing how the features were made) "
+            "and --sampling (e.g. all)"
+        )
     from pipeline.sampling import parse_sampling
 
     spec = json.loads(open(args.spec, encoding="utf-8").read())
-    print(import_npy_folder(store, args.source, spec=spec, sampling=parse_sampling(args.sampling).to_dict(),
-                            pattern=args.pattern, overwrite=args.overwrite))
+    print(
+        import_npy_folder(
+            store,
+            args.source,
+            spec=spec,
+            sampling=parse_sampling(args.sampling).to_dict(),
+            pattern=args.pattern,
+            overwrite=args.overwrite,
+        )
+    )
     return 0
 
 
@@ -257,9 +305,16 @@ def _dataset_list(args) -> int:
 def _dataset_make(args) -> int:
     from pipeline.datasets import make_manifest
 
-    report = make_manifest(args.name, args.root, out=args.out, check_files=not args.no_check_files,
-                           overwrite=args.overwrite, label_file=args.labels, split=args.split,
-                           skip_missing=args.skip_missing)
+    report = make_manifest(
+        args.name,
+        args.root,
+        out=args.out,
+        check_files=not args.no_check_files,
+        overwrite=args.overwrite,
+        label_file=args.labels,
+        split=args.split,
+        skip_missing=args.skip_missing,
+    )
     print(f"{report.name}: {report.n_videos} rows -> {report.manifest}")
     if report.splits:
         print(f"split permutations: {report.splits}")
@@ -296,13 +351,25 @@ def _fit(args) -> int:
     from .preflight import check_folder_location
 
     check_folder_location(args.out, what="--out")
-    metrics = fit_job(store=args.store, manifest=args.manifest, features=args.features, out=args.out,
-                      head=args.head, protocol=args.protocol, pooling=args.pooling, n_repeats=args.repeats,
-                      seed=args.seed, progress=not args.quiet, overwrite=args.overwrite,
-                      head_params=_parse_params(args.head_param or []), paper_schedule=args.paper_schedule,
-                      test_manifest=args.test_manifest,
-                      test_store=args.test_store, restart=args.restart,
-                      notify=lambda message: print(message, file=sys.stderr, flush=True))
+    metrics = fit_job(
+        store=args.store,
+        manifest=args.manifest,
+        features=args.features,
+        out=args.out,
+        head=args.head,
+        protocol=args.protocol,
+        pooling=args.pooling,
+        n_repeats=args.repeats,
+        seed=args.seed,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+        head_params=_parse_params(args.head_param or []),
+        paper_schedule=args.paper_schedule,
+        test_manifest=args.test_manifest,
+        test_store=args.test_store,
+        restart=args.restart,
+        notify=lambda message: print(message, file=sys.stderr, flush=True),
+    )
     print(format_metrics_table(metrics))
     print(f"report: {args.out}")
     return 0
@@ -342,15 +409,27 @@ def _evaluate(args) -> int:
     with prefect_session(announce=not args.quiet):
         from .jobs import evaluate_flow
 
-        result = evaluate_flow(store=args.store, manifest=args.manifest, features=args.features, out=args.out,
-                               heads=heads, protocol=args.protocol or "fmc",  # one protocol: same splits for all
-                               pooling=args.pooling, n_repeats=args.repeats,
-                               seed=args.seed, overwrite=args.overwrite, head_params=head_params,
-                               test_manifest=args.test_manifest, test_store=args.test_store,
-                               progress=not args.quiet)
+        result = evaluate_flow(
+            store=args.store,
+            manifest=args.manifest,
+            features=args.features,
+            out=args.out,
+            heads=heads,
+            protocol=args.protocol or "fmc",  # one protocol: same splits for all
+            pooling=args.pooling,
+            n_repeats=args.repeats,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            head_params=head_params,
+            test_manifest=args.test_manifest,
+            test_store=args.test_store,
+            progress=not args.quiet,
+        )
     print(open(result["comparison"]["markdown"], encoding="utf-8").read().split("\n\n")[0])
-    print(f"\nwritten: {result['comparison']['markdown']}, {result['comparison']['csv']}; "
-          f"one report folder per head in {args.out}")
+    print(
+        f"\nwritten: {result['comparison']['markdown']}, {result['comparison']['csv']}; "
+        f"one report folder per head in {args.out}"
+    )
     for head, reason in result["failures"].items():
         print(f"  failed {head}: {reason}")
     return 1 if result["failures"] else 0
@@ -376,13 +455,25 @@ def _finetune(args) -> int:
     with prefect_session(announce=not args.quiet):
         from .finetune import finetune_flow
 
-        result = finetune_flow(manifest=args.manifest, out=args.out, recipe=args.recipe, start=args.start,
-                               epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                               image_size=args.image_size, device=args.device, seed=args.seed,
-                               resume=not args.no_resume, progress=not args.quiet)
+        result = finetune_flow(
+            manifest=args.manifest,
+            out=args.out,
+            recipe=args.recipe,
+            start=args.start,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            image_size=args.image_size,
+            device=args.device,
+            seed=args.seed,
+            resume=not args.no_resume,
+            progress=not args.quiet,
+        )
     print(f"best epoch {result['best_epoch']}: {result['best']}")
-    print(f"checkpoint: {result['checkpoint']}  (use with: vqa extract ... --weights {result['extractor']}="
-          f"{result['checkpoint']})")
+    print(
+        f"checkpoint: {result['checkpoint']}  (use with: vqa extract ... --weights {result['extractor']}="
+        f"{result['checkpoint']})"
+    )
     return 0
 
 
@@ -396,8 +487,10 @@ def _demo(args) -> int:
     with prefect_session(announce=not args.quiet):
         result = run_demo(out=args.out, weights=args.weights, n_sources=args.sources, progress=not args.quiet)
     ex = result["extraction"]
-    print(f"\nextraction: done {ex['done']}, skipped {ex['skipped']}, failed {ex['failed']}, "
-          f"{ex['frames_per_second']} frames/s  (weights: {result['weights']})")
+    print(
+        f"\nextraction: done {ex['done']}, skipped {ex['skipped']}, failed {ex['failed']}, "
+        f"{ex['frames_per_second']} frames/s  (weights: {result['weights']})"
+    )
     print(format_metrics_table(result["metrics"]))
     print(f"report folder: {result['report']}  (metrics.json, predictions.csv, scatter.png)")
     return 0
@@ -406,14 +499,24 @@ def _demo(args) -> int:
 def _add_extraction_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", required=True, help="feature store directory or URL (s3://...; created if missing)")
     p.add_argument("--extractor", action="append", required=True, help="registered extractor name (repeatable)")
-    p.add_argument("--weights", action="append",
-                   help="imagenet | random[:SEED] | PATH, or NAME=CHOICE for one extractor (repeatable)")
-    p.add_argument("--sampling", action="append",
-                   help="all | uniform:N | fps:K | clips:L, or NAME=STRATEGY for one extractor (repeatable; "
-                        "default all; clip extractors keep their clips)")
-    p.add_argument("--extractor-option", action="append", metavar="NAME:KEY=VALUE",
-                   help="builder option of one extractor, recorded in its spec (repeatable), e.g. "
-                        "unique:resampler=pil, resnet50:short_side=540; `vqa extractors` lists them")
+    p.add_argument(
+        "--weights",
+        action="append",
+        help="imagenet | random[:SEED] | PATH, or NAME=CHOICE for one extractor (repeatable)",
+    )
+    p.add_argument(
+        "--sampling",
+        action="append",
+        help="all | uniform:N | fps:K | clips:L, or NAME=STRATEGY for one extractor (repeatable; "
+        "default all; clip extractors keep their clips)",
+    )
+    p.add_argument(
+        "--extractor-option",
+        action="append",
+        metavar="NAME:KEY=VALUE",
+        help="builder option of one extractor, recorded in its spec (repeatable), e.g. "
+        "unique:resampler=pil, resnet50:short_side=540; `vqa extractors` lists them",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--batch-size", type=int, default=16, help="frames per forward pass (default 16)")
     _add_compute_options(p)
@@ -421,14 +524,24 @@ def _add_extraction_options(p: argparse.ArgumentParser) -> None:
 
 def _add_dask_options(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--dask-address", help="run one task per video on an existing Dask cluster "
-                                              "(tcp://HOST:PORT; its workers need PREFECT_API_URL)")
-    group.add_argument("--dask-workers", type=_worker_count, metavar="N|auto",
-                       help="run one task per video on a local Dask cluster of N worker processes; with CUDA "
-                            "devices each worker is pinned to one GPU (round-robin) and takes GPU=1; "
-                            "auto: one worker per GPU (1 without GPUs)")
-    p.add_argument("--dask-resource", action="append", metavar="NAME=AMOUNT",
-                   help="Dask resource each video task needs, e.g. GPU=1 (repeatable; local workers declare it)")
+    group.add_argument(
+        "--dask-address",
+        help="run one task per video on an existing Dask cluster (tcp://HOST:PORT; its workers need PREFECT_API_URL)",
+    )
+    group.add_argument(
+        "--dask-workers",
+        type=_worker_count,
+        metavar="N|auto",
+        help="run one task per video on a local Dask cluster of N worker processes; with CUDA "
+        "devices each worker is pinned to one GPU (round-robin) and takes GPU=1; "
+        "auto: one worker per GPU (1 without GPUs)",
+    )
+    p.add_argument(
+        "--dask-resource",
+        action="append",
+        metavar="NAME=AMOUNT",
+        help="Dask resource each video task needs, e.g. GPU=1 (repeatable; local workers declare it)",
+    )
 
 
 def _worker_count(text: str) -> int | str:
@@ -452,25 +565,42 @@ def _non_negative_int(text: str) -> int:
 
 def _add_compute_options(p: argparse.ArgumentParser) -> None:
     """Compute options of the extraction commands: precision and layout (own feature sets), decode-ahead depth."""
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="precision the networks run in (autocast; fp16 on CUDA only). Recorded in the feature "
-                        "set's spec: fp16/bf16 features form their own feature sets (default fp32)")
-    p.add_argument("--channels-last", action="store_true",
-                   help="channels-last memory layout for the networks (own feature set, like --precision)")
-    p.add_argument("--prefetch", type=_non_negative_int, metavar="N",
-                   help="batches decoded ahead of the model per video, in a worker thread (0: no decode "
-                        "thread; default 2). Does not change the features; recorded in the run record")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16"],
+        help="precision the networks run in (autocast; fp16 on CUDA only). Recorded in the feature "
+        "set's spec: fp16/bf16 features form their own feature sets (default fp32)",
+    )
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="channels-last memory layout for the networks (own feature set, like --precision)",
+    )
+    p.add_argument(
+        "--prefetch",
+        type=_non_negative_int,
+        metavar="N",
+        help="batches decoded ahead of the model per video, in a worker thread (0: no decode "
+        "thread; default 2). Does not change the features; recorded in the run record",
+    )
 
 
 def _add_evaluation_options(p: argparse.ArgumentParser) -> None:
     """What fit and evaluate share: the data, the protocol and its splits."""
     p.add_argument("--store", required=True)
     p.add_argument("--manifest", required=True, help="manifest with mos (and optional group)")
-    p.add_argument("--features", action="append", required=True,
-                   help="feature set id or extractor name (repeatable: sets are concatenated)")
-    p.add_argument("--protocol",
-                   help="fmc (20x5-fold) | a2inet (10x 80/20) | vsfa (10x 60/20/20); default: the head's paper "
-                        "protocol for fit (svr: fmc, vsfa: vsfa, a2inet: a2inet), fmc for evaluate")
+    p.add_argument(
+        "--features",
+        action="append",
+        required=True,
+        help="feature set id or extractor name (repeatable: sets are concatenated)",
+    )
+    p.add_argument(
+        "--protocol",
+        help="fmc (20x5-fold) | a2inet (10x 80/20) | vsfa (10x 60/20/20); default: the head's paper "
+        "protocol for fit (svr: fmc, vsfa: vsfa, a2inet: a2inet), fmc for evaluate",
+    )
     p.add_argument("--test-manifest", help="cross-dataset: train on --manifest, test on this manifest")
     p.add_argument("--test-store", help="store holding the test manifest's features (default --store)")
     p.add_argument("--pooling", default="mean", help="temporal pooling: mean | max | meanmax")
@@ -480,29 +610,40 @@ def _add_evaluation_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vqa", description="Video quality assessment feature-store pipeline",
-                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="show library logs (Prefect, Dask) and the traceback of an error")
+    parser = argparse.ArgumentParser(
+        prog="vqa",
+        description="Video quality assessment feature-store pipeline",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show library logs (Prefect, Dask) and the traceback of an error"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("extract", help="extract features for a manifest into a store (Prefect flow)")
     p.add_argument("manifest", help="CSV with video_id,path[,mos][,group]")
     _add_extraction_options(p)
     p.add_argument("--root", help="refuse manifest paths that resolve outside this folder (the dataset root)")
-    p.add_argument("--redo-damaged", action="store_true",
-                   help="re-extract stored videos that `vqa store verify` finds damaged (reads every stored "
-                        "value of the feature sets first); by default stored videos are skipped")
+    p.add_argument(
+        "--redo-damaged",
+        action="store_true",
+        help="re-extract stored videos that `vqa store verify` finds damaged (reads every stored "
+        "value of the feature sets first); by default stored videos are skipped",
+    )
     _add_dask_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_extract)
 
-    p = sub.add_parser("extract-folder", help="extract the video files of a folder not yet in the store "
-                                              "(ids: paths relative to the folder)")
+    p = sub.add_parser(
+        "extract-folder",
+        help="extract the video files of a folder not yet in the store (ids: paths relative to the folder)",
+    )
     p.add_argument("folder", help="folder searched recursively for video files")
     _add_extraction_options(p)
-    p.add_argument("--manifest-out", help="where to write the folder's manifest "
-                                          "(default STORE/_runs/extract-folder-<time>.csv)")
+    p.add_argument(
+        "--manifest-out", help="where to write the folder's manifest (default STORE/_runs/extract-folder-<time>.csv)"
+    )
     _add_dask_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_extract_folder)
@@ -518,8 +659,12 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--cron", required=True, help='cron schedule, e.g. "0 2 * * *" (02:00 every day)')
         q.add_argument("--timezone", help="time zone of the schedule, e.g. Europe/Paris (default UTC)")
         q.add_argument("--name", default="nightly", help="deployment name (default nightly)")
-        q.add_argument("--server-port", type=int, default=4200,
-                       help="port of the Prefect server started when PREFECT_API_URL is not set (default 4200)")
+        q.add_argument(
+            "--server-port",
+            type=int,
+            default=4200,
+            help="port of the Prefect server started when PREFECT_API_URL is not set (default 4200)",
+        )
         q.set_defaults(func=_serve)
 
     p = sub.add_parser("extractors", help="list registered extractors")
@@ -539,8 +684,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--labels", help="label file to read instead of the default one")
     q.add_argument("--split", help="lsvq: train | test | test-1080p")
     q.add_argument("--no-check-files", action="store_true", help="do not check that the media files exist")
-    q.add_argument("--skip-missing", action="store_true",
-                   help="keep only the videos whose files are present (each one left out is listed as a warning)")
+    q.add_argument(
+        "--skip-missing",
+        action="store_true",
+        help="keep only the videos whose files are present (each one left out is listed as a warning)",
+    )
     q.add_argument("--overwrite", action="store_true")
     q.set_defaults(func=_dataset_make)
 
@@ -553,12 +701,20 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("store")
     q.add_argument("--set", action="append", help="only these feature sets (repeatable)")
     q.set_defaults(func=_store_verify)
-    q = store_sub.add_parser("clean", help="delete leftovers of killed writers (staging entries, unfinished "
-                                           "videos, interrupted removals); stored videos are never touched")
+    q = store_sub.add_parser(
+        "clean",
+        help="delete leftovers of killed writers (staging entries, unfinished "
+        "videos, interrupted removals); stored videos are never touched",
+    )
     q.add_argument("store")
-    q.add_argument("--min-age", type=float, default=3600.0, metavar="SECONDS",
-                   help="leftovers whose writer cannot be checked (another host, object stores) are deleted "
-                        "only when this old; live writers on this host are always kept (default 3600)")
+    q.add_argument(
+        "--min-age",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="leftovers whose writer cannot be checked (another host, object stores) are deleted "
+        "only when this old; live writers on this host are always kept (default 3600)",
+    )
     q.set_defaults(func=_store_clean)
     q = store_sub.add_parser("rm", help="remove a feature set, or some of its videos (asks first)")
     q.add_argument("store")
@@ -582,38 +738,60 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--pattern", default="{video_id}.npy", help="npy: file name pattern")
     q.add_argument("--overwrite", action="store_true")
     q.set_defaults(func=_store_import)
-    q = store_sub.add_parser("migrate", help="convert feature sets to the packed layout (few files, for large "
-                                             "collections) and compact packed ones; new sets are packed too")
+    q = store_sub.add_parser(
+        "migrate",
+        help="convert feature sets to the packed layout (few files, for large "
+        "collections) and compact packed ones; new sets are packed too",
+    )
     q.add_argument("store")
     q.add_argument("--set", action="append", help="only these feature sets (repeatable)")
-    q.add_argument("--create", action="store_true",
-                   help="create the store if it does not exist (packed from the start)")
-    q.add_argument("--min-age", type=float, default=3600.0, metavar="SECONDS",
-                   help="files of writers on other hosts are compacted only when this old (default 3600)")
+    q.add_argument(
+        "--create", action="store_true", help="create the store if it does not exist (packed from the start)"
+    )
+    q.add_argument(
+        "--min-age",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="files of writers on other hosts are compacted only when this old (default 3600)",
+    )
     q.set_defaults(func=_store_migrate)
 
     p = sub.add_parser("fit", help="fit and evaluate a head on stored features")
     _add_evaluation_options(p)
-    p.add_argument("--head", default="svr",
-                   help="svr (default) | svr-bvqa | svr-fast | svr-bvqa-fast | vsfa | a2inet | dualpath; "
-                   "svr and svr-bvqa switch to their -fast (Nystroem) form above 5,000 videos")
-    p.add_argument("--head-param", action="append",
-                   help="override a head setting, KEY=VALUE (repeatable), e.g. epochs=20 lr=1e-4")
+    p.add_argument(
+        "--head",
+        default="svr",
+        help="svr (default) | svr-bvqa | svr-fast | svr-bvqa-fast | vsfa | a2inet | dualpath; "
+        "svr and svr-bvqa switch to their -fast (Nystroem) form above 5,000 videos",
+    )
+    p.add_argument(
+        "--head-param", action="append", help="override a head setting, KEY=VALUE (repeatable), e.g. epochs=20 lr=1e-4"
+    )
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--overwrite", action="store_true", help="replace a report and model already in --out")
-    p.add_argument("--paper-schedule", action="store_true",
-                   help="train sequence heads with their paper's full schedule (vsfa: 2000 epochs at lr 1e-5, no "
-                        "early stopping) instead of the quick default that finishes in minutes (docs/analysis.md)")
-    p.add_argument("--restart", action="store_true",
-                   help="discard the progress of an interrupted run in --out and start over (by default a run "
-                        "with the same configuration is resumed, and one with another configuration refused)")
+    p.add_argument(
+        "--paper-schedule",
+        action="store_true",
+        help="train sequence heads with their paper's full schedule (vsfa: 2000 epochs at lr 1e-5, no "
+        "early stopping) instead of the quick default that finishes in minutes (docs/analysis.md)",
+    )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard the progress of an interrupted run in --out and start over (by default a run "
+        "with the same configuration is resumed, and one with another configuration refused)",
+    )
     p.set_defaults(func=_fit)
 
     p = sub.add_parser("evaluate", help="fit several heads on the same features and compare them (Prefect flow)")
     _add_evaluation_options(p)
     p.add_argument("--head", action="append", help="head to evaluate (repeatable; default svr)")
-    p.add_argument("--head-param", action="append",
-                   help="HEAD:KEY=VALUE for one head, KEY=VALUE for all (repeatable), e.g. vsfa:epochs=20")
+    p.add_argument(
+        "--head-param",
+        action="append",
+        help="HEAD:KEY=VALUE for one head, KEY=VALUE for all (repeatable), e.g. vsfa:epochs=20",
+    )
     p.add_argument("--out", required=True, help="folder: OUT/<head>/ per head, OUT/comparison.{md,csv}")
     p.add_argument("--overwrite", action="store_true", help="replace reports and models already in OUT/<head>/")
     p.set_defaults(func=_evaluate)
@@ -660,8 +838,13 @@ def _accept_verbose_anywhere(parser: argparse.ArgumentParser) -> None:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in dict.fromkeys(action.choices.values()):  # aliases map to one parser
-                sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                                 help="as vqa -v: library logs and tracebacks")
+                sub.add_argument(
+                    "-v",
+                    "--verbose",
+                    action="store_true",
+                    default=argparse.SUPPRESS,
+                    help="as vqa -v: library logs and tracebacks",
+                )
                 _accept_verbose_anywhere(sub)
 
 
@@ -672,8 +855,10 @@ def main(argv: list[str] | None = None) -> int:
     that started no Prefect, Dask or thread ends the process directly (:func:`_leave`).
     """
     args = build_parser().parse_args(argv)
-    command = " ".join(["vqa", args.command] + [getattr(args, a) for a in ("store_command", "dataset_command", "flow")
-                                                if getattr(args, a, None)])
+    command = " ".join(
+        ["vqa", args.command]
+        + [getattr(args, a) for a in ("store_command", "dataset_command", "flow") if getattr(args, a, None)]
+    )
     with _console(args.verbose):
         try:
             code = args.func(args)

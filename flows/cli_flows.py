@@ -12,6 +12,7 @@ Each extraction command checks everything it can before Prefect is imported, che
 
 Nothing is written before the checks pass (the store is created just before the flow).
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,6 +35,7 @@ def _note(message: str) -> None:
 # Prefect, when there is work for it
 # --------------------------------------------------------------------------------------------
 
+
 @contextmanager
 def prefect_session(dask: dict | None = None, *, announce: bool = True, **server_options) -> Iterator[object]:
     """Prefect for one command: the configured server (``PREFECT_API_URL``, a long-lived one),
@@ -45,8 +47,10 @@ def prefect_session(dask: dict | None = None, *, announce: bool = True, **server
     from .orchestration import configured_api_url, dask_session, ensure_api_server
 
     if announce and not configured_api_url():
-        _note("starting a Prefect server for this run (10-20 s; a long-lived one set in PREFECT_API_URL "
-              "saves that, see docs/orchestration.md) ...")
+        _note(
+            "starting a Prefect server for this run (10-20 s; a long-lived one set in PREFECT_API_URL "
+            "saves that, see docs/orchestration.md) ..."
+        )
     with ensure_api_server(**server_options):
         with dask_session(**(dask or {})) as runner:
             yield runner
@@ -56,6 +60,7 @@ def prefect_session(dask: dict | None = None, *, announce: bool = True, **server
 # Options
 # --------------------------------------------------------------------------------------------
 
+
 def _dask_options(args) -> dict:
     from .orchestration import parse_resources
 
@@ -64,8 +69,12 @@ def _dask_options(args) -> dict:
         from pipeline.runner import gpu_worker_count
 
         n_workers = gpu_worker_count(args.device)
-    return {"address": args.dask_address, "n_workers": n_workers,
-            "resources": parse_resources(args.dask_resource or []) or None, "device": args.device}
+    return {
+        "address": args.dask_address,
+        "n_workers": n_workers,
+        "resources": parse_resources(args.dask_resource or []) or None,
+        "device": args.device,
+    }
 
 
 def _sampling_option(args, extractors: list[str]) -> str | dict[str, str]:
@@ -82,10 +91,16 @@ def _flow_params(args) -> dict:
     """extract_flow keyword arguments shared by extract, extract-folder and serve."""
     from .extract_plan import parse_extractor_options, parse_per_extractor_option
 
-    params = {"store": args.store, "extractors": args.extractor,
-              "weights": parse_per_extractor_option(args.weights or [], args.extractor),
-              "sampling": _sampling_option(args, args.extractor), "device": args.device,
-              "batch_size": args.batch_size, "precision": args.precision, "channels_last": args.channels_last}
+    params = {
+        "store": args.store,
+        "extractors": args.extractor,
+        "weights": parse_per_extractor_option(args.weights or [], args.extractor),
+        "sampling": _sampling_option(args, args.extractor),
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "precision": args.precision,
+        "channels_last": args.channels_last,
+    }
     if args.prefetch is not None:
         params["prefetch"] = args.prefetch
     if args.extractor_option:
@@ -123,7 +138,8 @@ def _check_weights_choice(name: str, choice: str | None) -> None:
         hint = f"did you mean {close[0]}? " if close else ""
         raise WeightsUnavailableError(
             f"--weights {choice} for {name}: no such file, and not one of its named weights "
-            f"({', '.join(entry.weights_choices)}); {hint}pass a named choice, random[:SEED] or a checkpoint file")
+            f"({', '.join(entry.weights_choices)}); {hint}pass a named choice, random[:SEED] or a checkpoint file"
+        )
 
 
 def _prepare(args, *, root: str | None = None):
@@ -152,6 +168,7 @@ def _prepare(args, *, root: str | None = None):
 # Output
 # --------------------------------------------------------------------------------------------
 
+
 def print_summary(summary: dict, *, verbose: bool = False, note: str = "") -> int:
     """The run's counts and every extractor's steps in one line, then one line per failed
     video (tracebacks with ``verbose``; the run record has them). Returns the exit status:
@@ -163,8 +180,10 @@ def print_summary(summary: dict, *, verbose: bool = False, note: str = "") -> in
         parts.append(f"{counted} in {summary.get('seconds', 0)} s, {summary.get('frames_per_second', 0)} steps/s")
     if note:
         parts.append(note)
-    print(f"done {summary['done']}  skipped {summary['skipped']}  failed {summary['failed']}"
-          + (f"  ({'; '.join(parts)})" if parts else ""))
+    print(
+        f"done {summary['done']}  skipped {summary['skipped']}  failed {summary['failed']}"
+        + (f"  ({'; '.join(parts)})" if parts else "")
+    )
     for video_id, reason in summary["failures"].items():
         print(f"  failed {video_id}: {reason}")
     if summary["failures"]:
@@ -180,6 +199,7 @@ def print_summary(summary: dict, *, verbose: bool = False, note: str = "") -> in
 # vqa extract / extract-folder
 # --------------------------------------------------------------------------------------------
 
+
 def _plan(args, entries, config, built, *, manifest: str):
     """The videos still to do (after ``--redo-damaged`` removed the damaged ones); their
     files are checked here."""
@@ -191,8 +211,10 @@ def _plan(args, entries, config, built, *, manifest: str):
         damaged = damaged_videos(args.store, plan.set_ids, [e.video_id for e in entries])
         if damaged:
             ids = sorted({v for videos in damaged.values() for v in videos})
-            _note(f"re-extracting {len(ids)} damaged video(s): {', '.join(ids[:10])}"
-                  + (f" and {len(ids) - 10} more" if len(ids) > 10 else ""))
+            _note(
+                f"re-extracting {len(ids)} damaged video(s): {', '.join(ids[:10])}"
+                + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+            )
             remove_damaged(args.store, damaged)
             plan = plan_extraction(entries, args.store, built, config)
     check_media_files(plan.pending, manifest=manifest)
@@ -228,8 +250,13 @@ def extract(args) -> int:
         from .extract import extract_flow
 
         flow = extract_flow if runner is None else extract_flow.with_options(task_runner=runner)
-        summary = flow(manifest=args.manifest, **_flow_params(args), progress=not args.quiet, root=args.root,
-                       resources=dask["resources"])
+        summary = flow(
+            manifest=args.manifest,
+            **_flow_params(args),
+            progress=not args.quiet,
+            root=args.root,
+            resources=dask["resources"],
+        )
     return print_summary(summary, verbose=args.verbose)
 
 
@@ -261,17 +288,24 @@ def extract_folder(args) -> int:
         if not entries:
             print(f"0 video files in {args.folder}; nothing to do")
             return 0
-        manifest, n_videos = write_folder_listing(folder, FeatureStore(args.store, create=False),
-                                                  manifest_out=args.manifest_out, entries=entries)
+        manifest, n_videos = write_folder_listing(
+            folder, FeatureStore(args.store, create=False), manifest_out=args.manifest_out, entries=entries
+        )
         print(f"{n_videos} video file(s) in {args.folder}; manifest {manifest}")
         return _nothing_to_do(args, plan, config, started)
     FeatureStore(args.store)
     with prefect_session(dask, announce=not args.quiet):
         from .jobs import extract_folder_flow
 
-        summary = extract_folder_flow(folder=args.folder, **_flow_params(args), manifest_out=args.manifest_out,
-                                      dask_address=dask["address"], dask_workers=dask["n_workers"],
-                                      resources=dask["resources"], progress=not args.quiet)
+        summary = extract_folder_flow(
+            folder=args.folder,
+            **_flow_params(args),
+            manifest_out=args.manifest_out,
+            dask_address=dask["address"],
+            dask_workers=dask["n_workers"],
+            resources=dask["resources"],
+            progress=not args.quiet,
+        )
     print(f"{summary['videos']} video file(s) in {args.folder}; manifest {summary['manifest']}")
     return print_summary(summary, verbose=args.verbose)
 
@@ -279,6 +313,7 @@ def extract_folder(args) -> int:
 # --------------------------------------------------------------------------------------------
 # vqa serve
 # --------------------------------------------------------------------------------------------
+
 
 def serve(args) -> int:
     """``vqa serve``: the same checks as the extraction itself (weights included: a nightly
@@ -301,21 +336,27 @@ def serve(args) -> int:
         params["manifest"] = args.source
     else:
         dask = _dask_options(args)
-        params.update(folder=args.source, dask_address=dask["address"], dask_workers=dask["n_workers"],
-                      resources=dask["resources"])
+        params.update(
+            folder=args.source,
+            dask_address=dask["address"],
+            dask_workers=dask["n_workers"],
+            resources=dask["resources"],
+        )
     params["progress"] = False
     params = {k: v for k, v in params.items() if v is not None}
     from .orchestration import build_deployment, serve_deployments
 
-    deployment = build_deployment(args.flow, name=args.name, cron=args.cron, timezone=args.timezone,
-                                  parameters=params)
+    deployment = build_deployment(args.flow, name=args.name, cron=args.cron, timezone=args.timezone, parameters=params)
     from .orchestration import ensure_api_server
 
     with ensure_api_server(port=args.server_port, ui=True) as url:
         full_name = f"{deployment.flow_name}/{deployment.name}"
-        print(f"serving {full_name} (cron {args.cron!r}, {args.timezone or 'UTC'}) against {url}\n"
-              f"run it now:  PREFECT_API_URL={url} prefect deployment run '{full_name}'\n"
-              "stop with Ctrl-C or SIGTERM", flush=True)
+        print(
+            f"serving {full_name} (cron {args.cron!r}, {args.timezone or 'UTC'}) against {url}\n"
+            f"run it now:  PREFECT_API_URL={url} prefect deployment run '{full_name}'\n"
+            "stop with Ctrl-C or SIGTERM",
+            flush=True,
+        )
         serve_deployments(deployment)
     print(f"stopped serving {full_name}", flush=True)
     return 0

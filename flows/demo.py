@@ -9,6 +9,7 @@ dataset (6 photos x 12 versions, random weights, 2 shared cores): ``vqa demo`` r
 5-fold splits (median per-split SROCC) scored 0.87 on ``unique-layer1``, 0.11 on ``unique``
 (all four stages) and 0.14 on ``resnet50``, the demo's extractor before (issue 14 saw 0.05).
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,11 +64,23 @@ def run_demo(*, out: str | Path, weights: str | None = None, n_sources: int = 6,
             print(BANNER.format(reason=str(exc)[:70]), file=sys.stderr)
             weights = "random"
     summary = extract_flow(
-        manifest=str(manifest), store=str(out / "store"), extractors=[DEMO_EXTRACTOR],
-        weights={DEMO_EXTRACTOR: weights}, sampling=DEMO_SAMPLING, device="auto", progress=progress,
+        manifest=str(manifest),
+        store=str(out / "store"),
+        extractors=[DEMO_EXTRACTOR],
+        weights={DEMO_EXTRACTOR: weights},
+        sampling=DEMO_SAMPLING,
+        device="auto",
+        progress=progress,
     )
     metrics = fit_job(
-        store=out / "store", manifest=manifest, features=[DEMO_EXTRACTOR], out=out / "report",
-        head="svr", protocol="fmc", pooling="mean", progress=progress, overwrite=True,
+        store=out / "store",
+        manifest=manifest,
+        features=[DEMO_EXTRACTOR],
+        out=out / "report",
+        head="svr",
+        protocol="fmc",
+        pooling="mean",
+        progress=progress,
+        overwrite=True,
     )
     return {"extraction": summary, "metrics": metrics, "weights": weights, "report": str(out / "report")}

@@ -1,4 +1,5 @@
 """Stage 1 as a Prefect flow: one task per video, decode once, every extractor, into the store."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -28,6 +29,7 @@ from pipeline.sampling import parse_sampling
 from vqa_core.manifest import read_manifest
 
 from . import prefect_env  # noqa: F401  (must precede the prefect import)
+from .errors import PortableTaskError
 
 # What a run decides before it starts lives in extract_plan (no Prefect there); re-exported
 # here, where the flow's users have always found it.
@@ -44,23 +46,10 @@ from .extract_plan import (  # noqa: F401
 )
 from .orchestration import publish_table, task_resources
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # errno values that mean "the filesystem is full" (no space; disk quota exceeded).
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
-class PortableTaskError(RuntimeError):
-    """A video task's exception that would not survive pickling (a Dask worker sends its
-    failure back to the flow that way), carried as the original type's name and message
-    (and, like every task failure, its traceback text in ``task_traceback``)."""
-
-    def __init__(self, type_name: str, message: str):
-        super().__init__(type_name, message)
-        self.type_name, self.message = type_name, message
-
-    def __str__(self) -> str:
-        return f"{self.type_name}: {self.message}"
 
 
 def _portable_exceptions(fn):
@@ -69,6 +58,7 @@ def _portable_exceptions(fn):
     same type name and message; others pass unchanged. Either way the exception carries its
     traceback as text in ``task_traceback``: the run record keeps it, and it crosses process
     boundaries where a traceback object does not."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -86,6 +76,7 @@ def _portable_exceptions(fn):
             except AttributeError:  # an exception type with __slots__: the record names it without traceback
                 pass
             raise
+
     return wrapper
 
 
@@ -104,9 +95,15 @@ def extract_video_task(video_id: str, path: str, store_path: str, config: Extrac
         return {"video_id": video_id, "status": "skipped"}
     samplings = [parse_sampling(config.sampling[config.extractors[i]]) for i in todo]
     started = time.perf_counter()
-    features, info = extract_video(path, [extractors[i] for i in todo], sampling=samplings,
-                                    batch_size=config.batch_size, video_key=video_id, prefetch=config.prefetch,
-                                    root=config.root)
+    features, info = extract_video(
+        path,
+        [extractors[i] for i in todo],
+        sampling=samplings,
+        batch_size=config.batch_size,
+        video_key=video_id,
+        prefetch=config.prefetch,
+        root=config.root,
+    )
     seconds = time.perf_counter() - started
     video_provenance = {
         "source": info.to_dict(),
@@ -123,16 +120,25 @@ def extract_video_task(video_id: str, path: str, store_path: str, config: Extrac
     for i, feats, sampling in zip(todo, features, samplings, strict=True):
         set_provenance = {"spec": extractors[i].spec.to_dict(), "sampling": sampling.to_dict()}
         try:
-            store.write_video(set_ids[i], video_id, feats,
-                              provenance={"set": set_provenance, "video": video_provenance})
+            store.write_video(
+                set_ids[i], video_id, feats, provenance={"set": set_provenance, "video": video_provenance}
+            )
         except OSError as exc:
             if exc.errno not in _DISK_FULL:
                 raise
-            raise OSError(exc.errno, f"disk full ({exc.strerror}) while writing features of {video_id!r} "
-                          f"(feature set {set_ids[i]}) to the store {store_path}: they were not stored; "
-                          "free some space and re-run (whatever is complete is skipped)") from exc
-    return {"video_id": video_id, "status": "done", "frames": int(features[0].shape[0]), "seconds": seconds,
-            "steps": {config.extractors[i]: int(feats.shape[0]) for i, feats in zip(todo, features, strict=True)}}
+            raise OSError(
+                exc.errno,
+                f"disk full ({exc.strerror}) while writing features of {video_id!r} "
+                f"(feature set {set_ids[i]}) to the store {store_path}: they were not stored; "
+                "free some space and re-run (whatever is complete is skipped)",
+            ) from exc
+    return {
+        "video_id": video_id,
+        "status": "done",
+        "frames": int(features[0].shape[0]),
+        "seconds": seconds,
+        "steps": {config.extractors[i]: int(feats.shape[0]) for i, feats in zip(todo, features, strict=True)},
+    }
 
 
 @flow(name="vqa-extract")
@@ -179,9 +185,18 @@ def extract_flow(
     (``{"unique": {"resampler": "pil"}}``). See :class:`ExtractionConfig`.
     """
     entries = read_manifest(manifest, root=root)  # validated before anything touches the store
-    config = extraction_config(extractors=extractors, weights=weights, sampling=sampling, device=device,
-                               batch_size=batch_size, precision=precision, channels_last=channels_last,
-                               prefetch=prefetch, root=root, options=options)
+    config = extraction_config(
+        extractors=extractors,
+        weights=weights,
+        sampling=sampling,
+        device=device,
+        batch_size=batch_size,
+        precision=precision,
+        channels_last=channels_last,
+        prefetch=prefetch,
+        root=root,
+        options=options,
+    )
     built = build_extractors(config)  # fail fast here if weights cannot be had, before the store is created
     feature_store = FeatureStore(store)
     set_ids = feature_set_ids(feature_store, built, config)
@@ -192,8 +207,16 @@ def extract_flow(
             del built
             _build.cache_clear()
             release_accelerator_memory()
-        _extract_submitted(entries, feature_store, set_ids, str(store), config, summary,
-                           resources=task_resources(FlowRunContext.get().task_runner, resources), progress=progress)
+        _extract_submitted(
+            entries,
+            feature_store,
+            set_ids,
+            str(store),
+            config,
+            summary,
+            resources=task_resources(FlowRunContext.get().task_runner, resources),
+            progress=progress,
+        )
     else:
         bar = tqdm(entries, desc="extract", unit="video", disable=not progress)
         for entry in bar:
@@ -213,11 +236,17 @@ def extract_flow(
 def _publish_summary(summary: dict, store: str) -> None:
     """The run's counts (and its failures, if any) as Prefect table artifacts."""
     counts = {k: summary[k] for k in ("done", "skipped", "failed", "frames", "seconds", "frames_per_second")}
-    publish_table([counts], key="vqa-extract",
-                  description=f"extraction into {store}; feature sets: {', '.join(summary['feature_sets'])}")
+    publish_table(
+        [counts],
+        key="vqa-extract",
+        description=f"extraction into {store}; feature sets: {', '.join(summary['feature_sets'])}",
+    )
     if summary["failures"]:
-        publish_table([{"video_id": v, "reason": r} for v, r in summary["failures"].items()],
-                      key="vqa-extract-failures", description=f"videos that failed (extraction into {store})")
+        publish_table(
+            [{"video_id": v, "reason": r} for v, r in summary["failures"].items()],
+            key="vqa-extract-failures",
+            description=f"videos that failed (extraction into {store})",
+        )
 
 
 def _runner_distributes() -> bool:
@@ -226,9 +255,17 @@ def _runner_distributes() -> bool:
     return context is not None and not isinstance(context.task_runner, ThreadPoolTaskRunner)
 
 
-def _extract_submitted(entries, feature_store: FeatureStore, set_ids: list[str], store: str,
-                       config: ExtractionConfig, summary: dict, *, resources: dict[str, float] | None,
-                       progress: bool) -> None:
+def _extract_submitted(
+    entries,
+    feature_store: FeatureStore,
+    set_ids: list[str],
+    store: str,
+    config: ExtractionConfig,
+    summary: dict,
+    *,
+    resources: dict[str, float] | None,
+    progress: bool,
+) -> None:
     """Submit one task per pending video to the flow's task runner; record results as they finish."""
     pending = []
     for entry in entries:
@@ -238,7 +275,7 @@ def _extract_submitted(entries, feature_store: FeatureStore, set_ids: list[str],
             pending.append(entry)
     with dask.annotate(resources=dict(resources)) if resources else nullcontext():
         futures = {extract_video_task.submit(e.video_id, str(e.path), store, config): e.video_id for e in pending}
-    log.info("submitted %d video task(s); %d already stored", len(futures), summary["skipped"])
+    logger.info("submitted %d video task(s); %d already stored", len(futures), summary["skipped"])
     with tqdm(total=len(futures), desc="extract", unit="video", disable=not progress) as bar:
         for future in as_completed(list(futures)):
             future.wait()
@@ -263,7 +300,7 @@ def _record(summary: dict, video_id: str, state, *, reason: str | None = None) -
         if trace:
             summary["tracebacks"][video_id] = trace
         # the summary lists every failure at the end; a live warning would print each twice
-        log.info("failed %s: %s", video_id, summary["failures"][video_id])
+        logger.info("failed %s: %s", video_id, summary["failures"][video_id])
 
 
 def _lost_worker_reason(future) -> str | None:
@@ -289,9 +326,11 @@ def _lost_worker_reason(future) -> str | None:
     from distributed.scheduler import KilledWorker
 
     if isinstance(exc, KilledWorker):
-        reason = (f"lost Dask worker: the worker process running this video died (killed, out of memory or "
-                  f"crashed) and Dask gave up on the task; no half-written features count, re-run to retry it "
-                  f"({type(exc).__name__}: {exc})")
+        reason = (
+            f"lost Dask worker: the worker process running this video died (killed, out of memory or "
+            f"crashed) and Dask gave up on the task; no half-written features count, re-run to retry it "
+            f"({type(exc).__name__}: {exc})"
+        )
     else:  # e.g. cancelled, or the task could not even start on its worker
         reason = f"Dask could not run the task ({type(exc).__name__}: {exc}); re-run to retry it"
     try:
@@ -301,7 +340,7 @@ def _lost_worker_reason(future) -> str | None:
         with get_client(sync_client=True) as client:
             client.set_task_run_state(future.task_run_id, Crashed(message=reason), force=True)
     except Exception as error:  # noqa: BLE001  (the API's view is a convenience; the summary has the reason)
-        log.debug("could not mark task run %s crashed: %s", future.task_run_id, error)
+        logger.debug("could not mark task run %s crashed: %s", future.task_run_id, error)
     return reason
 
 

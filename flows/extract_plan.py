@@ -16,6 +16,7 @@ starts a server (``flows.cli``), and ``flows.extract.extract_flow`` runs the sam
 inside the flow (the extractors come from the same per-process cache). Torch is imported
 here, Prefect is not.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -41,8 +42,22 @@ from .errors import FlowError
 logger = logging.getLogger(__name__)
 
 # Containers decord reads (by file name suffix, case-insensitive).
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".ts", ".m2ts", ".flv",
-                  ".wmv", ".3gp", ".y4m")
+VIDEO_SUFFIXES = (
+    ".mp4",
+    ".m4v",
+    ".mkv",
+    ".webm",
+    ".avi",
+    ".mov",
+    ".mpg",
+    ".mpeg",
+    ".ts",
+    ".m2ts",
+    ".flv",
+    ".wmv",
+    ".3gp",
+    ".y4m",
+)
 
 
 @dataclass(frozen=True)
@@ -96,8 +111,10 @@ def check_extractor_options(name: str, chosen: Mapping[str, object]) -> None:
     accepted = extractor_options(name)
     unknown = sorted(set(chosen) - set(accepted))
     if unknown:
-        raise FlowError(f"--extractor-option {name}:{unknown[0]}=...: {name} has no option {unknown[0]!r}; "
-                        f"it takes {', '.join(accepted) or 'no options'}")
+        raise FlowError(
+            f"--extractor-option {name}:{unknown[0]}=...: {name} has no option {unknown[0]!r}; "
+            f"it takes {', '.join(accepted) or 'no options'}"
+        )
 
 
 def parse_extractor_options(values: Sequence[str], extractors: Sequence[str]) -> dict[str, dict[str, object]]:
@@ -110,8 +127,9 @@ def parse_extractor_options(values: Sequence[str], extractors: Sequence[str]) ->
         if not (colon and equals and key):
             raise FlowError(f"--extractor-option {text!r}: write NAME:KEY=VALUE, e.g. unique:resampler=pil")
         if name not in extractors:
-            raise FlowError(f"--extractor-option {text!r}: {name} is not one of the --extractor names "
-                            f"({', '.join(extractors)})")
+            raise FlowError(
+                f"--extractor-option {text!r}: {name} is not one of the --extractor names ({', '.join(extractors)})"
+            )
         options.setdefault(name, {})[key] = int(value) if value.lstrip("-").isdigit() else value
     for name, chosen in options.items():
         check_extractor_options(name, chosen)
@@ -127,30 +145,55 @@ def resolve_samplings(sampling: str | Mapping[str, str], extractors: Sequence[st
     for name in extractors:
         resolved[name] = sampling_for(name, requested.get(name))
         if not isinstance(sampling, str) and name in requested and resolved[name] != requested[name]:
-            raise SamplingError(f"extractor {name} does not accept sampling {requested[name]!r}; "
-                                f"it takes {', '.join(get_entry(name).sampling_kinds)}")
+            raise SamplingError(
+                f"extractor {name} does not accept sampling {requested[name]!r}; "
+                f"it takes {', '.join(get_entry(name).sampling_kinds)}"
+            )
         parse_sampling(resolved[name])  # malformed text fails here, before any work
     return resolved
 
 
-def extraction_config(*, extractors: Sequence[str], weights: Mapping[str, str] | None = None,
-                      sampling: str | Mapping[str, str] = "all", device: str = "auto", batch_size: int = 16,
-                      precision: str = "fp32", channels_last: bool = False, prefetch: int = DEFAULT_PREFETCH,
-                      root: str | os.PathLike[str] | None = None,
-                      options: Mapping[str, Mapping[str, object]] | None = None) -> ExtractionConfig:
+def extraction_config(
+    *,
+    extractors: Sequence[str],
+    weights: Mapping[str, str] | None = None,
+    sampling: str | Mapping[str, str] = "all",
+    device: str = "auto",
+    batch_size: int = 16,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    prefetch: int = DEFAULT_PREFETCH,
+    root: str | os.PathLike[str] | None = None,
+    options: Mapping[str, Mapping[str, object]] | None = None,
+) -> ExtractionConfig:
     """The :class:`ExtractionConfig` of ``extract_flow``'s arguments, samplings resolved per
     extractor (:func:`resolve_samplings`)."""
-    return ExtractionConfig(tuple(extractors), dict(weights or {}), resolve_samplings(sampling, extractors),
-                            device, batch_size, precision=precision, channels_last=channels_last,
-                            prefetch=prefetch, root=None if root is None else str(root),
-                            options={name: dict(chosen) for name, chosen in (options or {}).items()})
+    return ExtractionConfig(
+        tuple(extractors),
+        dict(weights or {}),
+        resolve_samplings(sampling, extractors),
+        device,
+        batch_size,
+        precision=precision,
+        channels_last=channels_last,
+        prefetch=prefetch,
+        root=None if root is None else str(root),
+        options={name: dict(chosen) for name, chosen in (options or {}).items()},
+    )
 
 
 @functools.lru_cache(maxsize=8)
-def _build(name: str, weights: str | None, device: str, precision: str = "fp32",
-           channels_last: bool = False, options: tuple[tuple[str, object], ...] = ()) -> Extractor:
-    return create_extractor(name, weights=weights, device=device, precision=precision, channels_last=channels_last,
-                            **dict(options))
+def _build(
+    name: str,
+    weights: str | None,
+    device: str,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    options: tuple[tuple[str, object], ...] = (),
+) -> Extractor:
+    return create_extractor(
+        name, weights=weights, device=device, precision=precision, channels_last=channels_last, **dict(options)
+    )
 
 
 def build_extractors(config: ExtractionConfig) -> list[Extractor]:
@@ -163,29 +206,42 @@ def build_extractors(config: ExtractionConfig) -> list[Extractor]:
     built, failures = [], []
     for name in config.extractors:
         try:
-            built.append(_build(name, config.weights.get(name), config.device, config.precision,
-                                config.channels_last, tuple(sorted(config.options.get(name, {}).items()))))
+            built.append(
+                _build(
+                    name,
+                    config.weights.get(name),
+                    config.device,
+                    config.precision,
+                    config.channels_last,
+                    tuple(sorted(config.options.get(name, {}).items())),
+                )
+            )
         except WeightsError as exc:
             failures.append(exc)
     if len(failures) == 1:
         raise failures[0]
     if failures:
-        kind = WeightsUnavailableError if all(isinstance(e, WeightsUnavailableError) for e in failures) \
-            else WeightsError
+        kind = (
+            WeightsUnavailableError if all(isinstance(e, WeightsUnavailableError) for e in failures) else WeightsError
+        )
         raise kind(f"weights of {len(failures)} extractors cannot be had: " + " | ".join(map(str, failures)))
     return built
 
 
 def planned_set_ids(extractors: Sequence[Extractor], config: ExtractionConfig) -> list[str]:
     """The feature-set id of each extractor with its sampling (nothing read or written)."""
-    return [FeatureStore.feature_set_id(e.spec.to_dict(), parse_sampling(config.sampling[name]).to_dict())
-            for name, e in zip(config.extractors, extractors, strict=True)]
+    return [
+        FeatureStore.feature_set_id(e.spec.to_dict(), parse_sampling(config.sampling[name]).to_dict())
+        for name, e in zip(config.extractors, extractors, strict=True)
+    ]
 
 
 def feature_set_ids(store: FeatureStore, extractors: Sequence[Extractor], config: ExtractionConfig) -> list[str]:
     """:func:`planned_set_ids`, each set created in ``store`` if it is not there yet."""
-    return [store.ensure_feature_set(spec=e.spec.to_dict(), sampling=parse_sampling(config.sampling[name]).to_dict())
-            for name, e in zip(config.extractors, extractors, strict=True)]
+    return [
+        store.ensure_feature_set(spec=e.spec.to_dict(), sampling=parse_sampling(config.sampling[name]).to_dict())
+        for name, e in zip(config.extractors, extractors, strict=True)
+    ]
 
 
 @dataclass(frozen=True)
@@ -201,8 +257,9 @@ class ExtractionPlan:
     stored: int
 
 
-def plan_extraction(entries: Sequence[ManifestEntry], store: str, extractors: Sequence[Extractor],
-                    config: ExtractionConfig) -> ExtractionPlan:
+def plan_extraction(
+    entries: Sequence[ManifestEntry], store: str, extractors: Sequence[Extractor], config: ExtractionConfig
+) -> ExtractionPlan:
     """Which of ``entries`` still need extracting into ``store``; reads the store (one listing
     per feature set), writes nothing, and treats a store that does not exist yet as empty."""
     set_ids = planned_set_ids(extractors, config)
@@ -258,8 +315,16 @@ def empty_summary(set_ids: Sequence[str], extractors: Sequence[str]) -> dict:
     (steps of the first extractor), ``steps`` (per extractor), ``failures`` (video id ->
     one-line reason), ``tracebacks`` (video id -> traceback, for the run record) and the
     feature sets."""
-    return {"done": 0, "skipped": 0, "failed": 0, "frames": 0, "steps": {name: 0 for name in extractors},
-            "failures": {}, "tracebacks": {}, "feature_sets": list(set_ids)}
+    return {
+        "done": 0,
+        "skipped": 0,
+        "failed": 0,
+        "frames": 0,
+        "steps": {name: 0 for name in extractors},
+        "failures": {},
+        "tracebacks": {},
+        "feature_sets": list(set_ids),
+    }
 
 
 def write_run_record(store: str, summary: dict, config: ExtractionConfig) -> str | None:
@@ -267,13 +332,18 @@ def write_run_record(store: str, summary: dict, config: ExtractionConfig) -> str
     returns where (a path, or a URL for a remote store), or None when the store cannot take it
     (read-only, full): the run's summary is still returned and printed, with a warning."""
     stamp = _utc_stamp()
-    record = {"config": {**config.__dict__, "weights": dict(config.weights), "sampling": dict(config.sampling)},
-              **summary}
+    record = {
+        "config": {**config.__dict__, "weights": dict(config.weights), "sampling": dict(config.sampling)},
+        **summary,
+    }
     try:
         return FeatureStore(store).write_run_file(f"extract-{stamp}.json", json.dumps(record, indent=2, default=str))
     except OSError as exc:
-        logger.warning("the run record could not be written to %s (%s); the summary below is its only copy",
-                       store, exc.strerror or exc)
+        logger.warning(
+            "the run record could not be written to %s (%s); the summary below is its only copy",
+            store,
+            exc.strerror or exc,
+        )
         return None
 
 
@@ -281,8 +351,12 @@ def _utc_stamp() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
 
 
-def scan_video_folder(folder: str | os.PathLike[str], *, suffixes: Sequence[str] = VIDEO_SUFFIXES,
-                      on_skip: Callable[[str], None] | None = None) -> list[ManifestEntry]:
+def scan_video_folder(
+    folder: str | os.PathLike[str],
+    *,
+    suffixes: Sequence[str] = VIDEO_SUFFIXES,
+    on_skip: Callable[[str], None] | None = None,
+) -> list[ManifestEntry]:
     """Every video file under ``folder`` (recursively, by suffix; hidden files and folders
     left out), sorted by id.
 
@@ -321,9 +395,13 @@ def scan_video_folder(folder: str | os.PathLike[str], *, suffixes: Sequence[str]
     return sorted(entries, key=lambda e: e.video_id)
 
 
-def write_folder_manifest(folder: str | os.PathLike[str], *, out: str | os.PathLike[str],
-                          suffixes: Sequence[str] = VIDEO_SUFFIXES,
-                          entries: Sequence[ManifestEntry] | None = None) -> tuple[Path, int]:
+def write_folder_manifest(
+    folder: str | os.PathLike[str],
+    *,
+    out: str | os.PathLike[str],
+    suffixes: Sequence[str] = VIDEO_SUFFIXES,
+    entries: Sequence[ManifestEntry] | None = None,
+) -> tuple[Path, int]:
     """Write a manifest (``video_id,path``) of :func:`scan_video_folder`'s videos (or of
     ``entries``, a listing already made) to ``out``, replaced atomically if it exists.
     Returns its path and the number of videos."""
@@ -331,14 +409,22 @@ def write_folder_manifest(folder: str | os.PathLike[str], *, out: str | os.PathL
         entries = scan_video_folder(folder, suffixes=suffixes)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_manifest(out, ({"video_id": e.video_id, "path": str(e.path)} for e in entries),
-                   columns=("video_id", "path"), overwrite=True)
+    write_manifest(
+        out,
+        ({"video_id": e.video_id, "path": str(e.path)} for e in entries),
+        columns=("video_id", "path"),
+        overwrite=True,
+    )
     return out, len(entries)
 
 
-def write_folder_listing(folder: str | os.PathLike[str], feature_store: FeatureStore, *,
-                         manifest_out: str | os.PathLike[str] | None = None,
-                         entries: Sequence[ManifestEntry] | None = None) -> tuple[Path, int]:
+def write_folder_listing(
+    folder: str | os.PathLike[str],
+    feature_store: FeatureStore,
+    *,
+    manifest_out: str | os.PathLike[str] | None = None,
+    entries: Sequence[ManifestEntry] | None = None,
+) -> tuple[Path, int]:
     """The folder's manifest where ``extract_folder_flow`` keeps it: ``manifest_out``, else
     ``<store>/_runs/extract-folder-<UTC time>.csv`` (for a store URL: a local temporary file,
     also copied to the store's run records). Returns the local path and the number of videos."""
@@ -346,8 +432,9 @@ def write_folder_listing(folder: str | os.PathLike[str], feature_store: FeatureS
     copy_to_store = manifest_out is None and not feature_store.is_local  # a URL: the flow reads a local file
     if copy_to_store:
         manifest_out = str(Path(tempfile.mkdtemp(prefix="vqa-manifest-")) / name)
-    manifest, n_videos = write_folder_manifest(folder, out=manifest_out or feature_store.runs_dir / name,
-                                               entries=entries)
+    manifest, n_videos = write_folder_manifest(
+        folder, out=manifest_out or feature_store.runs_dir / name, entries=entries
+    )
     if copy_to_store:
         feature_store.write_run_file(name, Path(manifest).read_text(encoding="utf-8"))
     return manifest, n_videos

@@ -11,12 +11,11 @@ The checkpoint loads into the recipe's extractor by path (``vqa extract --weight
 NAME=out/model.pt``); its sidecar ends up in the features' provenance under
 ``spec.weights["training"]``.
 """
+
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-
-from . import prefect_env  # noqa: F401  (must precede the prefect import)
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -26,12 +25,15 @@ from pipeline.weights import file_sha256
 from regressors.protocols import random_splits
 from vqa_core.manifest import read_manifest
 
-log = logging.getLogger(__name__)
+from . import prefect_env  # noqa: F401  (must precede the prefect import)
+
+logger = logging.getLogger(__name__)
 
 
 @task(name="finetune-train", cache_policy=NO_CACHE)
-def finetune_task(paths: list[str], mos: list[float], groups: list[str], train_idx: list[int], val_idx: list[int],
-                  options: dict) -> dict:
+def finetune_task(
+    paths: list[str], mos: list[float], groups: list[str], train_idx: list[int], val_idx: list[int], options: dict
+) -> dict:
     """Run the training library; returns its JSON-safe summary (Prefect records task results)."""
     return finetune(paths, mos, train_idx=train_idx, val_idx=val_idx, groups=groups, **options).to_dict()
 
@@ -70,21 +72,42 @@ def finetune_flow(
     effective, _ = resolve_recipe(recipe, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size)
     grouped = any(e.group for e in entries)
     groups = [e.group or e.video_id for e in entries]
-    train, val = random_splits(len(entries), groups=groups if grouped else None, test_size=effective.val_fraction,
-                               n_repeats=1, random_state=seed)[0]
+    train, val = random_splits(
+        len(entries),
+        groups=groups if grouped else None,
+        test_size=effective.val_fraction,
+        n_repeats=1,
+        random_state=seed,
+    )[0]
     data = {
         "manifest": str(manifest_path.resolve()),
         "manifest_sha256": file_sha256(manifest_path),
         "split": f"regressors.protocols.random_splits(test_size={effective.val_fraction}, n_repeats=1, "
-                 f"random_state={seed}) over {'groups' if grouped else 'images'}",
+        f"random_state={seed}) over {'groups' if grouped else 'images'}",
     }
-    log.info("fine-tuning %s on %s: %d images, %d train / %d val", effective.name, manifest, len(entries),
-             len(train), len(val))
+    logger.info(
+        "fine-tuning %s on %s: %d images, %d train / %d val",
+        effective.name,
+        manifest,
+        len(entries),
+        len(train),
+        len(val),
+    )
     options = {
-        "out": str(out), "recipe": recipe, "start": start, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-        "image_size": image_size, "device": device, "seed": seed, "resume": resume, "data": data,
+        "out": str(out),
+        "recipe": recipe,
+        "start": start,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "image_size": image_size,
+        "device": device,
+        "seed": seed,
+        "resume": resume,
+        "data": data,
         "progress": progress,
     }
-    summary = finetune_task([str(e.path) for e in entries], [float(e.mos) for e in entries], groups,
-                            train.tolist(), val.tolist(), options)
+    summary = finetune_task(
+        [str(e.path) for e in entries], [float(e.mos) for e in entries], groups, train.tolist(), val.tolist(), options
+    )
     return {**summary, "manifest": data["manifest"], "n_train": len(train), "n_val": len(val)}

@@ -17,6 +17,7 @@ flow goes on). ``vqa fit`` / ``vqa predict`` call the plain jobs (no Prefect sta
 ``vqa evaluate`` and ``vqa extract-folder`` run these flows; every flow here can be deployed
 (``flows.orchestration.build_deployment``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -39,11 +40,12 @@ from .extract_plan import VIDEO_SUFFIXES, scan_video_folder, write_folder_listin
 from .fit import fit_job, predict_job
 from .orchestration import make_task_runner, publish_markdown, publish_table, require_api_server
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------
 # fit / evaluate / predict
 # --------------------------------------------------------------------------------------------
+
 
 @task(name="fit-head", cache_policy=NO_CACHE)
 def fit_task(options: dict) -> dict:
@@ -89,12 +91,29 @@ def fit_flow(
     ``n_repeats`` overrides the protocol's repeats). Writes the report and model to ``out``
     and publishes the median metrics (table) and the report's paths (markdown) as artifacts.
     Returns the median metrics."""
-    metrics = fit_task(_fit_options(
-        store=store, manifest=manifest, features=list(features), out=out, head=head, protocol=protocol,
-        pooling=pooling, n_repeats=n_repeats, seed=seed, progress=progress, overwrite=overwrite,
-        head_params=head_params, test_manifest=test_manifest, test_store=test_store))
-    publish_table(_metric_rows(metrics), key="vqa-fit-metrics",
-                  description=f"{head} on {'+'.join(features)} ({protocol}): median metrics")
+    metrics = fit_task(
+        _fit_options(
+            store=store,
+            manifest=manifest,
+            features=list(features),
+            out=out,
+            head=head,
+            protocol=protocol,
+            pooling=pooling,
+            n_repeats=n_repeats,
+            seed=seed,
+            progress=progress,
+            overwrite=overwrite,
+            head_params=head_params,
+            test_manifest=test_manifest,
+            test_store=test_store,
+        )
+    )
+    publish_table(
+        _metric_rows(metrics),
+        key="vqa-fit-metrics",
+        description=f"{head} on {'+'.join(features)} ({protocol}): median metrics",
+    )
     publish_markdown(_report_markdown(Path(out), head), key="vqa-fit-report", description=f"report of {head}")
     return metrics
 
@@ -151,26 +170,44 @@ def evaluate_flow(
     failures: dict[str, str] = {}
     for head in heads:
         options = _fit_options(
-            store=store, manifest=manifest, features=list(features), out=out_dir / head, head=head,
-            protocol=protocol, pooling=pooling, n_repeats=n_repeats, seed=seed, progress=progress,
-            overwrite=overwrite, head_params=(head_params or {}).get(head), test_manifest=test_manifest,
-            test_store=test_store)
+            store=store,
+            manifest=manifest,
+            features=list(features),
+            out=out_dir / head,
+            head=head,
+            protocol=protocol,
+            pooling=pooling,
+            n_repeats=n_repeats,
+            seed=seed,
+            progress=progress,
+            overwrite=overwrite,
+            head_params=(head_params or {}).get(head),
+            test_manifest=test_manifest,
+            test_store=test_store,
+        )
         state = fit_task.with_options(task_run_name=f"fit-{head}")(options, return_state=True)
         try:
             results[head] = state.result()
         except Exception as exc:  # noqa: BLE001  (the task's own exception, re-raised by Prefect)
             failures[head] = f"{type(exc).__name__}: {exc}"
-            log.warning("head %s failed: %s", head, failures[head])
+            logger.warning("head %s failed: %s", head, failures[head])
     if not results:
         raise FlowError("every head failed: " + "; ".join(f"{h}: {r}" for h, r in failures.items()))
     rows = compare_runs([out_dir / head for head in heads if head in results])
     paths = write_comparison(out_dir, rows)
-    publish_table([{k: v for k, v in row.items() if k != "scatter"} for row in rows], key="vqa-evaluate",
-                  description=f"{protocol} on {'+'.join(features)}: heads side by side")
+    publish_table(
+        [{k: v for k, v in row.items() if k != "scatter"} for row in rows],
+        key="vqa-evaluate",
+        description=f"{protocol} on {'+'.join(features)}: heads side by side",
+    )
     failed = "".join(f"\n- **{h} failed**: {r}" for h, r in failures.items())
-    publish_markdown(f"### comparison\n\n- `{paths['markdown']}`\n- `{paths['csv']}`{failed}\n\n"
-                     + paths["markdown"].read_text().split("\n\n")[0] + "\n",
-                     key="vqa-evaluate-report", description="comparison of heads")
+    publish_markdown(
+        f"### comparison\n\n- `{paths['markdown']}`\n- `{paths['csv']}`{failed}\n\n"
+        + paths["markdown"].read_text().split("\n\n")[0]
+        + "\n",
+        key="vqa-evaluate-report",
+        description="comparison of heads",
+    )
     return {"heads": results, "failures": failures, "comparison": {k: str(v) for k, v in paths.items()}}
 
 
@@ -182,14 +219,18 @@ def predict_flow(*, model: str, store: str, manifest: str, out: str) -> str:
     path = predict_task({"model": str(model), "store": str(store), "manifest": str(manifest), "out": str(out)})
     with open(path, newline="") as fh:
         n = sum(1 for _ in csv.DictReader(fh))
-    publish_markdown(f"### predictions\n\n- `{path}`: {n} videos scored with `{model}`\n",
-                     key="vqa-predict", description=f"predictions of {model}")
+    publish_markdown(
+        f"### predictions\n\n- `{path}`: {n} videos scored with `{model}`\n",
+        key="vqa-predict",
+        description=f"predictions of {model}",
+    )
     return path
 
 
 # --------------------------------------------------------------------------------------------
 # The new videos of a folder
 # --------------------------------------------------------------------------------------------
+
 
 @flow(name="vqa-extract-folder")
 def extract_folder_flow(
@@ -229,14 +270,33 @@ def extract_folder_flow(
         require_api_server("a Dask extraction")
     feature_store = FeatureStore(store)  # store created (or checked) before it receives the manifest
     manifest, n_videos = write_folder_listing(folder, feature_store, manifest_out=manifest_out)
-    log.info("%s: %d video file(s), listed in %s", folder, n_videos, manifest)
+    logger.info("%s: %d video file(s), listed in %s", folder, n_videos, manifest)
     if not n_videos:
         publish_markdown(f"no video files in `{folder}`", key="vqa-extract-folder", description="nothing to do")
-        return {"done": 0, "skipped": 0, "failed": 0, "frames": 0, "failures": {}, "videos": 0,
-                "manifest": str(manifest)}
+        return {
+            "done": 0,
+            "skipped": 0,
+            "failed": 0,
+            "frames": 0,
+            "failures": {},
+            "videos": 0,
+            "manifest": str(manifest),
+        }
     subflow = extract_flow if runner is None else extract_flow.with_options(task_runner=runner)
-    summary = subflow(manifest=str(manifest), store=str(store), extractors=list(extractors), weights=weights,
-                      sampling=sampling, device=device, batch_size=batch_size, progress=progress,
-                      root=str(Path(folder).expanduser().resolve()), resources=resources,
-                      precision=precision, channels_last=channels_last, prefetch=prefetch, options=options)
+    summary = subflow(
+        manifest=str(manifest),
+        store=str(store),
+        extractors=list(extractors),
+        weights=weights,
+        sampling=sampling,
+        device=device,
+        batch_size=batch_size,
+        progress=progress,
+        root=str(Path(folder).expanduser().resolve()),
+        resources=resources,
+        precision=precision,
+        channels_last=channels_last,
+        prefetch=prefetch,
+        options=options,
+    )
     return {**summary, "videos": n_videos, "manifest": str(manifest)}

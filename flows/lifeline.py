@@ -19,6 +19,7 @@ when called there). Elsewhere than Linux the command runs unguarded.
 Dask's local worker processes need none of this: they watch their parent and exit within a
 second of its death (measured: ``tests/test_cli.py``).
 """
+
 from __future__ import annotations
 
 import os

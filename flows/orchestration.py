@@ -27,6 +27,7 @@ Deployments: :func:`build_deployment` turns a flow named in :data:`DEPLOYABLE` i
 ``RunnerDeployment`` (cron schedule, default parameters); ``vqa serve`` serves it.
 See ``docs/orchestration.md``.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -48,14 +49,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import prefect_env  # noqa: F401  (must precede the prefect import)
-from .errors import FlowError
+from .errors import FlowError, PrefectServerError
 from .lifeline import guarded
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
     from prefect_dask import DaskTaskRunner
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 SERVER_STARTUP_TIMEOUT_S = 120.0  # a fresh SQLite database takes ~15-20 s on 2 busy cores
 SERVER_STOP_TIMEOUT_S = 20.0
@@ -65,13 +66,10 @@ LOG_TAIL_CHARS = 3000
 GPU_RESOURCE = "GPU"
 
 
-class PrefectServerError(FlowError, RuntimeError):
-    """``prefect server start`` did not come up (the message holds the end of its log)."""
-
-
 # --------------------------------------------------------------------------------------------
 # A real Prefect server
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class PrefectServer:
@@ -140,7 +138,7 @@ def _drain_prefect_workers() -> None:
     try:
         run_coro_as_sync(drain())
     except Exception as exc:  # noqa: BLE001  (best effort: the server is going away anyway)
-        log.debug("draining Prefect log/event workers failed: %s", exc)
+        logger.debug("draining Prefect log/event workers failed: %s", exc)
 
 
 def _stop(process: subprocess.Popen, *, timeout: float) -> None:
@@ -151,7 +149,7 @@ def _stop(process: subprocess.Popen, *, timeout: float) -> None:
     try:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        log.warning("prefect server (pid %d) ignored SIGTERM for %.0f s; killing it", process.pid, timeout)
+        logger.warning("prefect server (pid %d) ignored SIGTERM for %.0f s; killing it", process.pid, timeout)
         try:
             os.killpg(process.pid, signal.SIGKILL)  # its own session: start_new_session=True
         except ProcessLookupError:
@@ -197,16 +195,20 @@ def prefect_server(
     if port is None:
         port = _free_port(local_host)
     elif not _port_free(local_host, port):  # else the health check would find the other server
-        raise PrefectServerError(f"port {port} on {local_host} is in use (another Prefect server? then set "
-                                 f"PREFECT_API_URL=http://{public_host}:{port}/api instead); choose another port")
+        raise PrefectServerError(
+            f"port {port} on {local_host} is in use (another Prefect server? then set "
+            f"PREFECT_API_URL=http://{public_host}:{port}/api instead); choose another port"
+        )
     api_url = f"http://{public_host}:{port}/api"
     health_url = f"http://{local_host}:{port}/api/health"
     env = dict(os.environ)
     env.pop("PREFECT_API_URL", None)  # the server itself is no client of another server
-    env.update({
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_UI_ENABLED": "true" if ui else "false",
-    })
+    env.update(
+        {
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_UI_ENABLED": "true" if ui else "false",
+        }
+    )
     if database is not None:
         db = Path(database).expanduser().resolve()
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -217,21 +219,36 @@ def prefect_server(
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
     started = time.perf_counter()
     with os.fdopen(fd, "wb") as log_file:
-        process = subprocess.Popen(guarded(command), env=env, stdin=subprocess.DEVNULL, stdout=log_file,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            guarded(command),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     clean = False
     try:
         deadline = started + startup_timeout
         while not _healthy(health_url):
             if process.poll() is not None:
-                raise PrefectServerError(f"prefect server start exited with status {process.returncode} "
-                                         f"(log {log_path}):\n{_log_tail(log_path)}")
+                raise PrefectServerError(
+                    f"prefect server start exited with status {process.returncode} "
+                    f"(log {log_path}):\n{_log_tail(log_path)}"
+                )
             if time.perf_counter() > deadline:
-                raise PrefectServerError(f"prefect server did not answer {health_url} within {startup_timeout:.0f} s "
-                                         f"(log {log_path}):\n{_log_tail(log_path)}")
+                raise PrefectServerError(
+                    f"prefect server did not answer {health_url} within {startup_timeout:.0f} s "
+                    f"(log {log_path}):\n{_log_tail(log_path)}"
+                )
             time.sleep(HEALTH_POLL_S)
-        log.info("prefect server up at %s after %.1f s (pid %d, log %s)", api_url,
-                 time.perf_counter() - started, process.pid, log_path)
+        logger.info(
+            "prefect server up at %s after %.1f s (pid %d, log %s)",
+            api_url,
+            time.perf_counter() - started,
+            process.pid,
+            log_path,
+        )
         previous = os.environ.get("PREFECT_API_URL")
         _drain_prefect_workers()  # nothing queued for another server gets sent to this one
         os.environ["PREFECT_API_URL"] = api_url
@@ -249,7 +266,7 @@ def prefect_server(
         clean = True
     finally:
         _stop(process, timeout=SERVER_STOP_TIMEOUT_S)
-        log.info("prefect server at %s stopped", api_url)
+        logger.info("prefect server at %s stopped", api_url)
         if clean:
             log_path.unlink(missing_ok=True)
 
@@ -261,10 +278,10 @@ def ensure_api_server(**server_options: Any) -> Iterator[str]:
     deployments need this: the temporary in-process server cannot be shared."""
     url = configured_api_url()
     if url:
-        log.info("using the Prefect server at %s", url)
+        logger.info("using the Prefect server at %s", url)
         yield url
         return
-    log.info("no PREFECT_API_URL: starting a Prefect server for this run")
+    logger.info("no PREFECT_API_URL: starting a Prefect server for this run")
     with prefect_server(**server_options) as server:
         yield server.api_url
 
@@ -273,16 +290,19 @@ def require_api_server(what: str) -> str:
     """The configured API URL; ``FlowError`` explaining what to do when there is none."""
     url = configured_api_url()
     if not url:
-        raise FlowError(f"{what} needs a real Prefect server: the temporary in-process one breaks under "
-                        "multi-process task runners. Run inside `with flows.orchestration.prefect_server():`, "
-                        "or start `prefect server start` and set PREFECT_API_URL "
-                        "(`vqa extract --dask-...` does this for you)")
+        raise FlowError(
+            f"{what} needs a real Prefect server: the temporary in-process one breaks under "
+            "multi-process task runners. Run inside `with flows.orchestration.prefect_server():`, "
+            "or start `prefect server start` and set PREFECT_API_URL "
+            "(`vqa extract --dask-...` does this for you)"
+        )
     return url
 
 
 # --------------------------------------------------------------------------------------------
 # Task runners
 # --------------------------------------------------------------------------------------------
+
 
 def make_task_runner(
     *,
@@ -344,12 +364,13 @@ def make_task_runner(
         cluster_kwargs["worker_class"] = f"{__name__}.gpu_pinned_nanny"
         cluster_kwargs["gpu_ids"] = gpu_ids
         cluster_kwargs["resources"] = {GPU_RESOURCE: 1.0, **(resources or {})}
-        log.info("local Dask cluster: %d worker(s) pinned to GPU(s) %s", n_workers, ", ".join(gpu_ids))
+        logger.info("local Dask cluster: %d worker(s) pinned to GPU(s) %s", n_workers, ", ".join(gpu_ids))
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=cluster_kwargs)
 
 
-def gpu_pinned_nanny(scheduler_address: str, *, name: Any, gpu_ids: Sequence[str],
-                     env: Mapping[str, str] | None = None, **options: Any):
+def gpu_pinned_nanny(
+    scheduler_address: str, *, name: Any, gpu_ids: Sequence[str], env: Mapping[str, str] | None = None, **options: Any
+):
     """A ``distributed.Nanny`` whose worker process sees one GPU: ``CUDA_VISIBLE_DEVICES`` =
     ``gpu_ids[rank % len(gpu_ids)]`` with ``rank`` the worker's name (``LocalCluster`` names its
     workers 0, 1, ...; a restarted or added worker keeps the scheme). The LocalCluster's
@@ -389,9 +410,11 @@ def dask_session(
         yield None
         return
     if address and not configured_api_url() and not _is_local_address(address):
-        log.warning("the Dask cluster at %s cannot reach a Prefect server started on 127.0.0.1: start "
-                    "`prefect server start --host 0.0.0.0` and set PREFECT_API_URL here and on the workers",
-                    address)
+        logger.warning(
+            "the Dask cluster at %s cannot reach a Prefect server started on 127.0.0.1: start "
+            "`prefect server start --host 0.0.0.0` and set PREFECT_API_URL here and on the workers",
+            address,
+        )
     with ensure_api_server(**server_options):
         yield runner
 
@@ -419,6 +442,7 @@ def parse_resources(values: Sequence[str]) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------
 # Slurm GPU nodes (dask-jobqueue)
 # --------------------------------------------------------------------------------------------
+
 
 def slurm_cluster_kwargs(
     *,
@@ -460,8 +484,12 @@ def slurm_cluster_kwargs(
         "worker_extra_args": ["--resources", f"{GPU_RESOURCE}=1"] if gpu else [],
         "job_script_prologue": prologue,
     }
-    for key, value in (("queue", queue), ("account", account), ("local_directory", local_directory),
-                       ("log_directory", None if log_directory is None else str(log_directory))):
+    for key, value in (
+        ("queue", queue),
+        ("account", account),
+        ("local_directory", local_directory),
+        ("log_directory", None if log_directory is None else str(log_directory)),
+    ):
         if value is not None:
             kwargs[key] = value
     kwargs.update(extra)
@@ -485,8 +513,11 @@ def slurm_task_runner(*, minimum_jobs: int = 0, maximum_jobs: int = 4, **cluster
     when the flow runs, not to build the runner."""
     from prefect_dask import DaskTaskRunner
 
-    return DaskTaskRunner(cluster_class=slurm_cluster, cluster_kwargs=slurm_cluster_kwargs(**cluster_options),
-                          adapt_kwargs={"minimum": minimum_jobs, "maximum": maximum_jobs})
+    return DaskTaskRunner(
+        cluster_class=slurm_cluster,
+        cluster_kwargs=slurm_cluster_kwargs(**cluster_options),
+        adapt_kwargs={"minimum": minimum_jobs, "maximum": maximum_jobs},
+    )
 
 
 def slurm_job_script(**cluster_options: Any) -> str:
@@ -503,6 +534,7 @@ def slurm_job_script(**cluster_options: Any) -> str:
 # Artifacts: best effort, never the reason a run fails
 # --------------------------------------------------------------------------------------------
 
+
 def _in_run() -> bool:
     from prefect.context import FlowRunContext, TaskRunContext
 
@@ -511,7 +543,7 @@ def _in_run() -> bool:
 
 def _publish(kind: str, content: Any, *, key: str | None, description: str | None):
     if not _in_run():  # e.g. flow.fn(): creating one would start a temporary server for nothing
-        log.debug("not in a Prefect run: %s artifact %s not created", kind, key)
+        logger.debug("not in a Prefect run: %s artifact %s not created", kind, key)
         return None
     from prefect import artifacts
 
@@ -519,12 +551,11 @@ def _publish(kind: str, content: Any, *, key: str | None, description: str | Non
     try:
         return create(content, key=key, description=description)
     except Exception as exc:  # noqa: BLE001  (API down, bad key, ...: the results are on disk anyway)
-        log.warning("could not create the Prefect %s artifact %s: %s: %s", kind, key, type(exc).__name__, exc)
+        logger.warning("could not create the Prefect %s artifact %s: %s: %s", kind, key, type(exc).__name__, exc)
         return None
 
 
-def publish_table(table: list[dict] | dict[str, list], *, key: str | None = None,
-                  description: str | None = None):
+def publish_table(table: list[dict] | dict[str, list], *, key: str | None = None, description: str | None = None):
     """Attach a table artifact to the current flow/task run; returns its id, or ``None`` when
     not in a run or when the API refused (logged as a warning, never raised). ``key``:
     lowercase letters, digits and dashes; runs with the same key form its history in the UI."""
@@ -581,8 +612,13 @@ def build_deployment(
     flow = deployable_flow(flow_name)
     try:
         schedules = [Cron(cron, timezone=timezone)] if cron else None
-        return flow.to_deployment(name=name, schedules=schedules, parameters=dict(parameters),
-                                  description=description, entrypoint_type=EntrypointType.MODULE_PATH)
+        return flow.to_deployment(
+            name=name,
+            schedules=schedules,
+            parameters=dict(parameters),
+            description=description,
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        )
     except ValueError as exc:  # a malformed cron string, unknown parameters
         raise FlowError(f"cannot build deployment {flow.name}/{name}: {exc}") from exc
 
@@ -610,13 +646,29 @@ def serve_deployments(*deployments: RunnerDeployment) -> None:
     try:
         asyncio.run(runner.start())
     except KeyboardInterrupt:
-        log.info("stopped serving %s", ", ".join(d.name for d in deployments))
+        logger.info("stopped serving %s", ", ".join(d.name for d in deployments))
 
 
 __all__ = [
-    "DEPLOYABLE", "PrefectServer", "PrefectServerError", "build_deployment", "configured_api_url",
-    "dask_session", "deployable_flow", "ensure_api_server", "gpu_pinned_nanny", "make_task_runner",
-    "parse_resources", "task_resources",
-    "prefect_server", "publish_markdown", "publish_table", "require_api_server", "serve_deployments",
-    "slurm_cluster", "slurm_cluster_kwargs", "slurm_job_script", "slurm_task_runner",
+    "DEPLOYABLE",
+    "PrefectServer",
+    "PrefectServerError",
+    "build_deployment",
+    "configured_api_url",
+    "dask_session",
+    "deployable_flow",
+    "ensure_api_server",
+    "gpu_pinned_nanny",
+    "make_task_runner",
+    "parse_resources",
+    "task_resources",
+    "prefect_server",
+    "publish_markdown",
+    "publish_table",
+    "require_api_server",
+    "serve_deployments",
+    "slurm_cluster",
+    "slurm_cluster_kwargs",
+    "slurm_job_script",
+    "slurm_task_runner",
 ]

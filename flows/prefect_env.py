@@ -4,6 +4,7 @@ The embedded local server needs more than Prefect's default 20 s to start on a 2
 machine (ECOSYSTEM.md), and its analytics only add noise. ``setdefault``: a user's own
 settings always win.
 """
+
 import os
 
 PREFECT_DEFAULTS = {

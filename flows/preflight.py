@@ -6,6 +6,7 @@ media files of a manifest (``os.stat`` only, no decoding: about a second per 100
 local disk). The checks that need the extractor registry or the weights come next, in
 ``flows.extract_plan``; see ``flows.cli`` for the order.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,24 @@ MAX_SHOWN = 5  # examples named in a one-line summary
 # Less free space than this where a folder is to be written: the disk is full for our purposes.
 MIN_FREE_BYTES = 16 * 2**20
 # Kernel filesystems that hold no files of ours (`--store /proc/foo`).
-_VIRTUAL_FILESYSTEMS = frozenset({"proc", "sysfs", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
-                                  "configfs", "pstore", "bpf", "devpts", "mqueue", "fusectl", "binfmt_misc"})
+_VIRTUAL_FILESYSTEMS = frozenset(
+    {
+        "proc",
+        "sysfs",
+        "cgroup",
+        "cgroup2",
+        "debugfs",
+        "tracefs",
+        "securityfs",
+        "configfs",
+        "pstore",
+        "bpf",
+        "devpts",
+        "mqueue",
+        "fusectl",
+        "binfmt_misc",
+    }
+)
 
 
 def check_samplings(values: Iterable[str]) -> None:
@@ -53,8 +70,9 @@ def check_folder_location(path: str | os.PathLike[str], *, what: str) -> None:
         raise FlowError(f"{what} {path} is a file, not a folder; pass a folder (new or existing)")
     parent = _nearest_existing(path)
     if not parent.is_dir():
-        raise FlowError(f"{what} {path}: {parent} is a file, so the folder cannot be created there; "
-                        "choose another place")
+        raise FlowError(
+            f"{what} {path}: {parent} is a file, so the folder cannot be created there; choose another place"
+        )
     if not os.access(parent, os.W_OK | os.X_OK):
         action = "write into" if parent == path else f"create {path} in"
         raise FlowError(f"{what} {path}: no permission to {action} {parent}; choose a writable place")
@@ -86,8 +104,10 @@ def check_prefect_api(*, timeout: float = 3.0) -> None:
         reason = getattr(exc, "reason", exc)
         raise FlowError(f"the Prefect server at PREFECT_API_URL {url} cannot be reached ({reason}); {fix}") from None
     if status != 200:
-        raise FlowError(f"PREFECT_API_URL {url} answers HTTP {status} at /health, not a Prefect API "
-                        f"(it usually ends in /api); {fix}")
+        raise FlowError(
+            f"PREFECT_API_URL {url} answers HTTP {status} at /health, not a Prefect API "
+            f"(it usually ends in /api); {fix}"
+        )
 
 
 def _filesystem_problem(folder: Path) -> str | None:
@@ -126,8 +146,9 @@ def _filesystem_type(folder: Path) -> str | None:
     return kind
 
 
-def check_file_location(path: str | os.PathLike[str], *, what: str,
-                        not_same_as: Sequence[tuple[str, str | os.PathLike[str]]] = ()) -> None:
+def check_file_location(
+    path: str | os.PathLike[str], *, what: str, not_same_as: Sequence[tuple[str, str | os.PathLike[str]]] = ()
+) -> None:
     """``path`` can be written as a file: not a folder, its folder writable or creatable, and
     not one of ``not_same_as`` (``(name, path)`` pairs of inputs, e.g. the manifest it would
     replace). Raises :class:`FlowError`."""
@@ -137,8 +158,7 @@ def check_file_location(path: str | os.PathLike[str], *, what: str,
     for name, other in not_same_as:
         other = Path(other).expanduser().absolute()
         if path == other or (path.exists() and other.exists() and os.path.samefile(path, other)):
-            raise FlowError(f"{what} {path} is the {name}: writing it would destroy the input; "
-                            "choose another file")
+            raise FlowError(f"{what} {path} is the {name}: writing it would destroy the input; choose another file")
     check_folder_location(path.parent, what=f"the folder of {what}")
     if path.exists() and not os.access(path, os.W_OK):
         raise FlowError(f"{what} {path}: no permission to replace it; choose another file")
@@ -171,5 +191,7 @@ def check_media_files(entries: Sequence[ManifestEntry], *, manifest: str | os.Pa
     kinds = ", ".join(f"{kind} {len(items)}" for kind, items in problems.items())
     shown = ", ".join(f"{e.video_id} ({e.path})" for e in bad[:MAX_SHOWN])
     more = f" and {len(bad) - MAX_SHOWN} more" if len(bad) > MAX_SHOWN else ""
-    raise ManifestError(f"manifest {manifest}: {len(bad)} of {len(entries)} video files cannot be read "
-                        f"({kinds}): {shown}{more}; restore them or remove their rows, then run again")
+    raise ManifestError(
+        f"manifest {manifest}: {len(bad)} of {len(entries)} video files cannot be read "
+        f"({kinds}): {shown}{more}; restore them or remove their rows, then run again"
+    )

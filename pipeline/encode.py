@@ -3,11 +3,12 @@
 Used to build demo and test datasets. Arguments are passed as a list, never through a shell,
 so file names are data.
 """
+
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -41,9 +42,23 @@ def encode_video(
     first = np.ascontiguousarray(next(frames), dtype=np.uint8)
     height, width = first.shape[:2]
     cmd = [
-        ffmpeg_exe(), "-y", "-loglevel", "error",
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps),
-        "-i", "pipe:0", "-an", "-c:v", codec,
+        ffmpeg_exe(),
+        "-y",
+        "-loglevel",
+        "error",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{width}x{height}",
+        "-r",
+        str(fps),
+        "-i",
+        "pipe:0",
+        "-an",
+        "-c:v",
+        codec,
     ]
     if crf is not None:
         cmd += ["-crf", str(crf)]

@@ -61,6 +61,7 @@ Randomness comes from ``seed`` only: the split is the caller's, the head's initi
 each epoch's shuffling, crops, flips and dropout are seeded by ``(seed, epoch)``, so a run that
 is stopped and resumed gives the same weights as one that is not.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -92,9 +93,24 @@ from .extractors.base import json_safe, resolve_device
 from .finetune_images import check_sizes, image_sizes, load_image, prepare_batch
 from .finetune_models import ARCHES, HEAD_PREFIX, QualityRegressor, build_model, select_trainable, set_train_mode
 
-__all__ = ["CHECKPOINT_NAME", "RECIPES", "SIDECAR_NAME", "STATE_NAME", "FinetuneError", "FinetuneResult",
-           "QualityRegressor", "Recipe", "build_model", "finetune", "get_recipe", "list_recipes", "load_image",
-           "prepare_batch", "resolve_recipe", "select_trainable"]
+__all__ = [
+    "CHECKPOINT_NAME",
+    "RECIPES",
+    "SIDECAR_NAME",
+    "STATE_NAME",
+    "FinetuneError",
+    "FinetuneResult",
+    "QualityRegressor",
+    "Recipe",
+    "build_model",
+    "finetune",
+    "get_recipe",
+    "list_recipes",
+    "load_image",
+    "prepare_batch",
+    "resolve_recipe",
+    "select_trainable",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -145,19 +161,55 @@ class Recipe:
 RECIPES: Registry[Recipe] = Registry("recipe", error=FinetuneError)
 for _name, _recipe in {
     "fmc-inception": Recipe(
-        name="fmc-inception", arch="inception_v3", extractor="inception-gram", loss="mse", lr=3e-4, epochs=60,
-        batch_size=8, val_fraction=0.2, resize_short_side=FMC_RESIZE, image_size=FMC_CROP, augment=False,
-        target="mos", select="val_loss", train_until="Mixed_5c.branch1x1.conv.weight", frozen_bn="train",
+        name="fmc-inception",
+        arch="inception_v3",
+        extractor="inception-gram",
+        loss="mse",
+        lr=3e-4,
+        epochs=60,
+        batch_size=8,
+        val_fraction=0.2,
+        resize_short_side=FMC_RESIZE,
+        image_size=FMC_CROP,
+        augment=False,
+        target="mos",
+        select="val_loss",
+        train_until="Mixed_5c.branch1x1.conv.weight",
+        frozen_bn="train",
     ),
     "quality-resnet": Recipe(
-        name="quality-resnet", arch="resnet34", extractor="unique", loss="l1", lr=1e-4, epochs=30, batch_size=16,
-        val_fraction=0.2, resize_short_side=None, image_size=384, augment=True, target="zscore", select="srocc",
-        train_until=None, starts=("imagenet", "unique", "random[:SEED]", "PATH"),
+        name="quality-resnet",
+        arch="resnet34",
+        extractor="unique",
+        loss="l1",
+        lr=1e-4,
+        epochs=30,
+        batch_size=16,
+        val_fraction=0.2,
+        resize_short_side=None,
+        image_size=384,
+        augment=True,
+        target="zscore",
+        select="srocc",
+        train_until=None,
+        starts=("imagenet", "unique", "random[:SEED]", "PATH"),
     ),
     "quality-resnet50": Recipe(
-        name="quality-resnet50", arch="resnet50", extractor="quality-resnet50", loss="l1", lr=1e-4, epochs=30,
-        batch_size=16, val_fraction=0.2, resize_short_side=None, image_size=384, augment=True, target="zscore",
-        select="srocc", train_until=None, starts=("imagenet", "tcsvt2022", "random[:SEED]", "PATH"),
+        name="quality-resnet50",
+        arch="resnet50",
+        extractor="quality-resnet50",
+        loss="l1",
+        lr=1e-4,
+        epochs=30,
+        batch_size=16,
+        val_fraction=0.2,
+        resize_short_side=None,
+        image_size=384,
+        augment=True,
+        target="zscore",
+        select="srocc",
+        train_until=None,
+        starts=("imagenet", "tcsvt2022", "random[:SEED]", "PATH"),
     ),
 }.items():
     RECIPES.register(_name, _recipe)
@@ -175,7 +227,11 @@ def get_recipe(name: str) -> Recipe:
 
 
 def resolve_recipe(
-    recipe: str | Recipe, *, epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
+    recipe: str | Recipe,
+    *,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
     image_size: int | None = None,
 ) -> tuple[Recipe, dict]:
     """Apply overrides; returns ``(effective recipe, {name: value} of the overrides given)``.
@@ -187,16 +243,30 @@ def resolve_recipe(
     if not isinstance(base, Recipe):
         raise FinetuneError(f"recipe must be a name or a Recipe, got {type(recipe).__name__}")
     overrides: dict[str, Any] = {}
-    for name, value, kind in (("epochs", epochs, int), ("batch_size", batch_size, int), ("lr", lr, float),
-                              ("image_size", image_size, int)):
+    for name, value, kind in (
+        ("epochs", epochs, int),
+        ("batch_size", batch_size, int),
+        ("lr", lr, float),
+        ("image_size", image_size, int),
+    ):
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-                or (kind is int and value != int(value)) or not math.isfinite(value) or value <= 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float, np.integer, np.floating))
+            or (kind is int and value != int(value))
+            or not math.isfinite(value)
+            or value <= 0
+        ):
             raise FinetuneError(f"{name} must be a positive {kind.__name__}, got {value!r}")
         overrides[name] = kind(value)
-    if base.loss not in LOSSES or base.arch not in ARCHES or base.target not in ("mos", "zscore") \
-            or base.select not in ("val_loss", "srocc") or base.frozen_bn not in ("train", "eval"):
+    if (
+        base.loss not in LOSSES
+        or base.arch not in ARCHES
+        or base.target not in ("mos", "zscore")
+        or base.select not in ("val_loss", "srocc")
+        or base.frozen_bn not in ("train", "eval")
+    ):
         raise FinetuneError(f"recipe {base.name!r} has an unknown loss, arch, target, select or frozen_bn value")
     changes = dict(overrides)
     if "image_size" in overrides and base.resize_short_side is not None:
@@ -204,8 +274,10 @@ def resolve_recipe(
         overrides["resize_short_side (derived)"] = changes["resize_short_side"]
     effective = dataclasses.replace(base, **changes)
     if effective.image_size < ARCHES[effective.arch]["min_side"]:
-        raise FinetuneError(f"{effective.arch} needs inputs of at least {ARCHES[effective.arch]['min_side']} px; "
-                            f"image_size={effective.image_size}")
+        raise FinetuneError(
+            f"{effective.arch} needs inputs of at least {ARCHES[effective.arch]['min_side']} px; "
+            f"image_size={effective.image_size}"
+        )
     return effective, overrides
 
 
@@ -235,9 +307,16 @@ class FinetuneResult:
         return None if self.best_epoch is None else self.history[self.best_epoch - 1]
 
     def to_dict(self) -> dict:
-        return json_safe({**dataclasses.asdict(self), "best": self.best,
-                          **{k: None if v is None else str(v) for k, v in
-                             (("state", self.state), ("checkpoint", self.checkpoint), ("sidecar", self.sidecar))}})
+        return json_safe(
+            {
+                **dataclasses.asdict(self),
+                "best": self.best,
+                **{
+                    k: None if v is None else str(v)
+                    for k, v in (("state", self.state), ("checkpoint", self.checkpoint), ("sidecar", self.sidecar))
+                },
+            }
+        )
 
 
 def _metric(fn, y: np.ndarray, p: np.ndarray) -> float | None:
@@ -269,8 +348,9 @@ def _to_bytes(obj: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _check_inputs(images, mos, train_idx, val_idx, groups) -> tuple[list[Path], np.ndarray, np.ndarray,
-                                                                       np.ndarray, list[str] | None]:
+def _check_inputs(
+    images, mos, train_idx, val_idx, groups
+) -> tuple[list[Path], np.ndarray, np.ndarray, np.ndarray, list[str] | None]:
     paths = [Path(p) for p in images]
     y = np.asarray(mos, dtype=np.float64)
     if y.ndim != 1 or len(paths) != y.shape[0]:
@@ -334,8 +414,7 @@ def finetune(
     Raises :class:`FinetuneError` for bad inputs before any training,
     :class:`~pipeline.errors.WeightsUnavailableError` when ``start`` weights cannot be had.
     """
-    effective, overrides = resolve_recipe(recipe, epochs=epochs, batch_size=batch_size, lr=lr,
-                                          image_size=image_size)
+    effective, overrides = resolve_recipe(recipe, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size)
     paths, y, train, val, group_list = _check_inputs(images, mos, train_idx, val_idx, groups)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise FinetuneError(f"seed must be a non-negative int, got {seed!r}")
@@ -359,12 +438,18 @@ def finetune(
     target = torch.tensor((y - centre) / scale, dtype=torch.float32)
 
     checkpointer = Checkpointer(
-        out, name=STATE_NAME, format=STATE_FORMAT, error=FinetuneError,
+        out,
+        name=STATE_NAME,
+        format=STATE_FORMAT,
+        error=FinetuneError,
         # what must match for a saved state to be continued; epochs may grow (extends the run)
-        fingerprint={"recipe": {k: v for k, v in effective.to_dict().items() if k != "epochs"},
-                     "start": start_identity, "seed": int(seed),
-                     "data": digest([str(p.resolve()) for p in paths], y.tolist()),
-                     "split": digest(train.tolist(), val.tolist())},
+        fingerprint={
+            "recipe": {k: v for k, v in effective.to_dict().items() if k != "epochs"},
+            "start": start_identity,
+            "seed": int(seed),
+            "data": digest([str(p.resolve()) for p in paths], y.tolist()),
+            "split": digest(train.tolist(), val.tolist()),
+        },
         remedy="pass resume=False to start over (the state is replaced) or choose another output folder",
     )
     loop = EpochLoop(model, optimizer, checkpointer=checkpointer, better=functools.partial(_better, effective))
@@ -384,14 +469,16 @@ def finetune(
         epoch_started = time.perf_counter()
         rng = np.random.default_rng(_epoch_seed(int(seed), epoch))
         order = rng.permutation(train)
-        batches = [order[i:i + effective.batch_size] for i in range(0, len(order), effective.batch_size)]
+        batches = [order[i : i + effective.batch_size] for i in range(0, len(order), effective.batch_size)]
         with seeded_torch(_epoch_seed(int(seed), epoch), device):  # dropout draws from (seed, epoch) only
             set_train_mode(model, effective)
             train_sum = 0.0
-            for idx in tqdm(batches, desc=f"epoch {epoch + 1}", unit="batch", file=sys.stderr, leave=False,
-                            disable=not progress):
-                x = prepare_batch([paths[i] for i in idx], recipe=effective,
-                                  rng=rng if effective.augment else None).to(device)
+            for idx in tqdm(
+                batches, desc=f"epoch {epoch + 1}", unit="batch", file=sys.stderr, leave=False, disable=not progress
+            ):
+                x = prepare_batch([paths[i] for i in idx], recipe=effective, rng=rng if effective.augment else None).to(
+                    device
+                )
                 optimizer.zero_grad(set_to_none=True)
                 loss = loss_fn(model(x).squeeze(1), target[torch.from_numpy(idx)].to(device))
                 loss.backward()
@@ -400,24 +487,52 @@ def finetune(
         predictions = _predict(model, [paths[i] for i in val], recipe=effective, device=device)
         val_loss = float(loss_fn(torch.from_numpy(predictions), target[torch.from_numpy(val)]))
         y_val, p_val = y[val], predictions * scale + centre
-        row = {"epoch": epoch + 1, "train_loss": _finite(train_sum / len(train)), "val_loss": _finite(val_loss),
-               "srocc": _metric(stats.spearmanr, y_val, p_val), "plcc": _metric(stats.pearsonr, y_val, p_val),
-               "seconds": round(time.perf_counter() - epoch_started, 3)}
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": _finite(train_sum / len(train)),
+            "val_loss": _finite(val_loss),
+            "srocc": _metric(stats.spearmanr, y_val, p_val),
+            "plcc": _metric(stats.pearsonr, y_val, p_val),
+            "seconds": round(time.perf_counter() - epoch_started, 3),
+        }
         if effective.select == "val_loss":
             return row, -val_loss if math.isfinite(val_loss) else -math.inf
         return row, row["srocc"] if row["srocc"] is not None else -math.inf
 
     def on_epoch(epochs_done: int, row: dict) -> None:
-        logger.info("epoch %d/%d: train loss %s, val loss %s, SROCC %s, PLCC %s (%.1f s)%s", epochs_done,
-                    effective.epochs, _fmt(row["train_loss"]), _fmt(row["val_loss"]), _fmt(row["srocc"]),
-                    _fmt(row["plcc"]), row["seconds"], " best" if loop.best.epoch == epochs_done else "")
+        logger.info(
+            "epoch %d/%d: train loss %s, val loss %s, SROCC %s, PLCC %s (%.1f s)%s",
+            epochs_done,
+            effective.epochs,
+            _fmt(row["train_loss"]),
+            _fmt(row["val_loss"]),
+            _fmt(row["srocc"]),
+            _fmt(row["plcc"]),
+            row["seconds"],
+            " best" if loop.best.epoch == epochs_done else "",
+        )
         bar.update(1)
         bar.set_postfix(loss=_fmt(row["train_loss"]), val=_fmt(row["val_loss"]), srocc=_fmt(row["srocc"]))
 
-    logger.info("fine-tuning %s (start %s) on %d images (%d train, %d val): %d of %d trainable tensors, device %s",
-                effective.name, start, len(paths), len(train), len(val), len(trainable), len(params), device)
-    bar = tqdm(desc=f"finetune {effective.name}", unit="epoch", file=sys.stderr, disable=not progress,
-               initial=resumed_at, total=effective.epochs)
+    logger.info(
+        "fine-tuning %s (start %s) on %d images (%d train, %d val): %d of %d trainable tensors, device %s",
+        effective.name,
+        start,
+        len(paths),
+        len(train),
+        len(val),
+        len(trainable),
+        len(params),
+        device,
+    )
+    bar = tqdm(
+        desc=f"finetune {effective.name}",
+        unit="epoch",
+        file=sys.stderr,
+        disable=not progress,
+        initial=resumed_at,
+        total=effective.epochs,
+    )
     try:
         loop.run(run_epoch, epochs=effective.epochs, stop_after=stop_after_epochs, on_epoch=on_epoch)
     finally:
@@ -428,16 +543,38 @@ def finetune(
     checkpoint = sidecar = None
     if finished:
         checkpoint, sidecar = _write_outputs(
-            out, loop.best.state, effective=effective, overrides=overrides, start=start,
-            start_identity=start_identity, seed=int(seed), trainable=trainable, params=params, history=history,
-            best_epoch=best_epoch, paths=paths, y=y, train=train, val=val, groups=group_list, data=data,
-            target=(effective.target, centre, scale), device=device,
+            out,
+            loop.best.state,
+            effective=effective,
+            overrides=overrides,
+            start=start,
+            start_identity=start_identity,
+            seed=int(seed),
+            trainable=trainable,
+            params=params,
+            history=history,
+            best_epoch=best_epoch,
+            paths=paths,
+            y=y,
+            train=train,
+            val=val,
+            groups=group_list,
+            data=data,
+            target=(effective.target, centre, scale),
+            device=device,
         )
         logger.info("%s: best epoch %d of %d -> %s", effective.name, best_epoch, effective.epochs, checkpoint)
     return FinetuneResult(
-        state=out / STATE_NAME, checkpoint=checkpoint, sidecar=sidecar, finished=finished, epochs_done=len(history),
-        epochs_run=len(history) - resumed_at, best_epoch=best_epoch, history=history,
-        extractor=effective.extractor, recipe=effective.to_dict(),
+        state=out / STATE_NAME,
+        checkpoint=checkpoint,
+        sidecar=sidecar,
+        finished=finished,
+        epochs_done=len(history),
+        epochs_run=len(history) - resumed_at,
+        best_epoch=best_epoch,
+        history=history,
+        extractor=effective.extractor,
+        recipe=effective.to_dict(),
     )
 
 
@@ -462,16 +599,32 @@ def _predict(model: nn.Module, paths: Sequence[Path], *, recipe: Recipe, device:
     model.eval()
     out = []
     for i in range(0, len(paths), recipe.batch_size):
-        x = prepare_batch(paths[i:i + recipe.batch_size], recipe=recipe).to(device)
+        x = prepare_batch(paths[i : i + recipe.batch_size], recipe=recipe).to(device)
         out.append(model(x).squeeze(1).float().cpu())
     return torch.cat(out).numpy()
 
 
 def _write_outputs(
-    out: Path, best_state: Mapping[str, torch.Tensor], *, effective: Recipe, overrides: dict, start: str,
-    start_identity: Mapping[str, Any], seed: int, trainable: list[str], params: Mapping[str, nn.Parameter],
-    history: list[dict], best_epoch: int, paths: Sequence[Path], y: np.ndarray, train: np.ndarray, val: np.ndarray,
-    groups: list[str] | None, data: Mapping[str, Any] | None, target: tuple[str, float, float], device: torch.device,
+    out: Path,
+    best_state: Mapping[str, torch.Tensor],
+    *,
+    effective: Recipe,
+    overrides: dict,
+    start: str,
+    start_identity: Mapping[str, Any],
+    seed: int,
+    trainable: list[str],
+    params: Mapping[str, nn.Parameter],
+    history: list[dict],
+    best_epoch: int,
+    paths: Sequence[Path],
+    y: np.ndarray,
+    train: np.ndarray,
+    val: np.ndarray,
+    groups: list[str] | None,
+    data: Mapping[str, Any] | None,
+    target: tuple[str, float, float],
+    device: torch.device,
 ) -> tuple[Path, Path]:
     """Write ``model.pt`` (plain state dict) and ``model.json``; the sidecar first, naming the
     checkpoint's sha256, so an interruption between the two leaves a mismatch that
@@ -487,7 +640,9 @@ def _write_outputs(
     val_groups = sorted({groups[i] for i in val}) if groups is not None else None
     data_record = {
         **json_safe(dict(data or {})),
-        "n_images": len(paths), "n_train": int(train.size), "n_val": int(val.size),
+        "n_images": len(paths),
+        "n_train": int(train.size),
+        "n_val": int(val.size),
         "n_groups": len(set(groups)) if groups is not None else None,
         "n_val_groups": len(val_groups) if val_groups is not None else None,
         "val_groups": val_groups if val_groups is not None and len(val_groups) <= MAX_LISTED_GROUPS else None,
@@ -509,10 +664,14 @@ def _write_outputs(
         "start_weights": json_safe(dict(start_identity)),
         "seed": seed,
         "trainable": {
-            "rule": (f"parameters registered before {effective.train_until} + {HEAD_PREFIX}*" if effective.train_until
-                     else f"all parameters except {', '.join(ARCHES[effective.arch]['unused']) or 'none'}"),
+            "rule": (
+                f"parameters registered before {effective.train_until} + {HEAD_PREFIX}*"
+                if effective.train_until
+                else f"all parameters except {', '.join(ARCHES[effective.arch]['unused']) or 'none'}"
+            ),
             "modules": list(dict.fromkeys(_module_of(n) for n in trainable)),
-            "tensors": len(trainable), "values": int(sum(params[n].numel() for n in trainable)),
+            "tensors": len(trainable),
+            "values": int(sum(params[n].numel() for n in trainable)),
             "frozen_values": int(sum(p.numel() for n, p in params.items() if n not in set(trainable))),
         },
         "data": data_record,

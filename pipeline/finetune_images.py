@@ -37,8 +37,10 @@ def load_image(path: str | Path) -> np.ndarray:
         with Image.open(path) as image:
             return np.array(image.convert("RGB"), dtype=np.uint8)  # a writable copy, as torch wants
     except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise FinetuneError(f"{path}: not a readable image ({exc}). Fine-tuning takes images (an IQA set such "
-                            "as TID2013 or KADID-10k, or pipeline.synthetic.make_iqa_dataset)") from exc
+        raise FinetuneError(
+            f"{path}: not a readable image ({exc}). Fine-tuning takes images (an IQA set such "
+            "as TID2013 or KADID-10k, or pipeline.synthetic.make_iqa_dataset)"
+        ) from exc
 
 
 def image_sizes(paths: Sequence[Path]) -> list[tuple[int, int]]:
@@ -53,8 +55,11 @@ def image_sizes(paths: Sequence[Path]) -> list[tuple[int, int]]:
         except (OSError, UnidentifiedImageError, ValueError) as exc:
             bad.append(f"{path}: {exc}")
     if bad:
-        raise FinetuneError(f"{len(bad)} of {len(paths)} images cannot be read (fine-tuning takes image files): "
-                            + "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
+        raise FinetuneError(
+            f"{len(bad)} of {len(paths)} images cannot be read (fine-tuning takes image files): "
+            + "; ".join(bad[:5])
+            + (" ..." if len(bad) > 5 else "")
+        )
     return sizes
 
 
@@ -67,13 +72,13 @@ def check_sizes(paths: Sequence[Path], sizes: Sequence[tuple[int, int]], recipe:
     small = [(p, s) for p, s in zip(paths, sizes, strict=True) if min(s) < recipe.image_size]
     if small:
         shown = ", ".join(f"{p.name} {w}x{h}" for p, (w, h) in small[:5])
-        raise FinetuneError(f"{len(small)} images are smaller than the {recipe.image_size} px crop of recipe "
-                            f"{recipe.name!r} ({shown}); pass a smaller image_size")
+        raise FinetuneError(
+            f"{len(small)} images are smaller than the {recipe.image_size} px crop of recipe "
+            f"{recipe.name!r} ({shown}); pass a smaller image_size"
+        )
 
 
-def prepare_batch(
-    paths: Sequence[Path], *, recipe: Recipe, rng: np.random.Generator | None = None
-) -> torch.Tensor:
+def prepare_batch(paths: Sequence[Path], *, recipe: Recipe, rng: np.random.Generator | None = None) -> torch.Tensor:
     """Load and preprocess images -> float32 ``[B, 3, S, S]`` (``S = recipe.image_size``).
 
     uint8 -> [0, 1] -> resize short side (if the recipe resizes) -> crop -> ImageNet
@@ -90,7 +95,7 @@ def prepare_batch(
             top, left = (h - size) // 2, (w - size) // 2
         else:
             top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
-        x = x[..., top:top + size, left:left + size]
+        x = x[..., top : top + size, left : left + size]
         if rng is not None and rng.random() < 0.5:
             x = x.flip(-1)
         batch.append(x)

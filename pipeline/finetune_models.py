@@ -33,17 +33,28 @@ __all__ = ["ARCHES", "HEAD_PREFIX", "QualityRegressor", "build_model", "select_t
 
 # Per architecture: smallest input side it accepts, parameters that never reach the output
 # (not trained, not in the optimizer), and the checkpoint layout written.
-ARCHES: Mapping[str, Mapping[str, Any]] = MappingProxyType({
-    "inception_v3": {"min_side": 75, "unused": (), "layout":
-                     "torchvision inception_v3 keys without AuxLogits; fc = Linear(2048, 1) quality head "
-                     "(the Gram extractor drops fc and uses fc = Identity)"},
-    "resnet34": {"min_side": 32, "unused": ("backbone.fc.",), "layout":
-                 "UNIQUE/pyiqa: backbone.* (torchvision resnet34, ImageNet fc untouched) + fc.* = "
-                 "Linear(512, 1) quality head (dropped by name by the extractor)"},
-    "resnet50": {"min_side": 32, "unused": ("backbone.fc.",), "layout":
-                 "UNIQUE/pyiqa: backbone.* (torchvision resnet50, ImageNet fc untouched) + fc.* = "
-                 "Linear(2048, 1) quality head (dropped by name by the extractor)"},
-})
+ARCHES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        "inception_v3": {
+            "min_side": 75,
+            "unused": (),
+            "layout": "torchvision inception_v3 keys without AuxLogits; fc = Linear(2048, 1) quality head "
+            "(the Gram extractor drops fc and uses fc = Identity)",
+        },
+        "resnet34": {
+            "min_side": 32,
+            "unused": ("backbone.fc.",),
+            "layout": "UNIQUE/pyiqa: backbone.* (torchvision resnet34, ImageNet fc untouched) + fc.* = "
+            "Linear(512, 1) quality head (dropped by name by the extractor)",
+        },
+        "resnet50": {
+            "min_side": 32,
+            "unused": ("backbone.fc.",),
+            "layout": "UNIQUE/pyiqa: backbone.* (torchvision resnet50, ImageNet fc untouched) + fc.* = "
+            "Linear(2048, 1) quality head (dropped by name by the extractor)",
+        },
+    }
+)
 HEAD_PREFIX = "fc."
 
 
@@ -79,10 +90,12 @@ def build_model(recipe: Recipe, *, start: str, seed: int) -> tuple[nn.Module, di
 
         # The Gram extractor's own construction and file adapter, so the trained weights load
         # back into exactly the network they were trained in.
-        constructor = functools.partial(_construct, transform_input=True,
-                                        for_torchvision_file=start in INCEPTION_PRETRAINED)
-        model, identity = build_backbone(constructor, weights=start, pretrained=INCEPTION_PRETRAINED,
-                                         adapt_checkpoint=feature_state_dict)
+        constructor = functools.partial(
+            _construct, transform_input=True, for_torchvision_file=start in INCEPTION_PRETRAINED
+        )
+        model, identity = build_backbone(
+            constructor, weights=start, pretrained=INCEPTION_PRETRAINED, adapt_checkpoint=feature_state_dict
+        )
         model = _trim(model)
         with seeded_torch(seed):  # the head's initial weights, the caller's RNG untouched
             model.fc = nn.Linear(2048, 1)
@@ -101,8 +114,9 @@ def build_model(recipe: Recipe, *, start: str, seed: int) -> tuple[nn.Module, di
             "resnet34": (resnet34, UNIQUE_CHECKPOINT, UNIQUE_CHOICE, ResNet34_Weights.IMAGENET1K_V1),
             "resnet50": (resnet50, LI_CHECKPOINT, LI_CHOICE, ResNet50_Weights.IMAGENET1K_V1),
         }[recipe.arch]
-        backbone, identity = build_quality_backbone(constructor, weights=start, named=named, choice=choice,
-                                                    imagenet=imagenet)
+        backbone, identity = build_quality_backbone(
+            constructor, weights=start, named=named, choice=choice, imagenet=imagenet
+        )
         with seeded_torch(seed):
             model = QualityRegressor(backbone)
     for param in model.parameters():
@@ -136,5 +150,6 @@ def set_train_mode(model: nn.Module, recipe: Recipe) -> None:
     if recipe.frozen_bn == "eval":
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
-                    p.requires_grad for p in module.parameters(recurse=False)):
+                p.requires_grad for p in module.parameters(recurse=False)
+            ):
                 module.eval()

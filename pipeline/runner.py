@@ -35,14 +35,15 @@ Several GPUs: one worker process per GPU, each with its own extractors; see
 GPU with ``CUDA_VISIBLE_DEVICES`` (what ``flows.orchestration.make_task_runner`` does for a
 local Dask cluster).
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import queue
 import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -52,7 +53,7 @@ from .extractors.base import Extractor
 from .sampling import Sampling
 from .video import Video, VideoInfo, open_video
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 DEFAULT_PREFETCH = 2
 # How often a blocked worker checks whether the consumer has gone away (seconds).
@@ -122,7 +123,7 @@ def _produce(video: Video, plans: Sequence[np.ndarray], *, batch_size: int, pinn
         return stop
 
     def take(k: int, stop: int) -> _Batch:
-        steps = plans[k][next_step[k]:stop]
+        steps = plans[k][next_step[k] : stop]
         next_step[k] = stop
         return _Batch(k, steps, _assemble(frames, steps, pinned=pinned[k]))
 
@@ -135,7 +136,7 @@ def _produce(video: Video, plans: Sequence[np.ndarray], *, batch_size: int, pinn
                 while (stop := ready_until(k, int(indices[-1]))) - next_step[k] == per_batch[k]:
                     yield take(k, stop)
             keep_from = min(
-                (int(plan[next_step[k]:].min()) for k, plan in enumerate(plans) if next_step[k] < len(plan)),
+                (int(plan[next_step[k] :].min()) for k, plan in enumerate(plans) if next_step[k] < len(plan)),
                 default=np.iinfo(np.int64).max,
             )
             for index in [i for i in frames if i < keep_from]:
@@ -204,7 +205,7 @@ class _Prefetcher:
                 break
         self._thread.join(timeout=_JOIN_SECONDS)
         if self._thread.is_alive():
-            log.warning("the decode worker did not stop within %.0f s; leaving it (daemon thread)", _JOIN_SECONDS)
+            logger.warning("the decode worker did not stop within %.0f s; leaving it (daemon thread)", _JOIN_SECONDS)
 
 
 class _Feed:
@@ -223,10 +224,11 @@ class _Feed:
         start = 0
         while start < len(steps):
             size = len(steps) - start if self.max_steps is None else min(self.max_steps, len(steps) - start)
-            part = frames[start:start + size]
+            part = frames[start : start + size]
             try:
-                self.accumulator.consume(self.extractor, part[:, 0] if steps.shape[1] == 1 else part,
-                                         steps=steps[start:start + size])
+                self.accumulator.consume(
+                    self.extractor, part[:, 0] if steps.shape[1] == 1 else part, steps=steps[start : start + size]
+                )
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
@@ -242,17 +244,26 @@ class _Feed:
             if size == 1:
                 height, width = frames.shape[2:4]
                 on_gpu = device.startswith("cuda") or "cuda" in message.lower()
-                advice = ("Use a device with more free memory, or run on the CPU (--device cpu)" if on_gpu else
-                          "Free some memory, or lower the frame-size limit (VQA_MAX_FRAME_PIXELS) so that frames "
-                          "this large are refused before decoding")
+                advice = (
+                    "Use a device with more free memory, or run on the CPU (--device cpu)"
+                    if on_gpu
+                    else "Free some memory, or lower the frame-size limit (VQA_MAX_FRAME_PIXELS) so that frames "
+                    "this large are refused before decoding"
+                )
                 raise ExtractorOutOfMemoryError(
                     f"extractor {name} ran out of memory on {device} even with a batch of 1 step "
                     f"({steps.shape[1]} frame(s) of {width}x{height}): {message}. {advice}",
-                    extractor=name, device=device,
+                    extractor=name,
+                    device=device,
                 )
             self.max_steps = max(1, size // 2)
-            log.warning("%s ran out of memory on %s with a batch of %d step(s); retrying with %d",
-                        name, device, size, self.max_steps)
+            logger.warning(
+                "%s ran out of memory on %s with a batch of %d step(s); retrying with %d",
+                name,
+                device,
+                size,
+                self.max_steps,
+            )
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -348,7 +359,7 @@ def assign_devices(n_workers: int, *, gpu_count: int | None = None) -> list[str]
     if gpus == 0:
         return ["cpu"] * int(n_workers)
     if n_workers > gpus:
-        log.info("%d workers on %d GPU(s): some GPUs are shared", n_workers, gpus)
+        logger.info("%d workers on %d GPU(s): some GPUs are shared", n_workers, gpus)
     return [f"cuda:{rank % gpus}" for rank in range(int(n_workers))]
 
 
@@ -408,5 +419,5 @@ def gpu_worker_envs(n_workers: int, *, device: str | None = "auto") -> list[dict
     if gpus == 0:
         return [{} for _ in range(int(n_workers))]
     if n_workers > gpus:
-        log.info("%d workers on %d GPU(s): some GPUs are shared", n_workers, gpus)
+        logger.info("%d workers on %d GPU(s): some GPUs are shared", n_workers, gpus)
     return [cuda_visible_devices(rank, gpu_count=gpus) for rank in range(int(n_workers))]

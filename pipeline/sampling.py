@@ -10,6 +10,7 @@ depends on whether a midpoint lands on an even number; the exceptions reproduce 
 rule exactly (``clips:L:floor`` rounds the frame rate with Python's ``round`` as SimpleVQA
 does, ``clips:L:chunks`` truncates torch's ``linspace`` as TCSVT-2022 does).
 """
+
 from __future__ import annotations
 
 import math
@@ -37,7 +38,7 @@ SAMPLING_FORMS = (
     '"all" (every frame), "uniform:N" (N frames at equal intervals, N a positive integer) '
     'or "fps:K" (K frames per second, K a positive number) '
     'or "clips:L[:POLICY]" (clips of L frames, L a positive integer; POLICY ceil (default: '
-    'one clip of L consecutive frames per started second), floor (SimpleVQA) or chunks (TCSVT-2022))'
+    "one clip of L consecutive frames per started second), floor (SimpleVQA) or chunks (TCSVT-2022))"
 )
 
 
@@ -178,9 +179,7 @@ def _per_second(info: VideoInfo, rate: float, timestamps: np.ndarray | None) -> 
         return np.unique(np.clip(picks, 0, num_frames - 1))
     stamps = np.asarray(timestamps, dtype=np.float64)
     if stamps.shape != (num_frames,):
-        raise SamplingError(
-            f"timestamps for {info.path} must have shape ({num_frames},), got {stamps.shape}"
-        )
+        raise SamplingError(f"timestamps for {info.path} must have shape ({num_frames},), got {stamps.shape}")
     relative = stamps - stamps.min()
     # decord returns presentation order already; sorting guards other sources of timestamps.
     order = np.argsort(relative, kind="stable")

@@ -29,6 +29,7 @@ each distortion between 1.3 and 1.8. Blur and noise are applied to the rendered 
 are then encoded at ``PRISTINE_CRF`` like the reference, so that only the named distortion
 differs from it. A level's parameter is ``DISTORTIONS[distortion][level - 1]``.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -59,18 +60,22 @@ PRISTINE_CRF = 12
 
 #: Distortion name -> parameter of each level 1..n (level 0 is the reference). ``h264``: x264
 #: CRF; ``blur``: Gaussian sigma in output pixels; ``noise``: Gaussian sigma on the 0-255 scale.
-DISTORTIONS: Mapping[str, tuple[float, ...]] = MappingProxyType({
-    "h264": (18, 30, 38, 46, 51),
-    "blur": (0.8, 1.6, 3.2),
-    "noise": (8, 16, 32),
-})
+DISTORTIONS: Mapping[str, tuple[float, ...]] = MappingProxyType(
+    {
+        "h264": (18, 30, 38, 46, 51),
+        "blur": (0.8, 1.6, 3.2),
+        "noise": (8, 16, 32),
+    }
+)
 
 #: Distortion name -> pseudo-MOS of each level 1..n, same order as ``DISTORTIONS``.
-PSEUDO_MOS: Mapping[str, tuple[float, ...]] = MappingProxyType({
-    "h264": (4.5, 3.8, 3.0, 2.1, 1.5),
-    "blur": (4.1, 3.0, 1.7),
-    "noise": (3.9, 2.9, 1.6),
-})
+PSEUDO_MOS: Mapping[str, tuple[float, ...]] = MappingProxyType(
+    {
+        "h264": (4.5, 3.8, 3.0, 2.1, 1.5),
+        "blur": (4.1, 3.0, 1.7),
+        "noise": (3.9, 2.9, 1.6),
+    }
+)
 
 REFERENCE_NAME = "reference"
 # The manifest's columns, plus what made each item (extra columns are ignored by read_manifest).
@@ -79,8 +84,19 @@ MANIFEST_COLUMNS = (*BASE_MANIFEST_COLUMNS, "distortion", "level")
 # Real photographs bundled in scikit-image's own distribution (no pooch download), colour
 # first. Grayscale ones are replicated to RGB.
 SOURCE_PHOTOS = (
-    "astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "camera",
-    "hubble_deep_field", "retina", "coins", "moon", "brick", "grass", "gravel",
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "immunohistochemistry",
+    "camera",
+    "hubble_deep_field",
+    "retina",
+    "coins",
+    "moon",
+    "brick",
+    "grass",
+    "gravel",
 )
 
 # Camera motion over one clip: a geometric zoom between these factors (in or out, by the seed);
@@ -118,9 +134,7 @@ def load_source(name: str) -> np.ndarray:
     """
     if name not in SOURCE_PHOTOS:
         hint = difflib.get_close_matches(name, SOURCE_PHOTOS, n=1)
-        raise PipelineError(
-            f"unknown source photo {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
-        )
+        raise PipelineError(f"unknown source photo {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
     import skimage.data
 
     try:
@@ -165,9 +179,7 @@ def render_camera_clip(
     return _camera_frames(photo, num_frames=num_frames, width=width, height=height, seed=seed)
 
 
-def _camera_frames(
-    photo: np.ndarray, *, num_frames: int, width: int, height: int, seed: int
-) -> Iterator[np.ndarray]:
+def _camera_frames(photo: np.ndarray, *, num_frames: int, width: int, height: int, seed: int) -> Iterator[np.ndarray]:
     from scipy import ndimage
     from skimage.transform import rescale
 
@@ -177,8 +189,7 @@ def _camera_frames(
     win_w, win_h = _window(photo.shape[1], photo.shape[0], width / height)
     scale = width / win_w
     if scale < 1.0:  # downscale once, with anti-aliasing, so bilinear sampling is near 1:1
-        photo = rescale(photo, scale, order=1, channel_axis=-1, anti_aliasing=True,
-                        preserve_range=True)
+        photo = rescale(photo, scale, order=1, channel_axis=-1, anti_aliasing=True, preserve_range=True)
         win_w, win_h = _window(photo.shape[1], photo.shape[0], width / height)
     planes_in = np.ascontiguousarray(np.moveaxis(photo, -1, 0), dtype=np.float32)  # [3, H, W]
     photo_h, photo_w = planes_in.shape[1:]
@@ -192,7 +203,7 @@ def _camera_frames(
     end = PAN_DISTANCE * win_w * heading
     control = end / 2 + rng.uniform(-0.25, 0.25) * PAN_DISTANCE * win_w * normal
     t = times[:, None]
-    offsets = 2 * (1 - t) * t * control + t ** 2 * end
+    offsets = 2 * (1 - t) * t * control + t**2 * end
     # Fit the whole path inside the photo at the widest view (zoom 1), shrinking it if the
     # photo leaves less room than PAN_DISTANCE, then place it at a seeded position.
     low, high = offsets.min(axis=0), offsets.max(axis=0)
@@ -204,7 +215,7 @@ def _camera_frames(
     origin = np.array([win_w, win_h]) / 2 - 0.5 - low + rng.random(2) * np.maximum(room - extent, 0)
     centres = origin + offsets
 
-    cols = (np.arange(width, dtype=np.float64) + 0.5) / width - 0.5   # [-0.5, 0.5) of the view
+    cols = (np.arange(width, dtype=np.float64) + 0.5) / width - 0.5  # [-0.5, 0.5) of the view
     rows = (np.arange(height, dtype=np.float64) + 0.5) / height - 0.5
     planes = np.empty((3, height, width), dtype=np.float32)
     for (centre_x, centre_y), time_ in zip(centres, times, strict=True):
@@ -213,8 +224,9 @@ def _camera_frames(
         ys, xs = np.meshgrid(centre_y + rows * view_h, centre_x + cols * view_w, indexing="ij")
         coords = np.stack([ys, xs])
         for channel in range(3):
-            ndimage.map_coordinates(planes_in[channel], coords, output=planes[channel],
-                                    order=1, mode="nearest", prefilter=False)
+            ndimage.map_coordinates(
+                planes_in[channel], coords, output=planes[channel], order=1, mode="nearest", prefilter=False
+            )
         yield np.ascontiguousarray(_to_uint8(planes.transpose(1, 2, 0)))
 
 
@@ -275,9 +287,7 @@ def _check_seed(seed: int) -> None:
         raise PipelineError(f"seed must be a non-negative int, got {seed!r}")
 
 
-def _check_distortions(
-    names: Iterable[str] | str, table: Mapping[str, tuple[float, ...]] = DISTORTIONS
-) -> list[str]:
+def _check_distortions(names: Iterable[str] | str, table: Mapping[str, tuple[float, ...]] = DISTORTIONS) -> list[str]:
     if isinstance(names, str):  # one name, not its letters
         names = [names]
     chosen: list[str] = []
@@ -346,14 +356,13 @@ def make_demo_dataset(
     rows: list[dict[str, str]] = []
     from tqdm.auto import tqdm
 
-    with tqdm(total=n_clips, desc="demo dataset", unit="clip", file=sys.stderr,
-              disable=not progress) as bar:
+    with tqdm(total=n_clips, desc="demo dataset", unit="clip", file=sys.stderr, disable=not progress) as bar:
         for name, photo in photos:
             # Rendered once and kept: T * h * w * 3 bytes (0.2 MB at the defaults).
-            reference = list(render_camera_clip(
-                photo, num_frames=num_frames, size=(width, height), seed=_seed_for(seed, name)))
-            jobs: list[tuple[str, int, Iterable[np.ndarray], int]] = [
-                (REFERENCE_NAME, 0, reference, PRISTINE_CRF)]
+            reference = list(
+                render_camera_clip(photo, num_frames=num_frames, size=(width, height), seed=_seed_for(seed, name))
+            )
+            jobs: list[tuple[str, int, Iterable[np.ndarray], int]] = [(REFERENCE_NAME, 0, reference, PRISTINE_CRF)]
             for distortion in chosen:
                 for level, value in enumerate(DISTORTIONS[distortion], start=1):
                     rng = np.random.default_rng(_seed_for(seed, name, distortion, level))
@@ -362,20 +371,29 @@ def make_demo_dataset(
             for distortion, level, frames, crf in jobs:
                 video_id = f"{name}__{distortion}_{level}"
                 _encode_atomic(video_dir / f"{video_id}.mp4", frames, fps=fps, crf=crf)
-                rows.append({
-                    "video_id": video_id,
-                    "path": f"videos/{video_id}.mp4",
-                    "mos": f"{pseudo_mos(distortion, level):.2f}",
-                    "group": name,
-                    "distortion": distortion,
-                    "level": str(level),
-                })
+                rows.append(
+                    {
+                        "video_id": video_id,
+                        "path": f"videos/{video_id}.mp4",
+                        "mos": f"{pseudo_mos(distortion, level):.2f}",
+                        "group": name,
+                        "distortion": distortion,
+                        "level": str(level),
+                    }
+                )
                 bar.update(1)
 
     write_manifest(manifest_path, rows, columns=MANIFEST_COLUMNS, overwrite=True)
-    logger.info("wrote %d clips of %d frames (%dx%d) from %d photos to %s in %.1f s",
-                len(rows), num_frames, width, height, n_sources, out_dir,
-                time.perf_counter() - started)
+    logger.info(
+        "wrote %d clips of %d frames (%dx%d) from %d photos to %s in %.1f s",
+        len(rows),
+        num_frames,
+        width,
+        height,
+        n_sources,
+        out_dir,
+        time.perf_counter() - started,
+    )
     return manifest_path
 
 
@@ -387,8 +405,7 @@ def _start_dataset(
     _check_seed(seed)
     if n_sources > len(SOURCE_PHOTOS):
         raise PipelineError(
-            f"n_sources={n_sources} but only {len(SOURCE_PHOTOS)} source photos exist: "
-            f"{', '.join(SOURCE_PHOTOS)}"
+            f"n_sources={n_sources} but only {len(SOURCE_PHOTOS)} source photos exist: {', '.join(SOURCE_PHOTOS)}"
         )
     manifest_path = out_dir / "manifest.csv"
     if manifest_path.exists() and not overwrite:
@@ -421,8 +438,15 @@ def _encode_atomic(path: Path, frames: Iterable[np.ndarray], *, fps: float, crf:
     with atomic_path(path) as partial:
         # One encoder thread: x264's output depends on its thread count, and these clips are
         # too small to gain from threads anyway. "-f mp4": the temporary name ends in .tmp.
-        encode_video(partial, frames, fps=fps, codec="libx264", crf=crf, pix_fmt="yuv420p",
-                     extra_args=["-threads", "1", "-preset", "medium", "-f", "mp4"])
+        encode_video(
+            partial,
+            frames,
+            fps=fps,
+            codec="libx264",
+            crf=crf,
+            pix_fmt="yuv420p",
+            extra_args=["-threads", "1", "-preset", "medium", "-f", "mp4"],
+        )
 
 
 # --------------------------------------------------------------------------- still images (IQA)
@@ -443,22 +467,26 @@ def _encode_atomic(path: Path, frames: Iterable[np.ndarray], *, fps: float, crf:
 # The reference image (level 0) has REFERENCE_MOS, as in the video dataset.
 
 #: Image distortion name -> parameter of each level 1..5 (see the table above).
-IQA_DISTORTIONS: Mapping[str, tuple[float, ...]] = MappingProxyType({
-    "blur": (0.5, 1.0, 2.0, 3.0, 5.0),
-    "noise": (5, 10, 20, 35, 50),
-    "jpeg": (70, 43, 24, 10, 4),
-    "contrast": (0.85, 0.7, 0.55, 0.4, 0.25),
-    "saturation": (0.8, 0.6, 0.4, 0.2, 0.0),
-})
+IQA_DISTORTIONS: Mapping[str, tuple[float, ...]] = MappingProxyType(
+    {
+        "blur": (0.5, 1.0, 2.0, 3.0, 5.0),
+        "noise": (5, 10, 20, 35, 50),
+        "jpeg": (70, 43, 24, 10, 4),
+        "contrast": (0.85, 0.7, 0.55, 0.4, 0.25),
+        "saturation": (0.8, 0.6, 0.4, 0.2, 0.0),
+    }
+)
 
 #: Image distortion name -> pseudo-MOS (1-5) of each level 1..5, same order as ``IQA_DISTORTIONS``.
-IQA_PSEUDO_MOS: Mapping[str, tuple[float, ...]] = MappingProxyType({
-    "blur": (4.4, 3.8, 2.9, 2.2, 1.4),
-    "noise": (4.3, 3.6, 2.7, 1.9, 1.3),
-    "jpeg": (4.4, 3.9, 3.1, 2.2, 1.4),
-    "contrast": (4.5, 4.0, 3.3, 2.6, 1.9),
-    "saturation": (4.6, 4.3, 3.9, 3.4, 3.0),
-})
+IQA_PSEUDO_MOS: Mapping[str, tuple[float, ...]] = MappingProxyType(
+    {
+        "blur": (4.4, 3.8, 2.9, 2.2, 1.4),
+        "noise": (4.3, 3.6, 2.7, 1.9, 1.3),
+        "jpeg": (4.4, 3.9, 3.1, 2.2, 1.4),
+        "contrast": (4.5, 4.0, 3.3, 2.6, 1.9),
+        "saturation": (4.6, 4.3, 3.9, 3.4, 3.0),
+    }
+)
 
 IQA_LEVELS = (1, 2, 3, 4, 5)
 # ITU-R BT.601 luma weights: the grey that a colour-saturation change keeps.
@@ -560,8 +588,9 @@ def make_iqa_dataset(
     rows: list[dict[str, str]] = []
     from tqdm.auto import tqdm
 
-    with tqdm(total=n_sources * views * len(jobs), desc="iqa dataset", unit="image", file=sys.stderr,
-              disable=not progress) as bar:
+    with tqdm(
+        total=n_sources * views * len(jobs), desc="iqa dataset", unit="image", file=sys.stderr, disable=not progress
+    ) as bar:
         for name, photo in photos:
             grey = bool((photo[..., :1] == photo).all())
             if grey and "saturation" in chosen:
@@ -569,8 +598,11 @@ def make_iqa_dataset(
                 bar.refresh()
             for view in range(views):
                 # One still of the virtual camera: the photo at the output size, seeded framing.
-                reference = next(render_camera_clip(photo, num_frames=1, size=(width, height),
-                                                    seed=_seed_for(seed, name, f"view{view}")))
+                reference = next(
+                    render_camera_clip(
+                        photo, num_frames=1, size=(width, height), seed=_seed_for(seed, name, f"view{view}")
+                    )
+                )
                 for distortion, level in jobs:
                     if grey and distortion == "saturation":
                         continue
@@ -581,19 +613,29 @@ def make_iqa_dataset(
                         rng = np.random.default_rng(_seed_for(seed, name, f"view{view}", distortion, level))
                         image = distort_image(reference, distortion, level, rng=rng)
                     _save_png_atomic(image_dir / f"{image_id}.png", image)
-                    rows.append({
-                        "video_id": image_id,
-                        "path": f"images/{image_id}.png",
-                        "mos": f"{iqa_pseudo_mos(distortion, level):.2f}",
-                        "group": name,
-                        "distortion": distortion,
-                        "level": str(level),
-                    })
+                    rows.append(
+                        {
+                            "video_id": image_id,
+                            "path": f"images/{image_id}.png",
+                            "mos": f"{iqa_pseudo_mos(distortion, level):.2f}",
+                            "group": name,
+                            "distortion": distortion,
+                            "level": str(level),
+                        }
+                    )
                     bar.update(1)
 
     write_manifest(manifest_path, rows, columns=MANIFEST_COLUMNS, overwrite=True)
-    logger.info("wrote %d images (%dx%d) from %d photos x %d views to %s in %.1f s", len(rows), width, height,
-                n_sources, views, out_dir, time.perf_counter() - started)
+    logger.info(
+        "wrote %d images (%dx%d) from %d photos x %d views to %s in %.1f s",
+        len(rows),
+        width,
+        height,
+        n_sources,
+        views,
+        out_dir,
+        time.perf_counter() - started,
+    )
     return manifest_path
 
 

@@ -36,6 +36,7 @@ Hostile inputs (docs/hardening.md):
   frames grow mid-way is refused there too. :meth:`Video.max_batch` caps a batch of frames
   at the same number of pixels, so one batch is never more than one largest allowed frame.
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,8 +58,15 @@ from .errors import PipelineError, VideoDecodeError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VideoInfo", "Video", "probe_video", "open_video", "max_frame_pixels",
-           "DEFAULT_MAX_FRAME_PIXELS", "MAX_FRAME_PIXELS_ENV"]
+__all__ = [
+    "VideoInfo",
+    "Video",
+    "probe_video",
+    "open_video",
+    "max_frame_pixels",
+    "DEFAULT_MAX_FRAME_PIXELS",
+    "MAX_FRAME_PIXELS_ENV",
+]
 
 # Frames with more pixels than this are refused from the stream header, before decoding: 8K
 # UHD. One such frame is 100 MB as RGB (16 full-HD frames), and a native-resolution CNN's
@@ -148,8 +156,14 @@ class Video:
     too large or out-of-root file.
     """
 
-    def __init__(self, path: str | os.PathLike, *, num_threads: int = 0, root: str | os.PathLike | None = None,
-                 max_pixels: int | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        num_threads: int = 0,
+        root: str | os.PathLike | None = None,
+        max_pixels: int | None = None,
+    ):
         self.path = os.fspath(path)
         self.max_pixels = max_frame_pixels(max_pixels)
         self._num_threads = num_threads
@@ -175,8 +189,12 @@ class Video:
             raise
         logger.debug(
             "opened %s: %d frames, %.3f fps, %.3f s, %dx%d",
-            self.path, self.info.num_frames, self.info.fps, self.info.duration,
-            self.info.width, self.info.height,
+            self.path,
+            self.info.num_frames,
+            self.info.fps,
+            self.info.duration,
+            self.info.width,
+            self.info.height,
         )
 
     # -- context manager -------------------------------------------------------------------
@@ -221,9 +239,7 @@ class Video:
         del reader
 
     # -- reading ---------------------------------------------------------------------------
-    def frames(
-        self, indices=None, *, batch_size: int = 16
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def frames(self, indices=None, *, batch_size: int = 16) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Decode frames in batches.
 
         ``indices``: 1-D integer frame indices in ``[0, num_frames)``, read in the given order
@@ -291,7 +307,7 @@ class Video:
                 yield from batches
                 return
         for start in range(0, len(idx), batch_size):
-            chunk = idx[start:start + batch_size].copy()
+            chunk = idx[start : start + batch_size].copy()
             yield chunk, self._decode(chunk)
 
     def _stream_batches(self, idx: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -332,8 +348,11 @@ class Video:
                             raise _NotStreamable("rotation metadata or another frame size")
                         matched_any = True
                     if j > idx[k]:
-                        raise VideoDecodeError(self.path, f"corrupt or truncated: frame {idx[k]} of {n} could "
-                                                          "not be decoded (the decoder skipped it)")
+                        raise VideoDecodeError(
+                            self.path,
+                            f"corrupt or truncated: frame {idx[k]} of {n} could "
+                            "not be decoded (the decoder skipped it)",
+                        )
                     if j < idx[k]:
                         continue
                     kept.append(j)
@@ -351,8 +370,11 @@ class Video:
             except av.error.FFmpegError as err:
                 if not matched_any:
                     raise _NotStreamable(f"PyAV failed before the first frame: {err}") from err
-                oversized = f" (or a frame over the limit of {self.max_pixels} pixels)" if isinstance(
-                    err, av.error.ArgumentError) else ""
+                oversized = (
+                    f" (or a frame over the limit of {self.max_pixels} pixels)"
+                    if isinstance(err, av.error.ArgumentError)
+                    else ""
+                )
                 raise VideoDecodeError(
                     self.path, f"corrupt or truncated{oversized}: decoding failed at frame {idx[k]} of {n}: {err}"
                 ) from err
@@ -383,8 +405,11 @@ class Video:
         width, height = header.width, header.height
         if width <= 0 or height <= 0:
             if not _first_frame_within(self._source, self.max_pixels):
-                raise VideoDecodeError(self.path, f"the stream header does not give the frame size and the first "
-                                                  f"frame is over the limit of {self.max_pixels} pixels{_LIMIT_HINT}")
+                raise VideoDecodeError(
+                    self.path,
+                    f"the stream header does not give the frame size and the first "
+                    f"frame is over the limit of {self.max_pixels} pixels{_LIMIT_HINT}",
+                )
             return
         if width * height > self.max_pixels:
             raise VideoDecodeError(
@@ -424,8 +449,14 @@ class Video:
         if not (math.isfinite(fps) and fps > 0) and duration > 0:
             fps = num_frames / duration
         return VideoInfo(
-            path=self.path, num_frames=num_frames, fps=fps, duration=duration,
-            width=width, height=height, size_bytes=int(stat.st_size), mtime=float(stat.st_mtime),
+            path=self.path,
+            num_frames=num_frames,
+            fps=fps,
+            duration=duration,
+            width=width,
+            height=height,
+            size_bytes=int(stat.st_size),
+            mtime=float(stat.st_mtime),
             resolved_path=self.resolved_path,
         )
 
@@ -478,13 +509,16 @@ def max_frame_pixels(value: int | None = None) -> int:
         match = re.fullmatch(r"(\d+)\s*[xX*]\s*(\d+)", text)
         value = int(match[1]) * int(match[2]) if match else (int(text) if text.isdigit() else text)
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise PipelineError(f"{source} must be a positive number of pixels per frame (e.g. 33177600 or "
-                            f"7680x4320), got {value!r}")
+        raise PipelineError(
+            f"{source} must be a positive number of pixels per frame (e.g. 33177600 or 7680x4320), got {value!r}"
+        )
     return int(value)
 
 
-_LIMIT_HINT = (f" (set {MAX_FRAME_PIXELS_ENV}, e.g. to 15360x8640, to allow larger frames if the machine has the "
-               "memory for them, or downscale the video, e.g. `ffmpeg -i IN -vf scale=-2:2160 OUT.mp4`)")
+_LIMIT_HINT = (
+    f" (set {MAX_FRAME_PIXELS_ENV}, e.g. to 15360x8640, to allow larger frames if the machine has the "
+    "memory for them, or downscale the video, e.g. `ffmpeg -i IN -vf scale=-2:2160 OUT.mp4`)"
+)
 
 
 @dataclass(frozen=True)
@@ -623,10 +657,7 @@ def _mp4_truncation(path: str, size: int) -> str | None:
             if offset + box_size > size:
                 missing = offset + box_size - size
                 hint = "" if b"moov" in seen else "; its index ('moov' box) is missing"
-                return (
-                    f"truncated: the file ends {missing} bytes before the end of its "
-                    f"'{box_type.decode()}' box{hint}"
-                )
+                return f"truncated: the file ends {missing} bytes before the end of its '{box_type.decode()}' box{hint}"
             offset += box_size
     if b"moov" not in seen:
         return "truncated or incomplete MP4: it has no index ('moov' box)"
@@ -689,8 +720,10 @@ def _codec_name(stream) -> str:
 def _unsupported_codec(codec: str) -> str:
     """The cause for a stream whose codec decord's own FFmpeg cannot decode."""
     version = getattr(decord, "__version__", "")
-    return (f"codec {codec} is not supported by the decoder: decord {version}'s FFmpeg has no {codec} decoder; "
-            f"{_REENCODE_HINT}")
+    return (
+        f"codec {codec} is not supported by the decoder: decord {version}'s FFmpeg has no {codec} decoder; "
+        f"{_REENCODE_HINT}"
+    )
 
 
 def _declared_duration_of(container) -> float | None:

@@ -3,6 +3,7 @@
 Weights are never replaced by random ones behind the user's back: ``random`` must be asked
 for, and its identity says so loudly in every provenance record.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -87,7 +88,9 @@ class HubCheckpoint:
         url = enum_member.url
         filename = url.rsplit("/", 1)[-1]
         return cls(
-            title=f"{type(enum_member).__name__}.{enum_member.name}", filename=filename, url=url,
+            title=f"{type(enum_member).__name__}.{enum_member.name}",
+            filename=filename,
+            url=url,
             sha256_prefix=filename.rsplit("-", 1)[-1].split(".")[0],
         )
 
@@ -97,8 +100,10 @@ class HubCheckpoint:
 
     def instructions(self) -> str:
         source = self.how_to_get or f"Download {self.url} on a machine with internet access"
-        return (f"{source.rstrip('.')}. Save it as {self.path} (or set TORCH_HOME), or pass the file "
-                f"with --weights /path/to/{self.filename}. {self.alternative}For a test run only, --weights random.")
+        return (
+            f"{source.rstrip('.')}. Save it as {self.path} (or set TORCH_HOME), or pass the file "
+            f"with --weights /path/to/{self.filename}. {self.alternative}For a test run only, --weights random."
+        )
 
     def resolve(self, *, allow_download: bool | None = None) -> Path:
         """The verified local file; downloads it first when allowed and a URL is known.
@@ -113,8 +118,9 @@ class HubCheckpoint:
             allow_download = not offline()
         if not cached.is_file():
             if self.url is None or not allow_download:
-                why = ("cannot be downloaded automatically" if self.url is None
-                       else "downloads are disabled (VQA_OFFLINE)")
+                why = (
+                    "cannot be downloaded automatically" if self.url is None else "downloads are disabled (VQA_OFFLINE)"
+                )
                 raise WeightsUnavailableError(f"{self.title} is not at {cached} and {why}. {self.instructions()}")
             self._download(cached)
         elif self.sha256_prefix:
@@ -170,10 +176,16 @@ def known_checkpoints() -> list[dict]:
     """Every registered checkpoint: title, local path, whether present, who uses it, how to get it."""
     rows = []
     for filename, ckpt in CHECKPOINTS.items():
-        rows.append({
-            "title": ckpt.title, "path": str(ckpt.path), "present": ckpt.path.is_file(),
-            "used_by": sorted(set(_USED_BY[filename])), "url": ckpt.url, "how_to_get": ckpt.instructions(),
-        })
+        rows.append(
+            {
+                "title": ckpt.title,
+                "path": str(ckpt.path),
+                "present": ckpt.path.is_file(),
+                "used_by": sorted(set(_USED_BY[filename])),
+                "url": ckpt.url,
+                "how_to_get": ckpt.instructions(),
+            }
+        )
     return rows
 
 
@@ -183,8 +195,12 @@ def torchvision_weights(enum_member, *, allow_download: bool | None = None) -> R
     cached = checkpoint.resolve(allow_download=allow_download)
     return ResolvedWeights(
         state_dict=load_checkpoint(cached),
-        identity={"source": "torchvision", "name": checkpoint.title, "url": checkpoint.url,
-                  "sha256": file_sha256(cached)},
+        identity={
+            "source": "torchvision",
+            "name": checkpoint.title,
+            "url": checkpoint.url,
+            "sha256": file_sha256(cached),
+        },
     )
 
 
@@ -221,9 +237,11 @@ def read_training_sidecar(path: str | Path, *, sha256: str) -> dict | None:
     if not isinstance(record, dict):
         raise WeightsError(f"training sidecar {sidecar} of {path} must hold a JSON object")
     if record.get("checkpoint_sha256") not in (None, sha256):
-        raise WeightsError(f"training sidecar {sidecar} describes another file (sha256 "
-                           f"{str(record['checkpoint_sha256'])[:12]}..., {path.name} has {sha256[:12]}...): "
-                           "it is stale; delete it or restore the checkpoint it belongs to")
+        raise WeightsError(
+            f"training sidecar {sidecar} describes another file (sha256 "
+            f"{str(record['checkpoint_sha256'])[:12]}..., {path.name} has {sha256[:12]}...): "
+            "it is stale; delete it or restore the checkpoint it belongs to"
+        )
     return record
 
 

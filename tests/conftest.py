@@ -1,5 +1,6 @@
 """Test-wide settings: never touch the network, never use the user's torch cache, leave no
 process behind."""
+
 import os
 import uuid
 

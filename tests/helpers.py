@@ -4,6 +4,7 @@ Grey videos encode frame ``i`` as a flat grey of level ``grey_level(i)``, so the
 decoded frame tells which frame came back (``frame_numbers``). Levels are ``GREY_STEP`` apart
 and YUV round trips move them by at most 2, so the nearest level is unambiguous.
 """
+
 from __future__ import annotations
 
 import os
@@ -62,8 +63,9 @@ def tiny_demo_dataset(root: str | Path, n_sources: int) -> Path:
     12 fps: the smallest real dataset the flow tests extract."""
     from pipeline.synthetic import make_demo_dataset
 
-    return make_demo_dataset(root, n_sources=n_sources, clip_seconds=0.5, fps=12, size=(64, 48),
-                             distortions=("blur",), progress=False)
+    return make_demo_dataset(
+        root, n_sources=n_sources, clip_seconds=0.5, fps=12, size=(64, 48), distortions=("blur",), progress=False
+    )
 
 
 def make_video(
@@ -94,9 +96,19 @@ def make_audio_only(path: str | Path, *, seconds: float = 1.0) -> Path:
     """An audio-only file (a sine tone); codec chosen by ffmpeg from the suffix (.m4a: AAC)."""
     path = Path(path)
     subprocess.run(
-        [ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi",
-         "-i", f"sine=frequency=440:duration={seconds}", str(path)],
-        check=True, capture_output=True,
+        [
+            ffmpeg_exe(),
+            "-y",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=frequency=440:duration={seconds}",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
     )
     return path
 
@@ -126,12 +138,10 @@ def corrupt_frame(src: str | Path, dst: str | Path, frame: int) -> Path:
     import av
 
     with av.open(str(src)) as container:
-        packets = sorted(
-            (packet.pts, packet.pos) for packet in container.demux(video=0) if packet.size
-        )
+        packets = sorted((packet.pts, packet.pos) for packet in container.demux(video=0) if packet.size)
     position = packets[frame][1]
     data = bytearray(Path(src).read_bytes())
-    data[position:position + 4] = b"\xff\xff\xff\xff"
+    data[position : position + 4] = b"\xff\xff\xff\xff"
     Path(dst).write_bytes(bytes(data))
     return Path(dst)
 

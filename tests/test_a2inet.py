@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import regressors.a2inet as a2inet
-from regressors.a2inet import AdaIN, CGIN, FGIN, FUSIONS, GlobalSelfAttention, align_steps
+from regressors.a2inet import CGIN, FGIN, FUSIONS, AdaIN, GlobalSelfAttention, align_steps
 from regressors.errors import InvalidInputError, RegressorError
 from regressors.modules import build_module, list_modules
 

@@ -1,4 +1,5 @@
 """vqa_core.atomic: whole files or none, refusal to overwrite, no temporary file left behind."""
+
 from __future__ import annotations
 
 import os

@@ -10,6 +10,7 @@ that only the SIGKILL test pays for a server of its own.
 nothing written. The times themselves are measured in ``bench/cli_startup.py``, not asserted
 here (a shared 2-core machine under load is several times slower than an idle one).
 """
+
 import json
 import os
 import signal
@@ -36,8 +37,14 @@ def run_vqa(*args: str, env: dict | None = None, timeout: float = 300, importtim
     ``-X importtime`` report, top-level modules imported)."""
     command = [sys.executable, *(["-X", "importtime"] if importtime else []), "-m", "flows.cli", *args]
     started = time.perf_counter()
-    done = subprocess.run(command, env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})), capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO)
+    done = subprocess.run(
+        command,
+        env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
     seconds = time.perf_counter() - started
     lines = done.stderr.splitlines()
     imported = {line.split("|")[-1].strip().split(".")[0] for line in lines if line.startswith("import time:")}
@@ -63,15 +70,31 @@ def api_url(prefect_harness):
 
 
 def _extract_args(manifest: Path, store: Path, *more: str) -> list[str]:
-    return ["extract", str(manifest), "--store", str(store), "--extractor", EXTRACTOR, "--weights", "random",
-            "--sampling", "uniform:1", "--device", "cpu", "-q", *more]
+    return [
+        "extract",
+        str(manifest),
+        "--store",
+        str(store),
+        "--extractor",
+        EXTRACTOR,
+        "--weights",
+        "random",
+        "--sampling",
+        "uniform:1",
+        "--device",
+        "cpu",
+        "-q",
+        *more,
+    ]
 
 
 # ---- user errors: one line, exit 2, before Prefect ------------------------------------------
 
+
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["unknown extractor", "bad sampling", "store is a file", "missing weights",
-                                  "missing files"])
+@pytest.mark.parametrize(
+    "case", ["unknown extractor", "bad sampling", "store is a file", "missing weights", "missing files"]
+)
 def test_user_errors_answer_in_one_line_before_prefect(case, videos, tmp_path):
     store = tmp_path / "store"
     args = ["extract", str(videos), "--store", str(store), "--extractor", "resnet50", "--device", "cpu"]
@@ -126,8 +149,19 @@ def test_exit_statuses_are_documented(capsys):
 def test_predict_refuses_to_overwrite_its_manifest(videos, tmp_path, capsys):
     manifest = tmp_path / "m.csv"
     manifest.write_text(videos.read_text())
-    code = vqa(["predict", "--model", str(tmp_path / "model"), "--store", str(tmp_path / "store"),
-                "--manifest", str(manifest), "--out", str(manifest)])
+    code = vqa(
+        [
+            "predict",
+            "--model",
+            str(tmp_path / "model"),
+            "--store",
+            str(tmp_path / "store"),
+            "--manifest",
+            str(manifest),
+            "--out",
+            str(manifest),
+        ]
+    )
     assert code == 2 and "is the input manifest" in capsys.readouterr().err
     assert manifest.read_text() == videos.read_text()
 
@@ -149,27 +183,42 @@ def test_a_closed_output_pipe_is_quiet(tmp_path):
     import numpy as np
 
     store.write_video(set_id, "a", np.zeros((2, 3), np.float32), provenance={"set": {}, "video": {}})
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "store", "info", str(tmp_path / "store")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "store", "info", str(tmp_path / "store")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     proc.stdout.close()  # `| head` that has read enough
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 141 and err == b""
 
 
 def test_the_summary_names_every_extractors_steps(capsys):
-    summary = {"done": 2, "skipped": 0, "failed": 1, "frames": 4, "steps": {EXTRACTOR: 4, "slowfast-fast": 64},
-               "failures": {"x": "VideoDecodeError: x.mp4: not a video"}, "tracebacks": {"x": "Traceback ..."},
-               "seconds": 2.0, "frames_per_second": 2.0}
+    summary = {
+        "done": 2,
+        "skipped": 0,
+        "failed": 1,
+        "frames": 4,
+        "steps": {EXTRACTOR: 4, "slowfast-fast": 64},
+        "failures": {"x": "VideoDecodeError: x.mp4: not a video"},
+        "tracebacks": {"x": "Traceback ..."},
+        "seconds": 2.0,
+        "frames_per_second": 2.0,
+    }
     assert print_summary(summary) == 1
     out, err = capsys.readouterr()
-    assert out.splitlines() == ["done 2  skipped 0  failed 1  (4 steps of resnet50-vsfa, 64 of slowfast-fast "
-                                "in 2.0 s, 2.0 steps/s)", "  failed x: VideoDecodeError: x.mp4: not a video"]
+    assert out.splitlines() == [
+        "done 2  skipped 0  failed 1  (4 steps of resnet50-vsfa, 64 of slowfast-fast in 2.0 s, 2.0 steps/s)",
+        "  failed x: VideoDecodeError: x.mp4: not a video",
+    ]
     assert "Traceback" not in err
     print_summary(summary, verbose=True)
     assert "Traceback ..." in capsys.readouterr().err
 
 
 # ---- a re-run with nothing to do never starts Prefect ---------------------------------------
+
 
 @pytest.mark.slow
 def test_nothing_to_do_is_answered_without_prefect_and_damaged_videos_can_be_redone(videos, tmp_path, api_url):
@@ -201,6 +250,7 @@ def test_nothing_to_do_is_answered_without_prefect_and_damaged_videos_can_be_red
 
 # ---- failures: one line per video, tracebacks in the run record ------------------------------
 
+
 @pytest.mark.slow
 def test_each_failed_video_is_one_line_and_its_traceback_goes_to_the_run_record(videos, tmp_path, api_url):
     bad = tmp_path / "bad"
@@ -230,14 +280,16 @@ def test_a_dask_run_prints_no_library_logs(videos, tmp_path, api_url):
     manifest = tmp_path / "m.csv"
     (tmp_path / "bad.mp4").write_text("not a video")
     manifest.write_text(videos.read_text() + f"bad,{tmp_path / 'bad.mp4'}\n")
-    done, _, err, _ = run_vqa(*_extract_args(manifest, tmp_path / "store", "--dask-workers", "2"),
-                              env={"PREFECT_API_URL": api_url})
+    done, _, err, _ = run_vqa(
+        *_extract_args(manifest, tmp_path / "store", "--dask-workers", "2"), env={"PREFECT_API_URL": api_url}
+    )
     assert done.returncode == 1, done.stderr[-3000:]
     assert done.stdout.splitlines()[0].startswith("done 2  skipped 0  failed 1")
     assert "INFO" not in done.stderr and "INFO" not in done.stdout and "Traceback" not in done.stderr
 
 
 # ---- no process outlives a killed `vqa` -------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_sigkill_leaves_no_server_or_worker_behind(videos, tmp_path):
@@ -267,10 +319,32 @@ def test_sigkill_leaves_no_server_or_worker_behind(videos, tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_stops_serve_cleanly(videos, tmp_path, api_url):
-    command = [sys.executable, "-m", "flows.cli", "serve", "extract", str(videos), "--store", str(tmp_path / "store"),
-               "--extractor", EXTRACTOR, "--weights", "random", "--device", "cpu", "--cron", "0 2 * * *"]
-    proc = subprocess.Popen(command, env=dict(os.environ, PYTHONPATH=str(REPO), PREFECT_API_URL=api_url),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    command = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "serve",
+        "extract",
+        str(videos),
+        "--store",
+        str(tmp_path / "store"),
+        "--extractor",
+        EXTRACTOR,
+        "--weights",
+        "random",
+        "--device",
+        "cpu",
+        "--cron",
+        "0 2 * * *",
+    ]
+    proc = subprocess.Popen(
+        command,
+        env=dict(os.environ, PYTHONPATH=str(REPO), PREFECT_API_URL=api_url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     try:
         first = proc.stdout.readline()
         assert first.startswith("serving vqa-extract/nightly"), first + proc.stderr.read()[-2000:]
@@ -287,6 +361,7 @@ def test_sigterm_stops_serve_cleanly(videos, tmp_path, api_url):
 
 # ---- extract-folder ---------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_extract_folder_warns_once_per_skipped_link_and_survives_a_link_loop(videos, tmp_path, api_url):
     folder = tmp_path / "folder"
@@ -294,15 +369,29 @@ def test_extract_folder_warns_once_per_skipped_link_and_survives_a_link_loop(vid
     (folder / "v0.mp4").symlink_to(Path(videos.parent, "v0.mp4"))  # outside the folder: skipped
     (folder / "loop.mp4").symlink_to(folder / "loop.mp4")
     make_video(folder / "inside.mp4", 4, width=64, height=48)
-    args = ["extract-folder", str(folder), "--store", str(tmp_path / "store"), "--extractor", EXTRACTOR,
-            "--weights", "random", "--sampling", "uniform:1", "--device", "cpu", "-q"]
+    args = [
+        "extract-folder",
+        str(folder),
+        "--store",
+        str(tmp_path / "store"),
+        "--extractor",
+        EXTRACTOR,
+        "--weights",
+        "random",
+        "--sampling",
+        "uniform:1",
+        "--device",
+        "cpu",
+        "-q",
+    ]
     for expected in ("done 1  skipped 0", "done 0  skipped 1"):  # a flow run, then nothing to do
         done, _, err, _ = run_vqa(*args, env={"PREFECT_API_URL": api_url})
         assert done.returncode == 0 and expected in done.stdout, done.stderr[-2000:]
         skips = [line for line in err if "skipping" in line]
         assert len(skips) == 2, skips
-        assert any("v0.mp4: it resolves to" in s for s in skips) and any("loop.mp4: it cannot be resolved" in s
-                                                                         for s in skips)
+        assert any("v0.mp4: it resolves to" in s for s in skips) and any(
+            "loop.mp4: it cannot be resolved" in s for s in skips
+        )
     store = FeatureStore(tmp_path / "store", create=False)
     assert store.video_ids(store.feature_sets()[0]) == ["inside.mp4"]
 
@@ -326,7 +415,15 @@ def test_extractor_options_reach_the_spec_and_bad_ones_are_one_line(tmp_path):
     manifest = tmp_path / "m.csv"
     make_video(tmp_path / "a.mp4", 4, width=64, height=48)
     manifest.write_text("video_id,path\na,a.mp4\n")
-    proc, _, stderr, _ = run_vqa("extract", str(manifest), "--store", str(tmp_path / "s"), "--extractor", "resnet50",
-                                 "--extractor-option", "resnet50:colour=blue")
+    proc, _, stderr, _ = run_vqa(
+        "extract",
+        str(manifest),
+        "--store",
+        str(tmp_path / "s"),
+        "--extractor",
+        "resnet50",
+        "--extractor-option",
+        "resnet50:colour=blue",
+    )
     assert proc.returncode == 2
     assert len(stderr) == 1 and "short_side" in stderr[0], stderr

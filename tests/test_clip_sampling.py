@@ -1,5 +1,6 @@
 """The ``clips:L[:POLICY]`` sampling: ``ceil`` (default, one clip per started second), ``floor``
 (SimpleVQA) and ``chunks`` (TCSVT-2022)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +14,9 @@ from pipeline.video import VideoInfo
 
 def _info(num_frames: int, fps: float, duration: float | None = None) -> VideoInfo:
     duration = num_frames / fps if duration is None else duration
-    return VideoInfo(path="v.mp4", num_frames=num_frames, fps=fps, duration=duration,
-                     width=64, height=48, size_bytes=1, mtime=0.0)
+    return VideoInfo(
+        path="v.mp4", num_frames=num_frames, fps=fps, duration=duration, width=64, height=48, size_bytes=1, mtime=0.0
+    )
 
 
 def _expected(starts, num_frames: int, length: int = 32) -> np.ndarray:
@@ -23,6 +25,7 @@ def _expected(starts, num_frames: int, length: int = 32) -> np.ndarray:
 
 
 # ---- parsing and identity ---------------------------------------------------------------
+
 
 def test_parse_and_identity():
     clips = parse_sampling("clips:32")
@@ -53,6 +56,7 @@ def test_unknown_kind_message_lists_clips_too():
 
 
 # ---- clip plans ---------------------------------------------------------------------------
+
 
 def test_25_fps_one_clip_per_second_last_one_padded():
     plan = ClipSampling(32).clips(_info(100, 25.0))  # 4.0 s
@@ -106,6 +110,7 @@ def test_runner_plans_clips_for_clip_samplings():
 
 # ---- timestamps (variable frame rate) ----------------------------------------------------
 
+
 def test_constant_rate_timestamps_agree_with_the_rate_and_may_start_late():
     info = _info(100, 25.0)
     stamps = 1.5 + np.round(np.arange(100) / 25.0, 6)  # container starts at 1.5 s
@@ -152,10 +157,15 @@ def test_bad_inputs_raise_sampling_errors():
 
 # ---- clip policies ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, policy, name", [
-    ("clips:32:ceil", "ceil", "clips-32"), ("clips:32:floor", "floor", "clips-32-floor"),
-    (" Clips: 32 : CHUNKS ", "chunks", "clips-32-chunks"),
-])
+
+@pytest.mark.parametrize(
+    "text, policy, name",
+    [
+        ("clips:32:ceil", "ceil", "clips-32"),
+        ("clips:32:floor", "floor", "clips-32-floor"),
+        (" Clips: 32 : CHUNKS ", "chunks", "clips-32-chunks"),
+    ],
+)
 def test_policy_is_named_in_the_sampling_string(text, policy, name):
     sampling = parse_sampling(text)
     assert sampling == ClipSampling(32, policy) and sampling.policy == policy and sampling.name == name
@@ -206,9 +216,16 @@ def test_floor_keeps_one_clip_for_a_video_under_a_second_and_needs_a_rate():
 EVERY_OTHER = list(range(0, 62, 2)) + [63]  # torch.linspace(0, 63, 32).long()
 
 
-@pytest.mark.parametrize("num_frames, starts", [
-    (64, [0]), (128, [0, 64]), (100, [0, 36]), (65, [0, 1]), (192, [0, 64, 128]),
-])
+@pytest.mark.parametrize(
+    "num_frames, starts",
+    [
+        (64, [0]),
+        (128, [0, 64]),
+        (100, [0, 36]),
+        (65, [0, 1]),
+        (192, [0, 64, 128]),
+    ],
+)
 def test_chunks_take_every_other_frame_of_64_frame_chunks(num_frames, starts):
     plan = ClipSampling(32, "chunks").clips(_info(num_frames, 25.0))
     np.testing.assert_array_equal(plan, [[start + k for k in EVERY_OTHER] for start in starts])
@@ -219,8 +236,9 @@ def test_chunks_of_a_short_video_spread_32_positions_over_its_frames():
     plan = ClipSampling(32, "chunks").clips(_info(20, 25.0))
     np.testing.assert_array_equal(plan, [np.linspace(0, 19, 32).astype(np.int64)])  # frames repeat
     assert len(np.unique(plan)) == 20
-    np.testing.assert_array_equal(ClipSampling(32, "chunks").clips(_info(40, 25.0)),
-                                  [(np.arange(32) * 39 / 31).astype(np.int64)])
+    np.testing.assert_array_equal(
+        ClipSampling(32, "chunks").clips(_info(40, 25.0)), [(np.arange(32) * 39 / 31).astype(np.int64)]
+    )
 
 
 def test_chunks_ignore_rate_and_timestamps():

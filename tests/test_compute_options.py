@@ -7,6 +7,7 @@ resolution, 2 frames each, 1 torch thread): bf16 on the CPU vs fp32, per-frame r
 error ||f_bf16 - f_fp32|| / ||f_fp32|| between 0.72% and 0.79%; channels-last fp32 equal to
 the standard layout here (the extractor tests bound it at 1e-5).
 """
+
 import json
 from pathlib import Path
 
@@ -36,8 +37,24 @@ def manifest(tmp_path_factory):
 
 
 def _extract(manifest: Path, store: Path, *options: str) -> int:
-    return vqa(["extract", str(manifest), "--store", str(store), "--extractor", EXTRACTOR, "--weights", "random",
-                "--sampling", SAMPLING, "--device", "cpu", "-q", *options])
+    return vqa(
+        [
+            "extract",
+            str(manifest),
+            "--store",
+            str(store),
+            "--extractor",
+            EXTRACTOR,
+            "--weights",
+            "random",
+            "--sampling",
+            SAMPLING,
+            "--device",
+            "cpu",
+            "-q",
+            *options,
+        ]
+    )
 
 
 def _spec(store: FeatureStore, set_id: str) -> dict:
@@ -76,8 +93,9 @@ def test_bf16_is_its_own_feature_set_within_a_bound_of_fp32(manifest, tmp_path, 
 
 
 @pytest.mark.slow
-def test_channels_last_is_its_own_set_and_prefetch_only_reaches_the_run_record(manifest, tmp_path, prefect_harness,
-                                                                                capsys):
+def test_channels_last_is_its_own_set_and_prefetch_only_reaches_the_run_record(
+    manifest, tmp_path, prefect_harness, capsys
+):
     store_path = tmp_path / "store"
     assert _extract(manifest, store_path) == 0
     assert _extract(manifest, store_path, "--channels-last", "--prefetch", "0") == 0
@@ -92,14 +110,19 @@ def test_channels_last_is_its_own_set_and_prefetch_only_reaches_the_run_record(m
     assert records[2]["feature_sets"] == [standard] and channels_last != standard
     store = FeatureStore(store_path, create=False)
     assert _spec(store, channels_last)["channels_last"] is True and _spec(store, channels_last)["precision"] == "fp32"
-    assert "prefetch" not in json.dumps(store.video_provenance(standard, "astronaut__blur_1"))  # not part of the features
+    assert "prefetch" not in json.dumps(
+        store.video_provenance(standard, "astronaut__blur_1")
+    )  # not part of the features
     assert _relative_errors(store, channels_last, standard).max() < 1e-5
 
 
-@pytest.mark.parametrize("options, message", [
-    (["--precision", "fp16"], "fp16 needs a CUDA device"),  # --device cpu
-    (["--precision", "fp16", "--device", "auto"], "fp16 needs a CUDA device"),  # no GPU on this machine
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--precision", "fp16"], "fp16 needs a CUDA device"),  # --device cpu
+        (["--precision", "fp16", "--device", "auto"], "fp16 needs a CUDA device"),  # no GPU on this machine
+    ],
+)
 def test_an_invalid_combination_exits_2_and_writes_nothing(manifest, tmp_path, capsys, monkeypatch, options, message):
     import torch
 
@@ -120,8 +143,14 @@ def test_malformed_options_are_usage_errors(manifest, tmp_path, capsys, options)
 
 def test_the_flow_refuses_bad_options_before_creating_the_store(manifest, tmp_path):
     store = tmp_path / "store"
-    common = dict(manifest=str(manifest), store=str(store), extractors=[EXTRACTOR], weights={EXTRACTOR: "random"},
-                  sampling=SAMPLING, progress=False)
+    common = dict(
+        manifest=str(manifest),
+        store=str(store),
+        extractors=[EXTRACTOR],
+        weights={EXTRACTOR: "random"},
+        sampling=SAMPLING,
+        progress=False,
+    )
     with pytest.raises(ComputeOptionError, match="fp16 needs a CUDA device"):
         extract_flow.fn(**common, device="cpu", precision="fp16")
     with pytest.raises(ComputeOptionError, match="precision must be one of"):
@@ -134,14 +163,22 @@ def test_the_flow_refuses_bad_options_before_creating_the_store(manifest, tmp_pa
 @pytest.mark.slow
 def test_the_extractor_cache_key_includes_the_compute_options():
     flows.extract._build.cache_clear()
-    configs = [ExtractionConfig((EXTRACTOR,), {EXTRACTOR: "random"}, {EXTRACTOR: SAMPLING}, "cpu", precision=p,
-                                channels_last=c) for p, c in (("fp32", False), ("bf16", False), ("fp32", True))]
+    configs = [
+        ExtractionConfig(
+            (EXTRACTOR,), {EXTRACTOR: "random"}, {EXTRACTOR: SAMPLING}, "cpu", precision=p, channels_last=c
+        )
+        for p, c in (("fp32", False), ("bf16", False), ("fp32", True))
+    ]
     built = [build_extractors(c)[0] for c in configs]
-    assert [(e.spec.precision, e.spec.channels_last) for e in built] == [("fp32", False), ("bf16", False),
-                                                                        ("fp32", True)]
+    assert [(e.spec.precision, e.spec.channels_last) for e in built] == [
+        ("fp32", False),
+        ("bf16", False),
+        ("fp32", True),
+    ]
     assert len({id(e) for e in built}) == 3
-    again = ExtractionConfig((EXTRACTOR,), {EXTRACTOR: "random"}, {EXTRACTOR: SAMPLING}, "cpu", precision="bf16",
-                             prefetch=0)
+    again = ExtractionConfig(
+        (EXTRACTOR,), {EXTRACTOR: "random"}, {EXTRACTOR: SAMPLING}, "cpu", precision="bf16", prefetch=0
+    )
     assert build_extractors(again)[0] is built[1]  # prefetch is not part of the extractor
     flows.extract._build.cache_clear()
 
@@ -149,9 +186,30 @@ def test_the_extractor_cache_key_includes_the_compute_options():
 @pytest.mark.slow
 def test_extract_folder_takes_the_compute_options(manifest, tmp_path, prefect_harness, capsys):
     store_path = tmp_path / "store"
-    assert vqa(["extract-folder", str(manifest.parent), "--store", str(store_path), "--extractor", EXTRACTOR,
-                "--weights", "random", "--sampling", SAMPLING, "--device", "cpu", "-q", "--precision", "bf16",
-                "--prefetch", "0"]) == 0
+    assert (
+        vqa(
+            [
+                "extract-folder",
+                str(manifest.parent),
+                "--store",
+                str(store_path),
+                "--extractor",
+                EXTRACTOR,
+                "--weights",
+                "random",
+                "--sampling",
+                SAMPLING,
+                "--device",
+                "cpu",
+                "-q",
+                "--precision",
+                "bf16",
+                "--prefetch",
+                "0",
+            ]
+        )
+        == 0
+    )
     store = FeatureStore(store_path, create=False)
     (set_id,) = store.feature_sets()
     assert _spec(store, set_id)["precision"] == "bf16" and len(store.video_ids(set_id)) == 4

@@ -11,6 +11,7 @@ the next run stores them without redoing the others. Either way the store verifi
 One Prefect server (fresh database) and one cluster serve the module (~25-35 s in all on 2
 busy cores, most of it starting them).
 """
+
 import json
 import logging
 import os
@@ -79,16 +80,41 @@ def cluster(tmp_path_factory):
     from distributed import Client, LocalCluster
 
     with prefect_server(database=tmp_path_factory.mktemp("prefect") / "prefect.db"):
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                          silence_logs=logging.CRITICAL, env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}) as lc, \
-                Client(lc) as client:
+        with (
+            LocalCluster(
+                n_workers=2,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.CRITICAL,
+                env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+            ) as lc,
+            Client(lc) as client,
+        ):
             client.wait_for_workers(2, timeout=120)
             yield lc, client
 
 
 def _extract(manifest: Path, store: Path, address: str) -> int:
-    return vqa(["extract", str(manifest), "--store", str(store), "--extractor", EXTRACTOR, "--weights", "random",
-                "--sampling", "uniform:1", "--device", "cpu", "--dask-address", address, "-q"])
+    return vqa(
+        [
+            "extract",
+            str(manifest),
+            "--store",
+            str(store),
+            "--extractor",
+            EXTRACTOR,
+            "--weights",
+            "random",
+            "--sampling",
+            "uniform:1",
+            "--device",
+            "cpu",
+            "--dask-address",
+            address,
+            "-q",
+        ]
+    )
 
 
 def _last_record(store: Path) -> dict:
@@ -158,8 +184,11 @@ def test_when_dask_gives_up_the_video_is_recorded_failed_and_the_next_run_stores
         # event, so one killed right after it started may not exist there yet. Those marked carry the
         # reason.
         with get_client(sync_client=True) as api:
-            crashed = api.read_task_runs(task_run_filter=TaskRunFilter(
-                state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.CRASHED]))))
+            crashed = api.read_task_runs(
+                task_run_filter=TaskRunFilter(
+                    state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.CRASHED]))
+                )
+            )
         assert len(crashed) <= len(failed) and all("lost Dask worker" in r.state.message for r in crashed)
         finished = {v: fs.video_provenance(set_id, v)["video"]["extracted_at"] for v in stored}
 

@@ -1,6 +1,7 @@
 """Dataset adapters: each one on a tiny copy of the dataset's layout, real label rows where the
 project has them (../shared/labels, absent from users' clones: those tests skip), and every
 kind of problem reported at once."""
+
 from __future__ import annotations
 
 import csv
@@ -17,8 +18,22 @@ from vqa_core.errors import ManifestExistsError
 from vqa_core.manifest import read_manifest
 
 SHARED_LABELS = Path(__file__).resolve().parents[2] / "shared" / "labels"
-ADAPTERS = {"konvid1k", "livevqc", "youtube-ugc", "lsvq", "cvd2014", "live-qualcomm", "kvq",
-            "dover-labels", "vsfa-info", "folder", "tid2013", "kadid10k", "koniq10k", "livec"}
+ADAPTERS = {
+    "konvid1k",
+    "livevqc",
+    "youtube-ugc",
+    "lsvq",
+    "cvd2014",
+    "live-qualcomm",
+    "kvq",
+    "dover-labels",
+    "vsfa-info",
+    "folder",
+    "tid2013",
+    "kadid10k",
+    "koniq10k",
+    "livec",
+}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -148,7 +163,11 @@ def test_konvid1k_official_layout_with_real_videos(tmp_path):
     assert report.n_videos == 2 and report.problems == [] and report.splits is None
     assert report.label_file == root / "KoNViD_1k_metadata" / "KoNViD_1k_mos.csv"
     assert manifest_rows(report.manifest)[0] == {
-        "video_id": "3339962845", "path": "KoNViD_1k_videos/3339962845.mp4", "mos": "4.64", "group": ""}
+        "video_id": "3339962845",
+        "path": "KoNViD_1k_videos/3339962845.mp4",
+        "mos": "4.64",
+        "group": "",
+    }
     entries = read_manifest(report.manifest, require_mos=True)
     assert [(e.video_id, e.mos, e.group) for e in entries] == [("3339962845", 4.64, None), ("5115335471", 2.16, None)]
     assert all(e.path.is_file() and e.path.stat().st_size > 0 for e in entries)
@@ -164,7 +183,8 @@ def test_konvid1k_videval_metadata_real_rows(tmp_path):
     report = make_manifest("konvid1k", root, out=tmp_path / "konvid.csv")
     written = manifest_rows(report.manifest)
     assert [(r["video_id"], float(r["mos"])) for r in written] == [
-        (row["flickr_id"], float(row["mos"])) for row in rows_of(lines)]
+        (row["flickr_id"], float(row["mos"])) for row in rows_of(lines)
+    ]
     assert written[0]["path"] == f"konvid/KoNViD_1k_videos/{written[0]['video_id']}.mp4"
     assert len(report.problems) == 1 and "1 media file(s)" in report.problems[0]
     assert "unlabelled.mp4" in report.problems[0]
@@ -179,7 +199,10 @@ def test_livevqc_data_mat_v5(tmp_path):
     report = make_manifest("livevqc", root, out=root / "m.csv")
     entries = read_manifest(report.manifest)
     assert [(e.video_id, e.path.name, e.mos) for e in entries] == [
-        ("A001", "A001.mp4", 80.232), ("A002", "A002.mp4", 57.3005), ("Vidéo 3", "Vidéo 3.mp4", 61.0)]
+        ("A001", "A001.mp4", 80.232),
+        ("A002", "A002.mp4", 57.3005),
+        ("Vidéo 3", "Vidéo 3.mp4", 61.0),
+    ]
 
 
 def test_livevqc_videval_metadata_real_rows(tmp_path):
@@ -190,7 +213,8 @@ def test_livevqc_videval_metadata_real_rows(tmp_path):
         touch(root / "Video" / row["File"])
     report = make_manifest("livevqc", root, out=root / "m.csv")
     assert [(r["video_id"], r["path"], float(r["mos"])) for r in manifest_rows(report.manifest)] == [
-        (row["File"][:-4], f"Video/{row['File']}", float(row["MOS"])) for row in rows_of(lines)]
+        (row["File"][:-4], f"Video/{row['File']}", float(row["MOS"])) for row in rows_of(lines)
+    ]
 
 
 def test_youtube_ugc_real_rows_any_layout_and_suffix(tmp_path):
@@ -199,11 +223,11 @@ def test_youtube_ugc_real_rows_any_layout_and_suffix(tmp_path):
     root = tmp_path / "ugc"
     write(root / "YOUTUBE_UGC_metadata.csv", "\n".join(lines) + "\n")
     bucket = [root / "original_videos" / r["category"] / f"{r['resolution']}P" / f"{r['vid']}.mkv" for r in rows]
-    touch(bucket[0])                                                                 # as in the bucket
+    touch(bucket[0])  # as in the bucket
     touch(root / rows[1]["category"] / f"{rows[1]['resolution']}P" / f"{rows[1]['vid']}.mkv")  # no original_videos/
-    touch(root / f"{rows[2]['vid']}.mp4")                                           # flat, transcoded
+    touch(root / f"{rows[2]['vid']}.mp4")  # flat, transcoded
     touch(root / f"{rows[3]['vid']}.webm")
-    touch(root / f"{rows[3]['vid']}.mp4")                                           # ambiguous: .mp4 wins
+    touch(root / f"{rows[3]['vid']}.mp4")  # ambiguous: .mp4 wins
     report = make_manifest("youtube-ugc", root, out=root / "m.csv")
     written = manifest_rows(report.manifest)
     assert [r["video_id"] for r in written] == [r["vid"] for r in rows]
@@ -214,10 +238,11 @@ def test_youtube_ugc_real_rows_any_layout_and_suffix(tmp_path):
         f"{rows[2]['vid']}.mp4",
         f"{rows[3]['vid']}.mp4",
     ]
-    assert report.problems == [f"YOUTUBE_UGC_metadata.csv line 5: {rows[3]['vid']!r} matches {rows[3]['vid']}.mp4, "
-                               f"{rows[3]['vid']}.webm in {root}; using {rows[3]['vid']}.mp4",
-                               "1 media file(s) next to labelled ones are not in the label file "
-                               f"({rows[3]['vid']}.webm)"]
+    assert report.problems == [
+        f"YOUTUBE_UGC_metadata.csv line 5: {rows[3]['vid']!r} matches {rows[3]['vid']}.mp4, "
+        f"{rows[3]['vid']}.webm in {root}; using {rows[3]['vid']}.mp4",
+        f"1 media file(s) next to labelled ones are not in the label file ({rows[3]['vid']}.webm)",
+    ]
     # Without checking, the bucket layout is written.
     unchecked = make_manifest("youtube-ugc", root, out=root / "unchecked.csv", check_files=False)
     assert manifest_rows(unchecked.manifest)[2]["path"] == bucket[2].relative_to(root).as_posix()
@@ -225,8 +250,11 @@ def test_youtube_ugc_real_rows_any_layout_and_suffix(tmp_path):
 
 def test_lsvq_test_split_real_dover_labels(tmp_path):
     lines = real_label_lines("lsvq_test_labels.txt", 3, header=False)
-    dotted = [line for line in (SHARED_LABELS / "lsvq_test_labels.txt").read_text().splitlines()
-              if line.split(",")[0].count(".") > 1][:1]
+    dotted = [
+        line
+        for line in (SHARED_LABELS / "lsvq_test_labels.txt").read_text().splitlines()
+        if line.split(",")[0].count(".") > 1
+    ][:1]
     root = tmp_path / "LSVQ"
     write(root / "labels_test.txt", "\n".join(lines + dotted) + "\n")
     for line in lines + dotted:
@@ -241,17 +269,20 @@ def test_lsvq_test_split_real_dover_labels(tmp_path):
 
 def test_lsvq_official_csv_keeps_dots_in_names(tmp_path):
     root = tmp_path / "LSVQ"
-    write(root / "LSVQ_whole_train.csv",
-          "name,p1,height,width,mos,is_valid\n"
-          'ia-batch10/DootysSparksterIn1801.67,"[41, 143]",224,256,55.5,True\n'
-          "yfcc-batch1/722,\"[263, 1031]\",1080,1920,78.77,False\n")
+    write(
+        root / "LSVQ_whole_train.csv",
+        "name,p1,height,width,mos,is_valid\n"
+        'ia-batch10/DootysSparksterIn1801.67,"[41, 143]",224,256,55.5,True\n'
+        'yfcc-batch1/722,"[263, 1031]",1080,1920,78.77,False\n',
+    )
     touch(root / "ia-batch10" / "DootysSparksterIn1801.67.mp4")
     touch(root / "yfcc-batch1" / "722.mp4")
     report = make_manifest("lsvq", root, out=root / "train.csv")  # train is the default split
     assert report.split == "train"
     assert written(report) == [
         ("ia-batch10/DootysSparksterIn1801.67", "ia-batch10/DootysSparksterIn1801.67.mp4", "55.5"),
-        ("yfcc-batch1/722", "yfcc-batch1/722.mp4", "78.77")]
+        ("yfcc-batch1/722", "yfcc-batch1/722.mp4", "78.77"),
+    ]
 
 
 def test_cvd2014_semicolons_decimal_commas_blank_rows_and_groups(tmp_path):
@@ -261,36 +292,54 @@ def test_cvd2014_semicolons_decimal_commas_blank_rows_and_groups(tmp_path):
         "Test;File_name;Content;Realignment MOS;Note\n"
         "1;Test01_City_D01;City;67,29;caméra\n"
         ";;;;\n"
-        "3;Test03_Talking_Head_D10;Talking_head;53,33;\n".encode("latin-1"))
+        "3;Test03_Talking_Head_D10;Talking_head;53,33;\n".encode("latin-1")
+    )
     touch(root / "Test1" / "City" / "Test01_City_D01.avi")
     touch(root / "Test3" / "Talking_head" / "Test03_Talking_Head_D10.avi")
     report = make_manifest("cvd2014", root, out=root / "m.csv")
     assert manifest_rows(report.manifest) == [
-        {"video_id": "Test01_City_D01", "path": "Test1/City/Test01_City_D01.avi", "mos": "67.29",
-         "group": "Test1/City"},
-        {"video_id": "Test03_Talking_Head_D10", "path": "Test3/Talking_head/Test03_Talking_Head_D10.avi",
-         "mos": "53.33", "group": "Test3/Talking_head"}]
+        {
+            "video_id": "Test01_City_D01",
+            "path": "Test1/City/Test01_City_D01.avi",
+            "mos": "67.29",
+            "group": "Test1/City",
+        },
+        {
+            "video_id": "Test03_Talking_Head_D10",
+            "path": "Test3/Talking_head/Test03_Talking_Head_D10.avi",
+            "mos": "53.33",
+            "group": "Test3/Talking_head",
+        },
+    ]
     assert report.problems == ["Realignment_MOS.csv is not UTF-8; read as Latin-1"]
 
 
 def test_live_qualcomm_mat_structs_and_converted_videos(tmp_path):
     root = tmp_path / "LIVE-Qualcomm"
-    savemat_v5(root / "qualcommSubjectiveData.mat", {
-        "qualcommSubjectiveData": {"unBiasedMOS": np.array([[52.57], [41.65]])},
-        "qualcommVideoData": {
-            "vidNames": cell(["0723_ManUnderTree_GS5_03_20150723_130016.yuv",
-                              "1024_TableTennis_HTCOneVx_VIDEO0138.yuv"]),
-            "distortionNames": cell(["Artifacts", "Focus"]),
-            "distortionType": np.array([[1], [2]]),
+    savemat_v5(
+        root / "qualcommSubjectiveData.mat",
+        {
+            "qualcommSubjectiveData": {"unBiasedMOS": np.array([[52.57], [41.65]])},
+            "qualcommVideoData": {
+                "vidNames": cell(
+                    ["0723_ManUnderTree_GS5_03_20150723_130016.yuv", "1024_TableTennis_HTCOneVx_VIDEO0138.yuv"]
+                ),
+                "distortionNames": cell(["Artifacts", "Focus"]),
+                "distortionType": np.array([[1], [2]]),
+            },
         },
-    })
+    )
     touch(root / "Artifacts" / "0723_ManUnderTree_GS5_03_20150723_130016.yuv")
     touch(root / "Focus" / "1024_TableTennis_HTCOneVx_VIDEO0138.mp4")  # converted from .yuv
     report = make_manifest("live-qualcomm", root, out=root / "m.csv")
     assert written(report) == [
-        ("Artifacts/0723_ManUnderTree_GS5_03_20150723_130016",
-         "Artifacts/0723_ManUnderTree_GS5_03_20150723_130016.yuv", "52.57"),
-        ("Focus/1024_TableTennis_HTCOneVx_VIDEO0138", "Focus/1024_TableTennis_HTCOneVx_VIDEO0138.mp4", "41.65")]
+        (
+            "Artifacts/0723_ManUnderTree_GS5_03_20150723_130016",
+            "Artifacts/0723_ManUnderTree_GS5_03_20150723_130016.yuv",
+            "52.57",
+        ),
+        ("Focus/1024_TableTennis_HTCOneVx_VIDEO0138", "Focus/1024_TableTennis_HTCOneVx_VIDEO0138.mp4", "41.65"),
+    ]
 
 
 def test_kvq_train_data_csv(tmp_path):
@@ -299,8 +348,7 @@ def test_kvq_train_data_csv(tmp_path):
     touch(root / "train" / "0001.mp4")
     touch(root / "train" / "0002.mp4")
     report = make_manifest("kvq", root, out=root / "m.csv")
-    assert written(report) == [
-        ("train/0001", "train/0001.mp4", "3.2"), ("train/0002", "train/0002.mp4", "2.75")]
+    assert written(report) == [("train/0001", "train/0001.mp4", "3.2"), ("train/0002", "train/0002.mp4", "2.75")]
 
 
 def test_dover_labels_real_konvid_lines(tmp_path):
@@ -319,14 +367,24 @@ def test_vsfa_info_v73_names_groups_and_splits(tmp_path):
     root = tmp_path / "videos"
     names = ["Test1/City/Test01_City_D01.avi", "Vidéo_ünïcode.mp4", "表情😀.mp4"]
     permutations = np.array([[1, 2], [2, 1], [2, 1], [1, 2]])  # MATLAB [n_splits, n_refs]
-    save_v73(root / "Demo-info.mat", names=names, numeric={
-        "scores": np.array([[67.29, 24.86, 3.5]]), "ref_ids": np.array([[1, 1, 2]]),
-        "index": permutations, "max_len": np.array([[240]])})
+    save_v73(
+        root / "Demo-info.mat",
+        names=names,
+        numeric={
+            "scores": np.array([[67.29, 24.86, 3.5]]),
+            "ref_ids": np.array([[1, 1, 2]]),
+            "index": permutations,
+            "max_len": np.array([[240]]),
+        },
+    )
     for name in names:
         touch(root / name)
     report = make_manifest("vsfa-info", root, out=tmp_path / "vsfa.csv")
     assert written(report, "video_id", "mos", "group") == [
-        ("Test1/City/Test01_City_D01", "67.29", "1"), ("Vidéo_ünïcode", "24.86", "1"), ("表情😀", "3.5", "2")]
+        ("Test1/City/Test01_City_D01", "67.29", "1"),
+        ("Vidéo_ünïcode", "24.86", "1"),
+        ("表情😀", "3.5", "2"),
+    ]
     assert report.splits == tmp_path / "vsfa.splits.npy"
     splits = np.load(report.splits, allow_pickle=False)
     assert splits.dtype == np.int64 and np.array_equal(splits, permutations)
@@ -334,8 +392,11 @@ def test_vsfa_info_v73_names_groups_and_splits(tmp_path):
 
 
 def test_vsfa_info_rejects_an_index_that_is_not_a_permutation(tmp_path):
-    save_v73(tmp_path / "Bad-info.mat", names=["a.mp4", "b.mp4"], numeric={
-        "scores": np.array([[1.0, 2.0]]), "ref_ids": np.array([[1, 2]]), "index": np.array([[1, 2], [1, 1]])})
+    save_v73(
+        tmp_path / "Bad-info.mat",
+        names=["a.mp4", "b.mp4"],
+        numeric={"scores": np.array([[1.0, 2.0]]), "ref_ids": np.array([[1, 2]]), "index": np.array([[1, 2], [1, 1]])},
+    )
     with pytest.raises(DatasetError, match="index rows 2 .*not permutations") as info:
         make_manifest("vsfa-info", tmp_path, out=tmp_path / "m.csv", check_files=False)
     assert not (tmp_path / "m.csv").exists() and not (tmp_path / "m.splits.npy").exists()
@@ -349,7 +410,9 @@ def test_folder_autodetects_columns_and_matches_stems(tmp_path):
     touch(root / "sub" / "b.mp4")
     report = make_manifest("folder", root, out=root / "m.csv")
     assert written(report, "video_id", "path", "mos", "group") == [
-        ("clip a", "clip a.mkv", "4.1", "s1"), ("sub/b", "sub/b.mp4", "2.0", "")]
+        ("clip a", "clip a.mkv", "4.1", "s1"),
+        ("sub/b", "sub/b.mp4", "2.0", ""),
+    ]
 
 
 def test_folder_needs_one_csv_and_known_columns(tmp_path):
@@ -373,31 +436,40 @@ def test_tid2013_groups_by_reference_and_matches_case(tmp_path):
     touch(root / "reference_images" / "I01.BMP")
     report = make_manifest("tid2013", root, out=root / "m.csv")
     assert written(report, "video_id", "path", "group") == [
-        ("i01_01_1", "distorted_images/i01_01_1.bmp", "I01"), ("i01_01_2", "distorted_images/I01_01_2.BMP", "I01"),
-        ("i25_24_5", "distorted_images/i25_24_5.bmp", "I25")]
+        ("i01_01_1", "distorted_images/i01_01_1.bmp", "I01"),
+        ("i01_01_2", "distorted_images/I01_01_2.BMP", "I01"),
+        ("i25_24_5", "distorted_images/i25_24_5.bmp", "I25"),
+    ]
 
 
 def test_kadid10k_dmos_csv(tmp_path):
     root = tmp_path / "kadid10k"
-    write(root / "dmos.csv",
-          "dist_img,ref_img,dmos,var\nI01_01_01.png,I01.png,4.57,0.496\nI02_01_01.png,I02.png,3.9,0.4\n")
+    write(
+        root / "dmos.csv",
+        "dist_img,ref_img,dmos,var\nI01_01_01.png,I01.png,4.57,0.496\nI02_01_01.png,I02.png,3.9,0.4\n",
+    )
     for name in ("I01_01_01.png", "I02_01_01.png", "I01.png", "I02.png"):
         touch(root / "images" / name)
     report = make_manifest("kadid10k", root, out=root / "m.csv")
     assert written(report, "video_id", "path", "mos", "group") == [
-        ("I01_01_01", "images/I01_01_01.png", "4.57", "I01"), ("I02_01_01", "images/I02_01_01.png", "3.9", "I02")]
+        ("I01_01_01", "images/I01_01_01.png", "4.57", "I01"),
+        ("I02_01_01", "images/I02_01_01.png", "3.9", "I02"),
+    ]
     assert "2 media file(s)" in report.problems[0]  # the reference images have no label
 
 
 def test_koniq10k_scores_csv(tmp_path):
     root = tmp_path / "koniq"
-    write(root / "koniq10k_scores_and_distributions.csv",
-          '"image_name","c1","c2","c3","c4","c5","c_total","MOS","SD","MOS_zscore"\n'
-          '"10004473376.jpg",0,0,25,73,7,105,3.828571429,0.527,77.38\n')
+    write(
+        root / "koniq10k_scores_and_distributions.csv",
+        '"image_name","c1","c2","c3","c4","c5","c_total","MOS","SD","MOS_zscore"\n'
+        '"10004473376.jpg",0,0,25,73,7,105,3.828571429,0.527,77.38\n',
+    )
     touch(root / "1024x768" / "10004473376.jpg")
     report = make_manifest("koniq10k", root, out=root / "m.csv")
     assert manifest_rows(report.manifest) == [
-        {"video_id": "10004473376", "path": "1024x768/10004473376.jpg", "mos": "3.828571429", "group": ""}]
+        {"video_id": "10004473376", "path": "1024x768/10004473376.jpg", "mos": "3.828571429", "group": ""}
+    ]
 
 
 def test_livec_skips_the_practice_images(tmp_path):
@@ -408,8 +480,7 @@ def test_livec_skips_the_practice_images(tmp_path):
     touch(root / "Images" / "100.bmp")
     touch(root / "Images" / "1000.JPG")
     report = make_manifest("livec", root, out=root / "m.csv")
-    assert written(report) == [
-        ("100", "Images/100.bmp", "8.0"), ("1000", "Images/1000.JPG", "9.0")]
+    assert written(report) == [("100", "Images/100.bmp", "8.0"), ("1000", "Images/1000.JPG", "9.0")]
 
 
 # --------------------------------------------------------------------------- problems and writing
@@ -517,7 +588,8 @@ def test_check_files_false_writes_the_expected_layout(tmp_path):
     write(tmp_path / "KoNViD_1k_mos.csv", "flickr_id,mos\n42,3.25\n")
     report = make_manifest("konvid1k", tmp_path, out=tmp_path / "m.csv", check_files=False)
     assert manifest_rows(report.manifest) == [
-        {"video_id": "42", "path": "KoNViD_1k_videos/42.mp4", "mos": "3.25", "group": ""}]
+        {"video_id": "42", "path": "KoNViD_1k_videos/42.mp4", "mos": "3.25", "group": ""}
+    ]
 
 
 def test_cli_dataset_make_and_list(tmp_path, capsys):
@@ -526,9 +598,13 @@ def test_cli_dataset_make_and_list(tmp_path, capsys):
     assert main(["dataset", "list"]) == 0
     assert "konvid1k" in capsys.readouterr().out
     (tmp_path / "labels.txt").write_text("a.mp4, 8.0, 30.0, 3.5\nb.mp4, 8.0, 30.0, 2.5\n")
-    assert main(["dataset", "make", "dover-labels", str(tmp_path), "--out", str(tmp_path / "m.csv"),
-                 "--no-check-files"]) == 0
+    assert (
+        main(["dataset", "make", "dover-labels", str(tmp_path), "--out", str(tmp_path / "m.csv"), "--no-check-files"])
+        == 0
+    )
     assert "2 rows" in capsys.readouterr().out
-    assert main(["dataset", "make", "dover-labels", str(tmp_path), "--out", str(tmp_path / "m.csv"),
-                 "--no-check-files"]) == 2  # refuses to overwrite
+    assert (
+        main(["dataset", "make", "dover-labels", str(tmp_path), "--out", str(tmp_path / "m.csv"), "--no-check-files"])
+        == 2
+    )  # refuses to overwrite
     assert "exists" in capsys.readouterr().err

@@ -6,8 +6,15 @@ import pytest
 import torch
 
 from regressors.dualpath import (
-    DualPathHead, GlobalPositionIndexing, SwinTransformerBlock3D, WindowAttention3D, build_dualpath,
-    position_encoding_split, relative_position_index, sinusoidal_encoding, window_attention_mask,
+    DualPathHead,
+    GlobalPositionIndexing,
+    SwinTransformerBlock3D,
+    WindowAttention3D,
+    build_dualpath,
+    position_encoding_split,
+    relative_position_index,
+    sinusoidal_encoding,
+    window_attention_mask,
 )
 from regressors.errors import InvalidInputError, RegressorError
 from regressors.modules import build_module, list_modules
@@ -74,8 +81,15 @@ def test_gradients_reach_every_parameter():
     missing = [name for name, p in head.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing
     names = {name.split(".")[0] for name, _ in head.named_parameters()}
-    assert {"slow_path", "fast_path", "semantic_transformation", "slow_cross_attention",
-            "fast_cross_attention", "fusion", "regressor"} <= names
+    assert {
+        "slow_path",
+        "fast_path",
+        "semantic_transformation",
+        "slow_cross_attention",
+        "fast_cross_attention",
+        "fusion",
+        "regressor",
+    } <= names
 
 
 def test_padding_invariance():
@@ -152,9 +166,16 @@ def test_input_dim_mismatch_raises():
         build_module("dualpath", 100, **TINY)
 
 
-@pytest.mark.parametrize("bad", [
-    dict(embed_dim=15), dict(embed_dim=16, heads=3), dict(tau=0), dict(window=(2, 2)), dict(slow_shape=(8, 4, 2)),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(embed_dim=15),
+        dict(embed_dim=16, heads=3),
+        dict(tau=0),
+        dict(window=(2, 2)),
+        dict(slow_shape=(8, 4, 2)),
+    ],
+)
 def test_bad_configuration_raises(bad):
     with pytest.raises(RegressorError):
         build_dualpath(DIM, **{**TINY, **bad})
@@ -253,8 +274,13 @@ def test_global_position_indexing_of_both_paths():
     d_t, d_s, _ = position_encoding_split(16)
 
     def expected(t, h, w):
-        return torch.cat([sinusoidal_encoding(torch.tensor(t), d_t), sinusoidal_encoding(torch.tensor(float(h)), d_s),
-                          sinusoidal_encoding(torch.tensor(float(w)), d_s)])
+        return torch.cat(
+            [
+                sinusoidal_encoding(torch.tensor(t), d_t),
+                sinusoidal_encoding(torch.tensor(float(h)), d_s),
+                sinusoidal_encoding(torch.tensor(float(w)), d_s),
+            ]
+        )
 
     fast = head.fast_path.global_position_indexing.encoding  # [8, 2, 2, 16]
     assert fast.shape == (8, 2, 2, 16)

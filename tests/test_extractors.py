@@ -1,5 +1,6 @@
 """Registry, resize and crop geometry (against torchvision), pooling, the ResNet-50 extractors and
 weight resolution (random weights, no network)."""
+
 import dataclasses
 
 import numpy as np
@@ -50,11 +51,16 @@ def test_unknown_extractor_suggests_close_names():
 def test_registry_is_the_shared_registry_with_patterns_and_no_duplicates():
     assert isinstance(EXTRACTORS, Registry) and EXTRACTORS.kind == "extractor"
     assert [e.name for e in list_extractors("slowfast*")] == [
-        "slowfast", "slowfast-fast", "slowfast-fast-tcsvt", "slowfast-tokens"]
+        "slowfast",
+        "slowfast-fast",
+        "slowfast-fast-tcsvt",
+        "slowfast-tokens",
+    ]
     assert [e.name for e in list_extractors()] == EXTRACTORS.names() and "unique-pr" in EXTRACTORS
     with pytest.raises(DuplicateRegistrationError, match="extractor 'resnet50' is registered twice"):
         register_extractor("resnet50", dims=1, description="again", weights_choices=("x",), default_weights="x")(
-            lambda **kw: None)
+            lambda **kw: None
+        )
     assert get_entry("resnet50").dims == 7680  # the original entry stays
 
 
@@ -111,8 +117,9 @@ def test_resnet50_vsfa_matches_vsfa_pooling_on_the_same_weights(tmp_path):
 def test_native_input_is_totensor_normalize_bit_for_bit(name):
     """VSFA's CNNfeatures.py and TCSVT-2022's CNNfeatures_Spatial.py feed each decoded frame
     through ToTensor + Normalize(ImageNet) at native resolution: the same float32 tensor."""
-    reference = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.485, 0.456, 0.406),
-                                                                                (0.229, 0.224, 0.225))])
+    reference = transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
+    )
     frames = np.random.default_rng(2).integers(0, 256, (2, 37, 53, 3), dtype=np.uint8)
     x = create_extractor(name, weights="random").preprocess(frames)
     assert torch.equal(x, torch.stack([reference(frame) for frame in frames]))
@@ -216,9 +223,13 @@ def test_float_resize_and_crop_equal_torchvision_exactly(height, width, short_si
 
 
 @pytest.mark.parametrize("height, width, short_side, crop", ODD_SIZES)
-@pytest.mark.parametrize("resampler, interpolation", [
-    ("pil-bilinear", transforms.InterpolationMode.BILINEAR), ("pil-bicubic", transforms.InterpolationMode.BICUBIC),
-])
+@pytest.mark.parametrize(
+    "resampler, interpolation",
+    [
+        ("pil-bilinear", transforms.InterpolationMode.BILINEAR),
+        ("pil-bicubic", transforms.InterpolationMode.BICUBIC),
+    ],
+)
 def test_pil_resize_and_crop_equal_torchvision_on_pil_images(height, width, short_side, crop, resampler, interpolation):
     frames = np.random.default_rng(height * width).integers(0, 256, (2, height, width, 3), dtype=np.uint8)
     reference = transforms.Compose([transforms.Resize(short_side, interpolation), transforms.CenterCrop(crop)])
@@ -242,13 +253,16 @@ def test_resnet50_pr_option_resizes_to_a_540_short_side():
     assert (pil.preprocess(frames) - pr.preprocess(frames)).abs().max() < 0.05
 
 
-@pytest.mark.parametrize("name, options, message", [
-    ("resnet50", {"short_side": 0}, "short_side must be a positive"),
-    ("resnet50", {"resampler": "nearest"}, "resampler must be one of torch, pil"),
-    ("inception-gram", {"resampler": "PIL"}, "resampler must be one of"),
-    ("unique", {"resampler": "lanczos"}, "resampler must be one of"),
-    ("unique-pr", {"crop_size": 0}, "crop_size must be a positive"),
-])
+@pytest.mark.parametrize(
+    "name, options, message",
+    [
+        ("resnet50", {"short_side": 0}, "short_side must be a positive"),
+        ("resnet50", {"resampler": "nearest"}, "resampler must be one of torch, pil"),
+        ("inception-gram", {"resampler": "PIL"}, "resampler must be one of"),
+        ("unique", {"resampler": "lanczos"}, "resampler must be one of"),
+        ("unique-pr", {"crop_size": 0}, "crop_size must be a positive"),
+    ],
+)
 def test_bad_builder_options_are_option_errors(name, options, message):
     with pytest.raises(ExtractorOptionError, match=message) as caught:
         create_extractor(name, weights="random", **options)

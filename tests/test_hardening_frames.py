@@ -5,6 +5,7 @@ The bomb is a real, decodable MJPEG file of 16000x16000 frames (6 MB: flat grey 
 here byte by byte, muxed with PyAV without decoding anything). decord needs 3.9 GB to decode
 one of its frames; the tests check that nothing is decoded at all.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,8 +42,10 @@ def test_frames_over_the_pixel_limit_are_refused_from_the_header(bomb):
     with pytest.raises(VideoDecodeError) as caught:
         Video(bomb)
     cause = caught.value.cause
-    assert cause.startswith("frames of 16000x16000 (256.0 megapixels) are over the limit of 33177600 pixels "
-                            "per frame; refused before decoding")
+    assert cause.startswith(
+        "frames of 16000x16000 (256.0 megapixels) are over the limit of 33177600 pixels "
+        "per frame; refused before decoding"
+    )
     assert MAX_FRAME_PIXELS_ENV in cause and "ffmpeg -i IN -vf scale" in cause
 
 
@@ -64,8 +67,14 @@ def test_the_refusal_decodes_nothing(bomb):
             sys.exit("not refused")
         print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
     """)
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, MAX_FRAME_PIXELS_ENV: ""})
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, MAX_FRAME_PIXELS_ENV: ""},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     growth_kib = int(done.stdout.split()[-1])
     assert growth_kib < 64 * 1024, growth_kib

@@ -2,6 +2,7 @@
 nothing per feature set, and check declared sizes against the file and a limit before
 allocating anything.
 """
+
 from __future__ import annotations
 
 import errno
@@ -119,8 +120,9 @@ def test_a_small_file_declaring_57_gib_is_refused_before_allocating(export, tmp_
         group = h5[encode_node_name(set_id)]
         attrs = dict(group[encode_node_name("b")].attrs)
         del group[encode_node_name("b")]
-        big = group.create_dataset(encode_node_name("b"), shape=(2_000_000, 7680), dtype="<f4", chunks=(8, 7680),
-                                   compression="gzip")
+        big = group.create_dataset(
+            encode_node_name("b"), shape=(2_000_000, 7680), dtype="<f4", chunks=(8, 7680), compression="gzip"
+        )
         big[:8] = np.ones((8, 7680), np.float32)
         big.attrs.update(attrs)
     assert path.stat().st_size < 300_000
@@ -132,8 +134,9 @@ def test_a_small_file_declaring_57_gib_is_refused_before_allocating(export, tmp_
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert "b: shape (2000000, 7680) declares 61440000000 bytes, over the import limit of 8589934592 bytes" \
-        in str(caught.value)
+    assert "b: shape (2000000, 7680) declares 61440000000 bytes, over the import limit of 8589934592 bytes" in str(
+        caught.value
+    )
     assert peak < 20 * 2**20, peak
     assert fresh.feature_sets() == []
 
@@ -146,8 +149,9 @@ def test_a_dataset_declaring_more_than_its_file_holds_is_refused(export, tmp_pat
         group = h5[encode_node_name(set_id)]
         attrs = dict(group[encode_node_name("b")].attrs)
         del group[encode_node_name("b")]
-        sparse = group.create_dataset(encode_node_name("b"), shape=(100_000, 8), dtype="<f4", chunks=(4, 8),
-                                      compression="gzip")
+        sparse = group.create_dataset(
+            encode_node_name("b"), shape=(100_000, 8), dtype="<f4", chunks=(4, 8), compression="gzip"
+        )
         sparse[:4] = 1.0
         sparse.attrs.update(attrs)
         plain = group.create_dataset("plain-c", shape=(1000, 8), dtype="<f4", chunks=(10, 8))
@@ -180,8 +184,7 @@ def test_npy_declared_sizes_are_checked_against_the_file_and_the_limit(tmp_path)
     folder.mkdir()
     np.save(folder / "a.npy", feats(0))
     header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
-                                                  "shape": (2_000_000, 7680)})
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (2_000_000, 7680)})
     (folder / "b.npy").write_bytes(header.getvalue() + bytes(250_000))  # 250 KB declaring 57 GiB
     store = FeatureStore(tmp_path / "store")
     tracemalloc.start()
@@ -193,8 +196,11 @@ def test_npy_declared_sizes_are_checked_against_the_file_and_the_limit(tmp_path)
         tracemalloc.stop()
     assert "b.npy: shape (2000000, 7680) declares 61440000000 bytes, over the import limit" in str(caught.value)
     assert peak < 20 * 2**20, peak
-    with pytest.raises(InvalidFeaturesError, match=r"b.npy: shape \(2000000, 7680\) declares 61440000000 bytes but "
-                                                   r"the file holds 250000"):
+    with pytest.raises(
+        InvalidFeaturesError,
+        match=r"b.npy: shape \(2000000, 7680\) declares 61440000000 bytes but "
+        r"the file holds 250000",
+    ):
         import_npy_folder(store, folder, spec=SPEC, sampling=SAMPLING, max_video_bytes=2**40)
     with pytest.raises(InvalidFeaturesError, match="a.npy: shape .* over the import limit of 64 bytes"):
         import_npy_folder(store, folder, spec=SPEC, sampling=SAMPLING, max_video_bytes=64)

@@ -5,6 +5,7 @@ Error cases of ``pipeline.video`` alone (missing, empty, truncated, audio-only, 
 are in tests/test_video.py; this module checks what the runner and the flow make of such files.
 The case table is in docs/hardening.md.
 """
+
 from __future__ import annotations
 
 import re
@@ -47,9 +48,16 @@ class ProbeExtractor(Extractor):
     """
 
     def __init__(self, frames_per_step: int = 1, *, record: bool = True):
-        spec = ExtractorSpec(name="hardening-probe", version="1", dims=5, backbone="none", taps=(),
-                             pooling="mean per channel, frame size", frames_per_step=frames_per_step,
-                             weights={"source": "none"})
+        spec = ExtractorSpec(
+            name="hardening-probe",
+            version="1",
+            dims=5,
+            backbone="none",
+            taps=(),
+            pooling="mean per channel, frame size",
+            frames_per_step=frames_per_step,
+            weights={"source": "none"},
+        )
         super().__init__(spec, device="cpu")
         self.record = record
         self.calls: list[tuple[int, ...]] = []
@@ -83,8 +91,9 @@ def frame_numbers_ok(probe: ProbeExtractor, expected) -> bool:
 def pattern_frame(width: int, height: int) -> np.ndarray:
     """Smooth gradients plus a sharp diagonal: a wrong row stride in decoding would shear it."""
     y, x = np.mgrid[0:height, 0:width]
-    frame = np.stack([x * 255 // max(1, width - 1), y * 255 // max(1, height - 1),
-                      np.where((x + y) % 97 < 48, 200, 40)], axis=-1)
+    frame = np.stack(
+        [x * 255 // max(1, width - 1), y * 255 // max(1, height - 1), np.where((x + y) % 97 < 48, 200, 40)], axis=-1
+    )
     return frame.astype(np.uint8)
 
 
@@ -130,8 +139,11 @@ def av1_encoder() -> str | None:
     return None
 
 
-AV1_SPEED = {"libsvtav1": ["-preset", "12"], "libaom-av1": ["-cpu-used", "8", "-b:v", "0"],
-             "librav1e": ["-speed", "10"]}
+AV1_SPEED = {
+    "libsvtav1": ["-preset", "12"],
+    "libaom-av1": ["-cpu-used", "8", "-b:v", "0"],
+    "librav1e": ["-speed", "10"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -146,14 +158,25 @@ def videos(tmp_path_factory):
     landscape = make_video(root / "landscape.mp4", 4, width=96, height=64)
     v["portrait"] = root / "portrait.mp4"
     run_ffmpeg("-display_rotation", "90", "-i", str(landscape), "-c", "copy", str(v["portrait"]))
-    v["vfr"] = make_video(root / "vfr.mkv", 20,
-                          extra_args=["-vf", "setpts='(N+25*gte(N,10))/25/TB'", "-fps_mode", "vfr"])
+    v["vfr"] = make_video(
+        root / "vfr.mkv", 20, extra_args=["-vf", "setpts='(N+25*gte(N,10))/25/TB'", "-fps_mode", "vfr"]
+    )
     v["10bit"] = encode_video(root / "10bit.mp4", grey_frames(8), crf=0, pix_fmt="yuv420p10le")
     v["gray"] = encode_video(root / "gray.mp4", grey_frames(8), crf=0, pix_fmt="gray")
-    v["vp9"] = encode_video(root / "vp9.webm", grey_frames(8), codec="libvpx-vp9", crf=10,
-                            extra_args=["-b:v", "0", "-deadline", "realtime", "-cpu-used", "8"])
-    v["h265"] = encode_video(root / "h265.mp4", grey_frames(8), codec="libx265", crf=10,
-                             extra_args=["-preset", "ultrafast", "-x265-params", "log-level=error", "-tag:v", "hvc1"])
+    v["vp9"] = encode_video(
+        root / "vp9.webm",
+        grey_frames(8),
+        codec="libvpx-vp9",
+        crf=10,
+        extra_args=["-b:v", "0", "-deadline", "realtime", "-cpu-used", "8"],
+    )
+    v["h265"] = encode_video(
+        root / "h265.mp4",
+        grey_frames(8),
+        codec="libx265",
+        crf=10,
+        extra_args=["-preset", "ultrafast", "-x265-params", "log-level=error", "-tag:v", "hvc1"],
+    )
     encoder = av1_encoder()
     if encoder is not None:
         v["av1"] = encode_video(root / "av1.mkv", grey_frames(8), codec=encoder, crf=30, extra_args=AV1_SPEED[encoder])
@@ -161,6 +184,7 @@ def videos(tmp_path_factory):
 
 
 # ---- frame counts ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("sampling, length", [("all", 1), ("uniform:16", 1), ("fps:2", 1), ("clips:32", 32)])
 def test_single_frame_video(videos, sampling, length):
@@ -178,6 +202,7 @@ def test_fewer_frames_than_one_clip_pads_with_the_last_frame(videos):
 
 # ---- frame sizes and orientation ------------------------------------------------------------
 
+
 def test_odd_dimensions_decode_without_shear(videos):
     probe, features, info = run(videos[1]["odd"])
     assert (info.width, info.height) == (641, 359)
@@ -186,15 +211,16 @@ def test_odd_dimensions_decode_without_shear(videos):
     from pipeline.video import Video
 
     with Video(videos[1]["odd"]) as video:
-        (_, frames), = video.frames([0])
+        ((_, frames),) = video.frames([0])
     error = np.abs(frames[0].astype(int) - pattern_frame(641, 359)).mean()
     assert error < 3, f"mean abs error {error:.1f}: decoded frame does not match the source"
 
 
 @pytest.mark.slow
 def test_4k_frames_pass_through_in_bounded_batches(tmp_path):
-    path = encode_video(tmp_path / "4k.mp4", [pattern_frame(3840, 2160)] * 3, crf=35,
-                        extra_args=["-preset", "ultrafast"])
+    path = encode_video(
+        tmp_path / "4k.mp4", [pattern_frame(3840, 2160)] * 3, crf=35, extra_args=["-preset", "ultrafast"]
+    )
     probe, features, info = run(path, batch_size=2)
     assert (info.width, info.height, info.num_frames) == (3840, 2160, 3)
     assert probe.calls == [(2, 2160, 3840, 3), (1, 2160, 3840, 3)]
@@ -222,6 +248,7 @@ def test_real_extractor_on_small_odd_and_high_bit_depth_frames(videos):
 
 # ---- timing ---------------------------------------------------------------------------------
 
+
 def test_variable_frame_rate_samples_by_time(videos):
     # frames 0-9 at 0.00-0.36 s, a gap, frames 10-19 at 1.40-1.76 s
     probe, _, info = run(videos[1]["vfr"], "fps:5")
@@ -234,6 +261,7 @@ def test_variable_frame_rate_samples_by_time(videos):
 
 
 # ---- pixel formats and codecs ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize("key", ["10bit", "gray", "vp9", "h265"])
 def test_pixel_formats_and_codecs_decode_to_the_right_frames(videos, key):
@@ -261,6 +289,7 @@ def test_av1_gives_a_clear_decode_error(videos):
 
 
 # ---- long videos: memory does not grow with length -----------------------------------------
+
 
 def _peak_bytes(path) -> tuple[int, np.ndarray]:
     tracemalloc.start()
@@ -292,21 +321,35 @@ def test_memory_does_not_grow_with_video_length(tmp_path):
 
 BROKEN = {  # video id -> (how to make it, fragments the recorded failure must contain)
     "missing": (lambda root, v: root / "nowhere.mp4", ["VideoDecodeError", "file does not exist"]),
-    "text": (lambda root, v: _write(root / "notes.mp4", b"not a video\n" * 50),
-             ["not a video or unsupported container"]),
+    "text": (
+        lambda root, v: _write(root / "notes.mp4", b"not a video\n" * 50),
+        ["not a video or unsupported container"],
+    ),
     "audio": (lambda root, v: make_audio_only(root / "tone.m4a"), ["no video stream (audio-only"]),
-    "truncated": (lambda root, v: truncate_copy(make_video(root / "full.mp4", 30, noise=True), root / "cut.mp4", 0.5),
-                  ["truncated", "'moov' box) is missing"]),
-    "corrupt frame": (lambda root, v: corrupt_frame(
-        make_video(root / "noise_fs.mp4", 30, noise=True, extra_args=["-movflags", "+faststart"]),
-        root / "corrupt.mp4", 20),
-        ["VideoDecodeError", "decoding failed at frame"]),
-    "bright (NaN)": (lambda root, v: encode_video(root / "white.mp4", [np.full((48, 64, 3), 255, np.uint8)] * 4, crf=0),
-                     ["InvalidFeaturesError", "NaN/Inf", "nothing was stored"]),
-    "16000x16000 MJPEG": (lambda root, v: mjpeg_video(root / "bomb.avi", [(16000, 16000)] * 2),
-                          ["VideoDecodeError", "frames of 16000x16000", "over the limit of 33177600 pixels"]),
-    "8 px wide": (lambda root, v: make_video(root / "narrow.mp4", 3, width=8, height=32),
-                  ["VideoDecodeError", "frames 8 px wide cannot be decoded"]),
+    "truncated": (
+        lambda root, v: truncate_copy(make_video(root / "full.mp4", 30, noise=True), root / "cut.mp4", 0.5),
+        ["truncated", "'moov' box) is missing"],
+    ),
+    "corrupt frame": (
+        lambda root, v: corrupt_frame(
+            make_video(root / "noise_fs.mp4", 30, noise=True, extra_args=["-movflags", "+faststart"]),
+            root / "corrupt.mp4",
+            20,
+        ),
+        ["VideoDecodeError", "decoding failed at frame"],
+    ),
+    "bright (NaN)": (
+        lambda root, v: encode_video(root / "white.mp4", [np.full((48, 64, 3), 255, np.uint8)] * 4, crf=0),
+        ["InvalidFeaturesError", "NaN/Inf", "nothing was stored"],
+    ),
+    "16000x16000 MJPEG": (
+        lambda root, v: mjpeg_video(root / "bomb.avi", [(16000, 16000)] * 2),
+        ["VideoDecodeError", "frames of 16000x16000", "over the limit of 33177600 pixels"],
+    ),
+    "8 px wide": (
+        lambda root, v: make_video(root / "narrow.mp4", 3, width=8, height=32),
+        ["VideoDecodeError", "frames 8 px wide cannot be decoded"],
+    ),
 }
 GOOD = ["single", "short", "odd", "tiny", "portrait", "vfr", "10bit", "gray", "vp9", "h265"]
 
@@ -322,8 +365,14 @@ def probe_registered():
     from flows import extract as flow_module
     from pipeline.extractors import registry
 
-    entry = ExtractorEntry("hardening-probe", lambda *, weights, device: ProbeExtractor(), dims=5,
-                           description="test probe", weights_choices=("none",), default_weights="none")
+    entry = ExtractorEntry(
+        "hardening-probe",
+        lambda *, weights, device: ProbeExtractor(),
+        dims=5,
+        description="test probe",
+        weights_choices=("none",),
+        default_weights="none",
+    )
     with registry.EXTRACTORS.override("hardening-probe", entry):
         flow_module._build.cache_clear()
         yield "hardening-probe"
@@ -344,8 +393,14 @@ def flow_run(videos, tmp_path_factory, prefect_harness, probe_registered):
     manifest = work / "manifest.csv"
     manifest.write_text("video_id,path\n" + "".join(f'"{i}","{p}"\n' for i, p in rows))
     store = work / "store"
-    summary = extract_flow(manifest=str(manifest), store=str(store), extractors=[probe_registered],
-                           sampling="uniform:4", device="cpu", progress=False)
+    summary = extract_flow(
+        manifest=str(manifest),
+        store=str(store),
+        extractors=[probe_registered],
+        sampling="uniform:4",
+        device="cpu",
+        progress=False,
+    )
     return summary, FeatureStore(store), v
 
 

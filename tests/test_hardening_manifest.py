@@ -3,6 +3,7 @@
 Extends tests/test_manifest.py (basic duplicate ids, missing columns, bad/NaN MOS, unicode) with
 the edge cases around them. The case table is in docs/hardening.md.
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,8 +20,12 @@ from vqa_core.errors import ManifestError
 from vqa_core.manifest import read_manifest
 
 # Fuzzing: no example database in the repository; a fixed budget keeps the suite quick.
-FUZZ = settings(max_examples=300, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=300,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 def write(folder: Path, text: str, name: str = "manifest.csv") -> Path:
@@ -36,6 +41,7 @@ def problems(path: Path, **kw) -> str:
 
 
 # ---- duplicate ids, columns, rows ------------------------------------------------------------
+
 
 def test_ids_equal_after_trimming_spaces_are_duplicates(tmp_path):
     message = problems(write(tmp_path, "video_id,path\na,a.mp4\n  a ,b.mp4\n"))
@@ -55,12 +61,15 @@ def test_header_with_bom_and_padded_column_names_is_accepted(tmp_path):
     assert entry.video_id == "x" and entry.path.name == "x.mp4" and entry.mos == 2.5
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("", "lacks column(s) video_id, path; found no header"),
-    ("\n\n", "lacks column(s) video_id, path"),
-    ("id;path\na;a.mp4\n", "lacks column(s) video_id, path; found ['id;path']"),  # wrong delimiter
-    ("video_id,path,path\na,a.mp4,b.mp4\n", "repeated column(s) path"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("", "lacks column(s) video_id, path; found no header"),
+        ("\n\n", "lacks column(s) video_id, path"),
+        ("id;path\na;a.mp4\n", "lacks column(s) video_id, path; found ['id;path']"),  # wrong delimiter
+        ("video_id,path,path\na,a.mp4,b.mp4\n", "repeated column(s) path"),
+    ],
+)
 def test_header_problems(tmp_path, text, fragment):
     assert fragment in problems(write(tmp_path, text))
 
@@ -71,14 +80,17 @@ def test_surplus_fields_are_reported_but_a_trailing_empty_field_is_not(tmp_path)
     assert "1 problem(s)" in message and "row 3: 3 fields, the header has 2" in message
 
 
-@pytest.mark.parametrize("mos, fragment", [
-    ("inf", "mos of 'a' is inf"),
-    ("-Infinity", "mos of 'a' is -Infinity"),
-    ("1e400", "mos of 'a' is 1e400"),          # overflows to inf
-    ("\"3,5\"", "mos '3,5' of 'a' is not a number"),  # decimal comma
-    ("4.2 (sd 0.3)", "is not a number"),
-    ("NaN", "mos of 'a' is NaN"),
-])
+@pytest.mark.parametrize(
+    "mos, fragment",
+    [
+        ("inf", "mos of 'a' is inf"),
+        ("-Infinity", "mos of 'a' is -Infinity"),
+        ("1e400", "mos of 'a' is 1e400"),  # overflows to inf
+        ('"3,5"', "mos '3,5' of 'a' is not a number"),  # decimal comma
+        ("4.2 (sd 0.3)", "is not a number"),
+        ("NaN", "mos of 'a' is NaN"),
+    ],
+)
 def test_non_numeric_and_non_finite_mos(tmp_path, mos, fragment):
     assert fragment in problems(write(tmp_path, f"video_id,path,mos\na,a.mp4,{mos}\n"))
 
@@ -101,8 +113,15 @@ def test_every_problem_is_counted_and_the_list_is_capped(tmp_path):
 
 # ---- names are data -------------------------------------------------------------------------
 
-NAMES = ["clip 01 (final).mp4", "视频.mp4", "🎬 test.mp4", "שלום.mp4", "it's \"quoted\", too.mp4",
-         "--help.mp4", "semi;colon&amp.mp4"]
+NAMES = [
+    "clip 01 (final).mp4",
+    "视频.mp4",
+    "🎬 test.mp4",
+    "שלום.mp4",
+    'it\'s "quoted", too.mp4',
+    "--help.mp4",
+    "semi;colon&amp.mp4",
+]
 
 
 def test_unicode_quotes_commas_and_option_like_names_reach_the_right_files(tmp_path):
@@ -122,6 +141,7 @@ def test_unicode_quotes_commas_and_option_like_names_reach_the_right_files(tmp_p
 
 # ---- paths escaping the dataset root ----------------------------------------------------------
 
+
 @pytest.fixture
 def dataset(tmp_path):
     """<tmp>/data (the root) with the manifest and videos/ inside, and <tmp>/elsewhere outside."""
@@ -134,8 +154,9 @@ def dataset(tmp_path):
 
 
 def test_paths_inside_the_root_are_accepted(dataset):
-    manifest = write(dataset,
-                     f"video_id,path\na,videos/a.mp4\nb,{dataset}/b.mp4\nc,videos/../b.mp4\nd,./videos/new.mp4\n")
+    manifest = write(
+        dataset, f"video_id,path\na,videos/a.mp4\nb,{dataset}/b.mp4\nc,videos/../b.mp4\nd,./videos/new.mp4\n"
+    )
     entries = read_manifest(manifest, root=dataset)
     assert [e.video_id for e in entries] == ["a", "b", "c", "d"]
     assert entries[0].path == dataset.resolve() / "videos" / "a.mp4"
@@ -145,19 +166,22 @@ def test_paths_escaping_the_root_are_listed_together(dataset):
     outside = dataset.parent / "elsewhere" / "secret.mp4"
     (dataset / "videos" / "link.mp4").symlink_to(outside)
     (dataset / "linkdir").symlink_to(dataset.parent / "elsewhere")
-    text = ("video_id,path\nok,videos/a.mp4\n"
-            "dotdot,../elsewhere/secret.mp4\n"
-            f"absolute,{outside}\n"
-            "deep,videos/../../elsewhere/secret.mp4\n"
-            "link,videos/link.mp4\n"
-            "linkdir,linkdir/secret.mp4\n"
-            "etc,/etc/passwd\n")
+    text = (
+        "video_id,path\nok,videos/a.mp4\n"
+        "dotdot,../elsewhere/secret.mp4\n"
+        f"absolute,{outside}\n"
+        "deep,videos/../../elsewhere/secret.mp4\n"
+        "link,videos/link.mp4\n"
+        "linkdir,linkdir/secret.mp4\n"
+        "etc,/etc/passwd\n"
+    )
     message = problems(write(dataset, text), root=dataset)
     assert "6 problem(s)" in message
     for number, video_id in enumerate(["dotdot", "absolute", "deep", "link", "linkdir"], start=3):
         assert f"row {number}:" in message
-        assert (f"of {video_id!r} resolves to {outside.resolve()}, outside the dataset root {dataset.resolve()}"
-                in message)
+        assert (
+            f"of {video_id!r} resolves to {outside.resolve()}, outside the dataset root {dataset.resolve()}" in message
+        )
     assert "of 'etc' resolves to /etc/passwd" in message
     # without a root the same manifest is accepted (paths are data; nothing is read here)
     assert len(read_manifest(dataset / "manifest.csv")) == 7
@@ -181,13 +205,27 @@ def test_root_must_be_a_directory(dataset):
 
 # ---- nothing is written before the manifest validates ---------------------------------------
 
+
 def test_bad_manifest_leaves_no_store_behind(tmp_path, prefect_harness, capsys):
     from flows.cli import main as vqa
 
     manifest = write(tmp_path, "video_id,path,mos\na,a.mp4,1\na,b.mp4,2\nc,c.mp4,x\n")
     store = tmp_path / "store"
-    code = vqa(["extract", str(manifest), "--store", str(store), "--extractor", "resnet50-vsfa",
-                "--weights", "random", "--device", "cpu", "-q"])
+    code = vqa(
+        [
+            "extract",
+            str(manifest),
+            "--store",
+            str(store),
+            "--extractor",
+            "resnet50-vsfa",
+            "--weights",
+            "random",
+            "--device",
+            "cpu",
+            "-q",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "duplicate video_id 'a'" in err and "2 problem(s)" in err
@@ -196,11 +234,45 @@ def test_bad_manifest_leaves_no_store_behind(tmp_path, prefect_harness, capsys):
 
 # ---- fuzzing ----------------------------------------------------------------------------------
 
-_CSV_TOKENS = st.sampled_from([
-    "video_id", "path", "mos", "group", ",", ",", ",", "\n", "\r\n", "\r", '"', '""', " ", "\t", ";",
-    "a", "b.mp4", "../x.mp4", "/abs/y.mp4", "1", "2.5", "nan", "inf", "-1e999", "é", "🎬", "\x00",
-    "\ufeff", "\\", "'", "=cmd()", "video_id,path\n", "video_id,path,mos\n", "\u2028", "\x85",
-])
+_CSV_TOKENS = st.sampled_from(
+    [
+        "video_id",
+        "path",
+        "mos",
+        "group",
+        ",",
+        ",",
+        ",",
+        "\n",
+        "\r\n",
+        "\r",
+        '"',
+        '""',
+        " ",
+        "\t",
+        ";",
+        "a",
+        "b.mp4",
+        "../x.mp4",
+        "/abs/y.mp4",
+        "1",
+        "2.5",
+        "nan",
+        "inf",
+        "-1e999",
+        "é",
+        "🎬",
+        "\x00",
+        "\ufeff",
+        "\\",
+        "'",
+        "=cmd()",
+        "video_id,path\n",
+        "video_id,path,mos\n",
+        "\u2028",
+        "\x85",
+    ]
+)
 CSV_TEXT = st.lists(_CSV_TOKENS, max_size=40).map("".join) | st.text(max_size=200)
 
 
@@ -222,8 +294,11 @@ def fuzz_dir():
 
 @pytest.mark.slow
 @FUZZ
-@given(data=st.binary(max_size=300) | CSV_TEXT.map(lambda t: t.encode("utf-8", "surrogatepass")),
-       with_root=st.booleans(), require_mos=st.booleans())
+@given(
+    data=st.binary(max_size=300) | CSV_TEXT.map(lambda t: t.encode("utf-8", "surrogatepass")),
+    with_root=st.booleans(),
+    require_mos=st.booleans(),
+)
 def test_fuzz_manifest_bytes_raise_only_manifest_error(fuzz_dir, data, with_root, require_mos):
     path = fuzz_dir / "m.csv"
     path.write_bytes(data)
@@ -242,7 +317,19 @@ def test_vqa_extract_rejects_paths_outside_root_before_starting_anything(tmp_pat
     manifest = tmp_path / "data" / "m.csv"
     manifest.parent.mkdir()
     manifest.write_text("video_id,path\na,../outside.mp4\n")
-    code = main(["extract", str(manifest), "--store", str(tmp_path / "store"), "--extractor", "resnet50-vsfa",
-                 "--weights", "random", "--root", str(manifest.parent)])
+    code = main(
+        [
+            "extract",
+            str(manifest),
+            "--store",
+            str(tmp_path / "store"),
+            "--extractor",
+            "resnet50-vsfa",
+            "--weights",
+            "random",
+            "--root",
+            str(manifest.parent),
+        ]
+    )
     assert code == 2 and "outside" in capsys.readouterr().err
     assert not (tmp_path / "store").exists()

@@ -5,6 +5,7 @@ head the way an attacker or a damaged disk would and check that ``load_head`` re
 ``ModelFormatError`` naming the problem, before any large allocation, and that ``vqa predict``
 never writes a non-finite score.
 """
+
 from __future__ import annotations
 
 import io
@@ -42,8 +43,9 @@ def saved(tmp_path_factory):
     X, y = _videos()
     root = tmp_path_factory.mktemp("models")
     svr = SVRHead().fit(X, y)
-    sequence = SequenceRegressor(module="vsfa", epochs=1,
-                                 batch_size=8, progress=False, patience=None, val_fraction=0.25).fit(X, y)
+    sequence = SequenceRegressor(
+        module="vsfa", epochs=1, batch_size=8, progress=False, patience=None, val_fraction=0.25
+    ).fit(X, y)
     save_head(svr, root / "svr", feature_info={"dims": D})
     save_head(sequence, root / "sequence", feature_info={"dims": D})
     return root, X
@@ -70,8 +72,12 @@ def edit_arrays(folder: Path, edit) -> None:
         arrays = {k: npz[k] for k in npz.files}
     edit(arrays)
     np.savez(folder / ARRAYS_FILE, **arrays)
-    edit_meta(folder, lambda doc: doc.__setitem__(
-        "arrays", {k: {"shape": list(v.shape), "dtype": v.dtype.str} for k, v in arrays.items()}))
+    edit_meta(
+        folder,
+        lambda doc: doc.__setitem__(
+            "arrays", {k: {"shape": list(v.shape), "dtype": v.dtype.str} for k, v in arrays.items()}
+        ),
+    )
 
 
 def test_untampered_heads_load_and_predict_the_same(saved):
@@ -81,8 +87,9 @@ def test_untampered_heads_load_and_predict_the_same(saved):
         assert info == {"dims": D} and np.all(np.isfinite(head.predict(X)))
 
 
-@pytest.mark.parametrize("name, array", [("svr", "dual_coef"), ("svr", "support_vectors"),
-                                         ("sequence", "module.fc0.weight")])
+@pytest.mark.parametrize(
+    "name, array", [("svr", "dual_coef"), ("svr", "support_vectors"), ("sequence", "module.fc0.weight")]
+)
 def test_nan_or_inf_in_an_array_is_refused(saved, tmp_path, name, array):
     folder = copy_of(saved, name, tmp_path)
     with np.load(folder / ARRAYS_FILE) as npz:
@@ -113,8 +120,9 @@ def test_non_finite_numbers_in_head_json_are_refused(saved, tmp_path, key):
 
 def test_zero_or_negative_scales_are_refused(saved, tmp_path):
     folder = copy_of(saved, "svr", tmp_path)
-    edit_arrays(folder, lambda a: a.__setitem__("x_scale", np.where(np.arange(a["x_scale"].size) == 2, 0.0,
-                                                                    a["x_scale"])))
+    edit_arrays(
+        folder, lambda a: a.__setitem__("x_scale", np.where(np.arange(a["x_scale"].size) == 2, 0.0, a["x_scale"]))
+    )
     with pytest.raises(ModelFormatError, match="x_scale must be positive"):
         load_head(folder)
     folder = copy_of(saved, "svr", tmp_path / "y")
@@ -170,8 +178,7 @@ def test_an_array_declaring_more_data_than_its_file_holds_is_refused(saved, tmp_
     with zipfile.ZipFile(folder / ARRAYS_FILE) as npz:
         members = {name: npz.read(name) for name in npz.namelist()}
     header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False,
-                                                  "shape": (1_000_000_000, 64)})
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (1_000_000_000, 64)})
     members["support_vectors.npy"] = header.getvalue() + bytes(1024)  # the header includes the magic
     with zipfile.ZipFile(folder / ARRAYS_FILE, "w") as npz:
         for name, data in members.items():
@@ -200,8 +207,14 @@ def _load_in_fresh_process(folder: Path) -> tuple[int, str]:
         print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
         print(message)
     """)
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     growth, message = done.stdout.split("\n", 1)
     return int(growth), message.strip()
@@ -221,13 +234,28 @@ def test_vqa_predict_fails_rather_than_writing_non_finite_scores(saved, tmp_path
     for i, x in enumerate(X[:4]):
         store.write_video(set_id, f"v{i}", x, provenance={"set": {}, "video": {"source": f"v{i}.mp4"}})
     folder = copy_of(saved, "svr", tmp_path)
-    edit_meta(folder, lambda doc: (doc["state"].update(intercept=1e308, y_scale=1e10),
-                                   doc.__setitem__("feature_info", {"feature_sets": [
-                                       feature_set_identity(store, set_id)]})))
+    edit_meta(
+        folder,
+        lambda doc: (
+            doc["state"].update(intercept=1e308, y_scale=1e10),
+            doc.__setitem__("feature_info", {"feature_sets": [feature_set_identity(store, set_id)]}),
+        ),
+    )
     manifest = tmp_path / "m.csv"
     manifest.write_text("video_id,path\n" + "".join(f"v{i},v{i}.mp4\n" for i in range(4)))
-    code = vqa(["predict", "--model", str(folder), "--store", str(store.path), "--manifest", str(manifest),
-                "--out", str(tmp_path / "scores.csv")])
+    code = vqa(
+        [
+            "predict",
+            "--model",
+            str(folder),
+            "--store",
+            str(store.path),
+            "--manifest",
+            str(manifest),
+            "--out",
+            str(tmp_path / "scores.csv"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2, err
     assert "non-finite" in err and "'v0'" in err

@@ -5,6 +5,7 @@
 the descriptor) and decodes through that descriptor, so a file swapped between the check and
 the open, or after the open, is never read, and provenance names the file that was read.
 """
+
 from __future__ import annotations
 
 import os
@@ -108,7 +109,11 @@ def _open_error(path: Path, result: dict) -> None:
 
 
 def test_flow_refuses_a_file_swapped_after_the_manifest_check_and_records_the_real_file(
-        dataset, prefect_harness, probe_registered, monkeypatch):  # noqa: F811  (the imported fixture)
+    dataset,
+    prefect_harness,
+    probe_registered,  # noqa: F811  (the imported fixture)
+    monkeypatch,
+):
     """``vqa extract --root``: the manifest is checked, then (before any video is opened) one
     file is swapped for a link out of the root. That video fails with the reason, nothing of
     it is stored, the others are; provenance names the file that was read, with its size and
@@ -128,8 +133,15 @@ def test_flow_refuses_a_file_swapped_after_the_manifest_check_and_records_the_re
 
     monkeypatch.setattr(flow_module, "read_manifest", read_then_swap)
     store = root.parent / "store"
-    summary = flow_module.extract_flow(manifest=str(manifest), store=str(store), extractors=[probe_registered],
-                                       sampling="uniform:2", device="cpu", progress=False, root=str(root))
+    summary = flow_module.extract_flow(
+        manifest=str(manifest),
+        store=str(store),
+        extractors=[probe_registered],
+        sampling="uniform:2",
+        device="cpu",
+        progress=False,
+        root=str(root),
+    )
     assert set(summary["failures"]) == {"b"}
     assert "outside the dataset root" in summary["failures"]["b"] and "secret.mp4" in summary["failures"]["b"]
     features = FeatureStore(store)

@@ -1,4 +1,5 @@
 """The packages import one way (docs/architecture.md): a test keeps it so."""
+
 import ast
 from pathlib import Path
 

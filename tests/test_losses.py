@@ -88,8 +88,7 @@ def t(a, grad=False):
         (rank_loss, ref_rank),
         (plcc_rank_loss, lambda p, y: ref_plcc(p, y) + 0.3 * ref_rank(p, y)),
         (hinge_rank_loss, ref_hinge),
-        (lambda p, y: hinge_rank_loss(p, y, margin=0.5, reduction="sum"),
-         lambda p, y: ref_hinge(p, y, 0.5, "sum")),
+        (lambda p, y: hinge_rank_loss(p, y, margin=0.5, reduction="sum"), lambda p, y: ref_hinge(p, y, 0.5, "sum")),
     ],
 )
 def test_values_match_loops(fn, ref):
@@ -151,8 +150,11 @@ def test_single_video_batch(name):
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_constant_targets_and_constant_predictions(name):
     loss = get_loss(name)
-    for pred, y in (([0.1, 0.5, 0.3], [2.0, 2.0, 2.0]), ([0.4, 0.4, 0.4], [1.0, 3.0, 2.0]),
-                    ([0.4, 0.4, 0.4], [2.0, 2.0, 2.0])):
+    for pred, y in (
+        ([0.1, 0.5, 0.3], [2.0, 2.0, 2.0]),
+        ([0.4, 0.4, 0.4], [1.0, 3.0, 2.0]),
+        ([0.4, 0.4, 0.4], [2.0, 2.0, 2.0]),
+    ):
         p = t(pred, grad=True)
         out = loss(p, t(y))
         out.backward()

@@ -1,4 +1,5 @@
 """Manifest parsing and validation: every problem reported at once, paths relative to the manifest."""
+
 import pytest
 
 from vqa_core.errors import ManifestError
@@ -19,7 +20,7 @@ def test_relative_and_absolute_paths_mos_and_group(tmp_path):
 
 
 def test_unicode_and_spaces_are_kept_as_data(tmp_path):
-    path = write(tmp_path, "video_id,path\nvidéo 1,\"dir with space/vidéo 1.mp4\"\nx;rm -rf /,$(touch pwned).mp4\n")
+    path = write(tmp_path, 'video_id,path\nvidéo 1,"dir with space/vidéo 1.mp4"\nx;rm -rf /,$(touch pwned).mp4\n')
     entries = read_manifest(path)
     assert entries[0].video_id == "vidéo 1" and entries[0].path.name == "vidéo 1.mp4"
     assert entries[1].path.name == "$(touch pwned).mp4"
@@ -38,8 +39,13 @@ def test_all_row_problems_are_reported_together(tmp_path):
         read_manifest(write(tmp_path, text))
     message = str(info.value)
     assert "5 problem(s)" in message
-    for fragment in ("row 3: duplicate video_id 'a' (first on row 2)", "row 4: mos 'bad'", "row 5: mos of 'd' is nan",
-                     "row 6: empty video_id", "row 7: empty path"):
+    for fragment in (
+        "row 3: duplicate video_id 'a' (first on row 2)",
+        "row 4: mos 'bad'",
+        "row 5: mos of 'd' is nan",
+        "row 6: empty video_id",
+        "row 7: empty path",
+    ):
         assert fragment in message
 
 

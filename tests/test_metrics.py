@@ -129,9 +129,7 @@ def test_fallback_to_linear_when_fit_does_not_converge(monkeypatch, caplog):
 
 def test_fallback_when_fit_is_worse_than_a_line(monkeypatch, caplog):
     # A "converged" fit stuck on a flat plateau is worse than the least-squares line.
-    monkeypatch.setattr(
-        metrics.optimize, "curve_fit", lambda *a, **k: (np.array([1.0, 1.0, 0.0, 1.0]), None)
-    )
+    monkeypatch.setattr(metrics.optimize, "curve_fit", lambda *a, **k: (np.array([1.0, 1.0, 0.0, 1.0]), None))
     p = np.linspace(0, 1, 20)
     y = 3 * p
     with caplog.at_level(logging.WARNING, logger="regressors.metrics"):

@@ -4,6 +4,7 @@ job, artifacts, folder extraction and scheduled deployments.
 One ``prefect server start`` (fresh SQLite database, ~15-20 s) serves the whole module; a
 Dask LocalCluster of 2 worker processes must write the same store as an in-process run.
 """
+
 import contextlib
 import csv
 import json
@@ -82,8 +83,15 @@ def server(tmp_path_factory):
 def local_store(with_broken, server, tmp_path_factory):
     """The dataset (and the broken file) extracted in this process (Prefect's default task runner)."""
     store = tmp_path_factory.mktemp("orch_local") / "store"
-    summary = extract_flow(manifest=str(with_broken), store=str(store), extractors=[EXTRACTOR],
-                           weights={EXTRACTOR: "random"}, sampling=SAMPLING, device="cpu", progress=False)
+    summary = extract_flow(
+        manifest=str(with_broken),
+        store=str(store),
+        extractors=[EXTRACTOR],
+        weights={EXTRACTOR: "random"},
+        sampling=SAMPLING,
+        device="cpu",
+        progress=False,
+    )
     assert (summary["done"], summary["failed"]) == (8, 1)
     return store
 
@@ -124,9 +132,30 @@ def test_dask_local_cluster_writes_the_same_store_as_a_local_run(with_broken, lo
     monkeypatch.setattr(flows.extract, "_extract_submitted", spy_submitted)
     monkeypatch.setattr(PrefectDaskClient, "submit", spy_submit)
     store = tmp_path / "dask_store"
-    assert vqa(["extract", str(with_broken), "--store", str(store), "--extractor", EXTRACTOR, "--weights", "random",
-                "--sampling", SAMPLING, "--device", "cpu", "--dask-workers", "2", "--dask-resource", "GPU=1",
-                "-q"]) == 1  # the broken file
+    assert (
+        vqa(
+            [
+                "extract",
+                str(with_broken),
+                "--store",
+                str(store),
+                "--extractor",
+                EXTRACTOR,
+                "--weights",
+                "random",
+                "--sampling",
+                SAMPLING,
+                "--device",
+                "cpu",
+                "--dask-workers",
+                "2",
+                "--dask-resource",
+                "GPU=1",
+                "-q",
+            ]
+        )
+        == 1
+    )  # the broken file
     ((runner_type, cluster_kwargs),) = seen["runners"]
     assert runner_type == DaskTaskRunner.__name__ and cluster_kwargs["n_workers"] == 2
     assert cluster_kwargs["resources"] == {"GPU": 1.0}
@@ -211,8 +240,21 @@ def test_extract_folder_extracts_only_videos_not_yet_stored(dataset, server, tmp
     (folder / "day1").mkdir(parents=True)
     for video in videos[:2]:
         shutil.copy(video, folder / "day1" / video.name)
-    args = ["extract-folder", str(folder), "--store", str(store), "--extractor", EXTRACTOR, "--weights", "random",
-            "--sampling", "uniform:1", "--device", "cpu", "-q"]
+    args = [
+        "extract-folder",
+        str(folder),
+        "--store",
+        str(store),
+        "--extractor",
+        EXTRACTOR,
+        "--weights",
+        "random",
+        "--sampling",
+        "uniform:1",
+        "--device",
+        "cpu",
+        "-q",
+    ]
     assert vqa(args) == 0
     assert "done 2  skipped 0  failed 0" in capsys.readouterr().out
     (folder / "day2").mkdir()
@@ -221,7 +263,8 @@ def test_extract_folder_extracts_only_videos_not_yet_stored(dataset, server, tmp
     assert "done 1  skipped 2  failed 0" in capsys.readouterr().out
     fs = FeatureStore(store, create=False)
     assert fs.video_ids(fs.resolve(EXTRACTOR)) == sorted(
-        [f"day1/{v.name}" for v in videos[:2]] + [f"day2/{videos[2].name}"])
+        [f"day1/{v.name}" for v in videos[:2]] + [f"day2/{videos[2].name}"]
+    )
     assert len(list((store / "_runs").glob("extract-folder-*.csv"))) == 2
 
 
@@ -231,11 +274,37 @@ def test_evaluate_flow_fits_every_head_and_compares_them(dataset, local_store, t
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     out = tmp_path / "eval"
-    assert vqa(["evaluate", "--store", str(local_store), "--manifest", str(dataset), "--features", EXTRACTOR,
-                "--head", "svr", "--head", "svr-bvqa", "--head-param", "gamma=1e-5",
-                "--head-param", "svr-bvqa:inner_cv=2",
-                "--head-param", "svr:C=2.0",
-                "--protocol", "a2inet", "--repeats", "2", "--out", str(out), "-q"]) == 0
+    assert (
+        vqa(
+            [
+                "evaluate",
+                "--store",
+                str(local_store),
+                "--manifest",
+                str(dataset),
+                "--features",
+                EXTRACTOR,
+                "--head",
+                "svr",
+                "--head",
+                "svr-bvqa",
+                "--head-param",
+                "gamma=1e-5",
+                "--head-param",
+                "svr-bvqa:inner_cv=2",
+                "--head-param",
+                "svr:C=2.0",
+                "--protocol",
+                "a2inet",
+                "--repeats",
+                "2",
+                "--out",
+                str(out),
+                "-q",
+            ]
+        )
+        == 0
+    )
     for head in ("svr", "svr-bvqa"):
         metrics = json.loads((out / head / "metrics.json").read_text())
         assert metrics["settings"]["head"] == head and metrics["n_splits"] == 2
@@ -251,9 +320,17 @@ def test_evaluate_flow_fits_every_head_and_compares_them(dataset, local_store, t
     assert artifacts and {r["head"] for r in json.loads(artifacts[0].data)} == {"svr", "svr-bvqa"}
 
     # a head that fails is reported, the others still compared; refitting needs overwrite
-    result = evaluate_flow(store=str(local_store), manifest=str(dataset), features=[EXTRACTOR], out=str(out),
-                           heads=["svr", "a2inet"], protocol="a2inet", n_repeats=1, overwrite=True,
-                           head_params={"svr": {"gamma": 1e-5}})
+    result = evaluate_flow(
+        store=str(local_store),
+        manifest=str(dataset),
+        features=[EXTRACTOR],
+        out=str(out),
+        heads=["svr", "a2inet"],
+        protocol="a2inet",
+        n_repeats=1,
+        overwrite=True,
+        head_params={"svr": {"gamma": 1e-5}},
+    )
     assert set(result["heads"]) == {"svr"} and "takes 2 feature sets" in result["failures"]["a2inet"]
     assert "| a2inet | a2inet |" not in (out / "comparison.md").read_text()  # run | head columns
 
@@ -261,17 +338,45 @@ def test_evaluate_flow_fits_every_head_and_compares_them(dataset, local_store, t
 @pytest.mark.slow
 def test_fit_and_predict_flows(dataset, local_store, tmp_path):
     out = tmp_path / "fit"
-    metrics = fit_flow(store=str(local_store), manifest=str(dataset), features=[EXTRACTOR], out=str(out),
-                       protocol="a2inet", n_repeats=1, head_params={"gamma": 1e-5})
+    metrics = fit_flow(
+        store=str(local_store),
+        manifest=str(dataset),
+        features=[EXTRACTOR],
+        out=str(out),
+        protocol="a2inet",
+        n_repeats=1,
+        head_params={"gamma": 1e-5},
+    )
     assert {"srcc", "plcc", "rmse"} <= set(metrics) and (out / "metrics.json").is_file()
-    scores = predict_flow(model=str(out / "model"), store=str(local_store), manifest=str(dataset),
-                          out=str(tmp_path / "scores.csv"))
+    scores = predict_flow(
+        model=str(out / "model"), store=str(local_store), manifest=str(dataset), out=str(tmp_path / "scores.csv")
+    )
     with open(scores) as fh:
         assert len(list(csv.DictReader(fh))) == 8
     # `vqa fit` (plain job, options shared with `vqa evaluate`) writes the same metrics
-    assert vqa(["fit", "--store", str(local_store), "--manifest", str(dataset), "--features", EXTRACTOR,
-                "--protocol", "a2inet", "--repeats", "1", "--head-param", "gamma=1e-5", "--out",
-                str(tmp_path / "cli"), "-q"]) == 0
+    assert (
+        vqa(
+            [
+                "fit",
+                "--store",
+                str(local_store),
+                "--manifest",
+                str(dataset),
+                "--features",
+                EXTRACTOR,
+                "--protocol",
+                "a2inet",
+                "--repeats",
+                "1",
+                "--head-param",
+                "gamma=1e-5",
+                "--out",
+                str(tmp_path / "cli"),
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "cli" / "metrics.json").read_text())["srcc"] == metrics["srcc"]
 
 
@@ -296,8 +401,9 @@ def test_artifacts_never_fail_a_flow(server, monkeypatch, caplog):
 
 
 def test_slurm_recipe_kwargs_and_task_runner():
-    kwargs = slurm_cluster_kwargs(queue="gpu", account="vqa", api_url="http://login1:4200/api",
-                                  job_extra_directives=["--constraint=a100"])
+    kwargs = slurm_cluster_kwargs(
+        queue="gpu", account="vqa", api_url="http://login1:4200/api", job_extra_directives=["--constraint=a100"]
+    )
     assert kwargs["job_extra_directives"] == ["--gres=gpu:1", "--constraint=a100"]
     assert kwargs["worker_extra_args"] == ["--resources", "GPU=1"]
     assert kwargs["python"] == sys.executable and kwargs["processes"] == 1
@@ -315,8 +421,13 @@ def test_slurm_job_script_renders_gpu_directives(tmp_path):
     import dask_jobqueue
 
     assert dask_jobqueue.__version__ == "0.9.0"
-    script = orchestration.slurm_job_script(queue="gpu", account="vqa", api_url="http://login1:4200/api",
-                                            python="/opt/vqa/.venv/bin/python", log_directory=tmp_path)
+    script = orchestration.slurm_job_script(
+        queue="gpu",
+        account="vqa",
+        api_url="http://login1:4200/api",
+        python="/opt/vqa/.venv/bin/python",
+        log_directory=tmp_path,
+    )
     assert "#SBATCH --gres=gpu:1" in script and "#SBATCH -p gpu" in script and "#SBATCH -A vqa" in script
     assert "/opt/vqa/.venv/bin/python -m distributed.cli.dask_worker" in script
     assert "--resources GPU=1" in script and "export PREFECT_API_URL=http://login1:4200/api" in script
@@ -333,8 +444,13 @@ def test_slurm_job_script_renders_gpu_directives(tmp_path):
 def test_serve_builds_a_cron_deployment_without_blocking(server, tmp_path, monkeypatch, capsys):
     from prefect.client.orchestration import get_client
 
-    params = {"folder": str(tmp_path), "store": str(tmp_path / "store"), "extractors": [EXTRACTOR],
-              "weights": {EXTRACTOR: "random"}, "sampling": SAMPLING}
+    params = {
+        "folder": str(tmp_path),
+        "store": str(tmp_path / "store"),
+        "extractors": [EXTRACTOR],
+        "weights": {EXTRACTOR: "random"},
+        "sampling": SAMPLING,
+    }
     deployment = build_deployment("extract-folder", name="nightly-test", cron="0 2 * * *", parameters=params)
     assert deployment.flow_name == "vqa-extract-folder" and deployment.entrypoint == "flows.jobs.extract_folder_flow"
     assert [s.schedule.cron for s in deployment.schedules] == ["0 2 * * *"] and deployment.parameters == params
@@ -347,9 +463,28 @@ def test_serve_builds_a_cron_deployment_without_blocking(server, tmp_path, monke
 
     served = []
     monkeypatch.setattr(orchestration, "serve_deployments", lambda *deps: served.extend(deps))
-    assert vqa(["serve", "extract-folder", str(tmp_path), "--store", str(tmp_path / "store"), "--extractor", EXTRACTOR,
-                "--weights", "random", "--dask-workers", "2", "--cron", "0 2 * * *",
-                "--timezone", "Europe/Paris"]) == 0
+    assert (
+        vqa(
+            [
+                "serve",
+                "extract-folder",
+                str(tmp_path),
+                "--store",
+                str(tmp_path / "store"),
+                "--extractor",
+                EXTRACTOR,
+                "--weights",
+                "random",
+                "--dask-workers",
+                "2",
+                "--cron",
+                "0 2 * * *",
+                "--timezone",
+                "Europe/Paris",
+            ]
+        )
+        == 0
+    )
     (dep,) = served
     assert dep.name == "nightly" and dep.schedules[0].schedule.timezone == "Europe/Paris"
     assert dep.parameters["dask_workers"] == 2 and dep.parameters["weights"] == {EXTRACTOR: "random"}

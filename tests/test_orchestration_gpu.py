@@ -4,6 +4,7 @@ before the worker process starts) and declares ``GPU=1``; video tasks ask for ``
 
 There is no GPU here: ``torch.cuda`` is faked for the planning code, and the real LocalCluster
 test checks each worker process's environment and resources (CUDA is never initialised)."""
+
 import os
 
 import pytest
@@ -121,7 +122,8 @@ def test_the_nanny_factory_wraps_ranks_round_robin(monkeypatch):
 
     monkeypatch.setattr(distributed, "Nanny", FakeNanny)
     for rank in (0, 1, 2):
-        orchestration.gpu_pinned_nanny("tcp://s:1", name=rank, gpu_ids=["3", "5"], env={"OMP_NUM_THREADS": "4"},
-                                       nthreads=1)
+        orchestration.gpu_pinned_nanny(
+            "tcp://s:1", name=rank, gpu_ids=["3", "5"], env={"OMP_NUM_THREADS": "4"}, nthreads=1
+        )
     assert [options["env"]["CUDA_VISIBLE_DEVICES"] for _, options in made] == ["3", "5", "3"]
     assert all(options["env"]["OMP_NUM_THREADS"] == "4" and options["nthreads"] == 1 for _, options in made)

@@ -6,6 +6,7 @@ Golden values come from UNIQUE's and TCSVT-2022's own ``BaseCNN`` (see
 from the stored key lists with the fixture script's deterministic generator, so the reference
 code is not needed to run these tests.
 """
+
 from __future__ import annotations
 
 import io
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import PipelineError, WeightsError, WeightsUnavailableError
+from pipeline.errors import WeightsError, WeightsUnavailableError
 from pipeline.extractors import create_extractor
 from pipeline.extractors.quality import UNIQUE_CHECKPOINT, CropPlan
 from pipeline.weights import file_sha256
@@ -152,13 +153,18 @@ def test_imagenet_weights_offline_raise_and_name_resnet34():
         create_extractor("unique", weights="imagenet")
 
 
-@pytest.mark.parametrize("name, enum_name", [
-    ("unique", "ResNet34_Weights.IMAGENET1K_V1"), ("quality-resnet50", "ResNet50_Weights.IMAGENET1K_V1"),
-])
+@pytest.mark.parametrize(
+    "name, enum_name",
+    [
+        ("unique", "ResNet34_Weights.IMAGENET1K_V1"),
+        ("quality-resnet50", "ResNet50_Weights.IMAGENET1K_V1"),
+    ],
+)
 def test_imagenet_choice_is_recorded_as_torchvision_weights(name, enum_name, monkeypatch):
+    from torchvision.models import resnet34, resnet50
+
     from pipeline.extractors import backbones
     from pipeline.weights import ResolvedWeights
-    from torchvision.models import resnet34, resnet50
 
     def cached(member):  # stands in for the hub cache: the real file's hash cannot be faked
         with torch.random.fork_rng(devices=[]):
@@ -228,7 +234,9 @@ def test_quality_resnet50_loads_tcsvt_training_checkpoint(golden, frames, tmp_pa
     state and numpy-scalar SRCC histories."""
     state = _state(golden, "li_keys")
     checkpoint = {
-        "epoch": 8, "state_dict": state, "train_loss": [0.5, 0.25],
+        "epoch": 8,
+        "state_dict": state,
+        "train_loss": [0.5, 0.25],
         "optimizer": {"state": {}, "param_groups": [{"lr": 1e-5, "betas": (0.9, 0.999), "params": [0, 1]}]},
         "test_results_srcc": {"bid": [np.float64(0.8)], "clive": [np.float32(0.7)]},
     }
@@ -295,7 +303,7 @@ def test_small_frames_get_the_largest_square_crop_that_fits():
 
 def test_pr_features_are_the_mean_over_the_videos_crops(pr_model, unique_model):
     boxes = pr_model.crop_plan("clip-1").boxes(40, 56, size=24)
-    crops = np.concatenate([TINY[:, t:t + s, l:l + s] for t, l, s in boxes])  # [4 * B, 24, 24, 3]
+    crops = np.concatenate([TINY[:, top : top + s, left : left + s] for top, left, s in boxes])  # [4 * B, 24, 24, 3]
     want = unique_model(crops).reshape(len(boxes), len(TINY), -1).mean(axis=0)
     np.testing.assert_allclose(pr_model(TINY, video_key="clip-1"), want, rtol=1e-5, atol=1e-5)
 
@@ -304,7 +312,7 @@ def test_pr_crops_are_identical_across_frames_and_batches_of_one_video(pr_model)
     same = np.repeat(TINY[:1], 2, axis=0)  # one picture twice: rows must agree exactly
     accumulator = pr_model.accumulator(video_key="clip-1")
     for start in range(2):  # the runner feeds batch by batch through the video's accumulator
-        accumulator.consume(pr_model, same[start:start + 1])
+        accumulator.consume(pr_model, same[start : start + 1])
     rows = accumulator.result()
     assert rows.shape == (2, 1920)
     np.testing.assert_array_equal(rows[0], rows[1])

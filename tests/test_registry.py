@@ -1,5 +1,6 @@
 """vqa_core.registry: lookups with did-you-mean hints, wildcard listing, duplicate refusal, lazy
 modules, and the registries of the packages built on it."""
+
 from __future__ import annotations
 
 import sys
@@ -149,13 +150,15 @@ def test_a_failing_lazy_module_fails_every_lookup_until_fixed(plugin_package, tm
 def test_lookups_from_other_threads_wait_for_the_lazy_modules(tmp_path, monkeypatch):
     """A second thread must not see a half-filled registry while the first imports."""
     name = f"slow_plugins_{len(sys.modules)}"
-    (tmp_path / f"{name}.py").write_text(textwrap.dedent(f"""
+    (tmp_path / f"{name}.py").write_text(
+        textwrap.dedent(f"""
         import time
         from {__name__} import SLOW, STARTED
         STARTED.set()
         time.sleep(0.3)
         SLOW.register("late", "LATE")
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     registry = Registry("plugin", lazy_modules=(name,))
     started = threading.Event()

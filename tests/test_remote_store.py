@@ -328,8 +328,9 @@ def test_killed_set_removal_is_finished(url, monkeypatch):
 # --------------------------------------------------------------------------- several processes
 
 
-def _writer(url: str, writer: int, video_ids: list[str], barrier, overwrite: bool, rounds: int,
-            data_of: int | None) -> None:
+def _writer(
+    url: str, writer: int, video_ids: list[str], barrier, overwrite: bool, rounds: int, data_of: int | None
+) -> None:
     """Process body: wait for the others, then write ``video_ids`` ``rounds`` times."""
     store = FeatureStore(url)
     set_id = store.ensure_feature_set(spec=SPEC, sampling=SAMPLING)
@@ -457,8 +458,7 @@ def test_cli_store_commands_and_fit_accept_urls(url, tmp_path, capsys):
     rows = []
     for i in range(20):
         mos = float(i % 5) + 1.0
-        store.write_video(set_id, f"v{i}", rng.standard_normal((4, 8)).astype(np.float32) + mos,
-                          provenance=prov())
+        store.write_video(set_id, f"v{i}", rng.standard_normal((4, 8)).astype(np.float32) + mos, provenance=prov())
         rows.append([f"v{i}", f"v{i}.mp4", mos])
     manifest = tmp_path / "m.csv"
     with open(manifest, "w", newline="") as fh:
@@ -469,8 +469,25 @@ def test_cli_store_commands_and_fit_accept_urls(url, tmp_path, capsys):
     assert vqa(["store", "verify", url]) == 0
     assert vqa(["store", "export", url, "--out", str(tmp_path / "e.h5")]) == 0
     assert (tmp_path / "e.h5").is_file()
-    assert vqa(["fit", "--store", url, "--manifest", str(manifest), "--features", "remote",
-                "--out", str(tmp_path / "fit"), "--repeats", "1", "-q"]) == 0
+    assert (
+        vqa(
+            [
+                "fit",
+                "--store",
+                url,
+                "--manifest",
+                str(manifest),
+                "--features",
+                "remote",
+                "--out",
+                str(tmp_path / "fit"),
+                "--repeats",
+                "1",
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "fit" / "metrics.json").read_text())["srcc"] > 0.5
     assert vqa(["store", "rm", url, "remote", "--video", "v0", "--yes"]) == 0
     assert len(store.video_ids(set_id)) == 19
@@ -486,8 +503,19 @@ def test_extract_flows_into_a_file_url(tmp_path, prefect_harness, capsys):
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("video_id,path\n" + "\n".join(rows) + "\n")
     url = (tmp_path / "store").as_uri()
-    options = ["--store", url, "--extractor", "resnet50-vsfa", "--weights", "random", "--sampling", "uniform:2",
-               "--device", "cpu", "-q"]
+    options = [
+        "--store",
+        url,
+        "--extractor",
+        "resnet50-vsfa",
+        "--weights",
+        "random",
+        "--sampling",
+        "uniform:2",
+        "--device",
+        "cpu",
+        "-q",
+    ]
     assert vqa(["extract", str(manifest), *options]) == 0
     assert "done 2" in capsys.readouterr().out
     store = FeatureStore(url, create=False)

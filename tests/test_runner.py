@@ -1,6 +1,7 @@
 """The runner's decode worker (prefetch), compute options (precision, channels-last) and the
 device assignment for several GPUs. CPU only: CUDA paths are exercised with CUDA faked.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,10 +36,18 @@ class RecordingExtractor(Extractor):
     """Cheap deterministic numpy features per step (mean, std, first and last value); records
     each call's step count and, when given a video list, whether the reader was closed."""
 
-    def __init__(self, name: str = "recording", *, frames_per_step: int = 1, device: str = "cpu",
-                 fail_on_call: int | None = None, videos: list | None = None):
-        spec = ExtractorSpec(name=name, version="1", dims=4, backbone="none", taps=(), pooling="test",
-                             frames_per_step=frames_per_step)
+    def __init__(
+        self,
+        name: str = "recording",
+        *,
+        frames_per_step: int = 1,
+        device: str = "cpu",
+        fail_on_call: int | None = None,
+        videos: list | None = None,
+    ):
+        spec = ExtractorSpec(
+            name=name, version="1", dims=4, backbone="none", taps=(), pooling="test", frames_per_step=frames_per_step
+        )
         super().__init__(spec, device=device)
         self.fail_on_call, self.videos = fail_on_call, videos
         self.calls: list[int] = []
@@ -78,16 +87,21 @@ def _no_worker_left() -> bool:
 
 # ---- prefetch: same features, bounded queue, errors, closing ------------------------------
 
+
 @pytest.mark.parametrize("batch_size", [3, 16])
 @pytest.mark.parametrize("prefetch", [1, 2, 5])
 def test_prefetch_gives_the_same_features_and_batches_as_sequential(noise_video, batch_size, prefetch):
     samplings = [parse_sampling("all"), parse_sampling("uniform:7"), ClipSampling(4)]
 
     def run(prefetch):
-        extractors = [RecordingExtractor("frames"), RecordingExtractor("uniform"),
-                      RecordingExtractor("clips", frames_per_step=4)]
-        features, info = extract_video(noise_video, extractors, sampling=samplings, batch_size=batch_size,
-                                       prefetch=prefetch)
+        extractors = [
+            RecordingExtractor("frames"),
+            RecordingExtractor("uniform"),
+            RecordingExtractor("clips", frames_per_step=4),
+        ]
+        features, info = extract_video(
+            noise_video, extractors, sampling=samplings, batch_size=batch_size, prefetch=prefetch
+        )
         return features, [e.calls for e in extractors], info
 
     want, want_calls, want_info = run(0)
@@ -165,8 +179,7 @@ def test_a_corrupt_frame_raises_the_same_error_with_and_without_prefetch(tmp_pat
     errors = []
     for prefetch in (0, 2):
         with pytest.raises(VideoDecodeError) as caught:
-            extract_video(path, [RecordingExtractor()], sampling=parse_sampling("all"), batch_size=8,
-                          prefetch=prefetch)
+            extract_video(path, [RecordingExtractor()], sampling=parse_sampling("all"), batch_size=8, prefetch=prefetch)
         errors.append(caught.value)
     assert all(e.path == str(path) and "decoding failed at frame" in e.cause for e in errors)
     assert _no_worker_left()
@@ -177,8 +190,13 @@ def test_an_extractor_error_stops_the_worker_early_and_closes_the_reader(noise_v
     decoded = []
     _watch_batches(monkeypatch, lambda video, indices: decoded.append(len(indices)))
     with pytest.raises(RuntimeError, match="extractor failed"):
-        extract_video(noise_video, [RecordingExtractor(fail_on_call=1)], sampling=parse_sampling("all"),
-                      batch_size=2, prefetch=prefetch)
+        extract_video(
+            noise_video,
+            [RecordingExtractor(fail_on_call=1)],
+            sampling=parse_sampling("all"),
+            batch_size=2,
+            prefetch=prefetch,
+        )
     assert opened[-1].closed and _no_worker_left()
     # 30 batches in the video; the worker stopped a few batches after the failure
     assert len(decoded) <= 2 + prefetch + 2, decoded
@@ -213,14 +231,19 @@ def test_batches_for_cuda_extractors_are_pinned_only_when_cuda_is_there(noise_vi
     assert pinned_shapes == []  # no CUDA on this machine: nothing pinned
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    got, _ = extract_video(noise_video, [RecordingExtractor("cpu"), RecordingExtractor("gpu", device="cuda")],
-                           sampling=sampling, batch_size=4)
+    got, _ = extract_video(
+        noise_video,
+        [RecordingExtractor("cpu"), RecordingExtractor("gpu", device="cuda")],
+        sampling=sampling,
+        batch_size=4,
+    )
     assert [s[:2] for s in pinned_shapes] == [(4, 1), (4, 1), (2, 1)]  # the CUDA extractor's batches only
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
 
 
 # ---- compute options -----------------------------------------------------------------------
+
 
 def _photos(short_side: int = 128) -> np.ndarray:
     """skimage photos, short side ``short_side``, centre-cropped to one shape: uint8 [N, s, s*4/3, 3]."""
@@ -231,7 +254,7 @@ def _photos(short_side: int = 128) -> np.ndarray:
         x = F.interpolate(x, scale_factor=scale, mode="bilinear", antialias=True, align_corners=False)
         width = short_side * 4 // 3
         left = max(0, (x.shape[-1] - width) // 2)
-        x = x[..., :short_side, left:left + width]
+        x = x[..., :short_side, left : left + width]
         x = F.pad(x, (0, width - x.shape[-1]))  # a square photo gets a thin black strip
         out.append(x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy())
     return np.stack(out)
@@ -298,17 +321,22 @@ def test_fp16_on_the_cpu_is_refused_before_the_model_is_built(monkeypatch):
 
     entry = registry.get_entry("resnet50")
     builder = lambda **kw: pytest.fail("the model was built")  # noqa: E731
-    with registry.EXTRACTORS.override("resnet50", dataclasses.replace(entry, builder=builder)), \
-            pytest.raises(ComputeOptionError, match="fp16 needs a CUDA device.*use bf16") as caught:
+    with (
+        registry.EXTRACTORS.override("resnet50", dataclasses.replace(entry, builder=builder)),
+        pytest.raises(ComputeOptionError, match="fp16 needs a CUDA device.*use bf16") as caught,
+    ):
         create_extractor("resnet50", weights="random", precision="fp16")
     assert isinstance(caught.value, PipelineError) and isinstance(caught.value, ValueError)
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"precision": "fp8"}, "precision must be one of fp32, bf16, fp16; got 'fp8'"),
-    ({"precision": "float16"}, "precision must be one of"),
-    ({"channels_last": "yes"}, "channels_last must be True or False"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"precision": "fp8"}, "precision must be one of fp32, bf16, fp16; got 'fp8'"),
+        ({"precision": "float16"}, "precision must be one of"),
+        ({"channels_last": "yes"}, "channels_last must be True or False"),
+    ],
+)
 def test_unknown_compute_options_are_refused(options, message):
     with pytest.raises(ComputeOptionError, match=message):
         create_extractor("resnet50-vsfa", weights="random", **options)
@@ -359,6 +387,7 @@ def test_every_extractor_family_runs_in_bf16_channels_last(name):
 
 # ---- several GPUs: one worker per GPU ------------------------------------------------------
 
+
 def test_assign_devices_gives_each_worker_its_gpu_round_robin():
     assert assign_devices(2, gpu_count=2) == ["cuda:0", "cuda:1"]
     assert assign_devices(5, gpu_count=2) == ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]
@@ -380,7 +409,10 @@ def test_assign_devices_needs_a_positive_worker_count(n):
 
 def test_cuda_visible_devices_per_worker(monkeypatch):
     assert [cuda_visible_devices(r, visible="2,5") for r in range(3)] == [
-        {"CUDA_VISIBLE_DEVICES": "2"}, {"CUDA_VISIBLE_DEVICES": "5"}, {"CUDA_VISIBLE_DEVICES": "2"}]
+        {"CUDA_VISIBLE_DEVICES": "2"},
+        {"CUDA_VISIBLE_DEVICES": "5"},
+        {"CUDA_VISIBLE_DEVICES": "2"},
+    ]
     assert cuda_visible_devices(1, visible="GPU-aa, GPU-bb") == {"CUDA_VISIBLE_DEVICES": "GPU-bb"}
     assert cuda_visible_devices(0, visible="") == {}  # every GPU hidden: the worker uses the CPU
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)

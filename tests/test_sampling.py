@@ -1,4 +1,5 @@
 """pipeline.sampling: parsing, canonical names, and the index math of each strategy."""
+
 from __future__ import annotations
 
 import re
@@ -14,11 +15,13 @@ from pipeline.video import VideoInfo
 def _info(num_frames: int = 30, fps: float = 25.0, duration: float | None = None) -> VideoInfo:
     if duration is None:
         duration = num_frames / fps
-    return VideoInfo(path="clip.mp4", num_frames=num_frames, fps=fps, duration=duration,
-                     width=64, height=48, size_bytes=1, mtime=0.0)
+    return VideoInfo(
+        path="clip.mp4", num_frames=num_frames, fps=fps, duration=duration, width=64, height=48, size_bytes=1, mtime=0.0
+    )
 
 
 # ---- parsing, names, serialisation ---------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "text, kind, value, name",
@@ -59,9 +62,26 @@ def test_names_are_filesystem_safe_and_distinct(value):
 
 @pytest.mark.parametrize(
     "text",
-    ["", "every", "all:3", "uniform", "uniform:", "uniform:0", "uniform:-3", "uniform:2.5",
-     "uniform:abc", "fps", "fps:", "fps:0", "fps:-1", "fps:nan", "fps:inf", "fps:two",
-     "random:3", "uniform-16"],
+    [
+        "",
+        "every",
+        "all:3",
+        "uniform",
+        "uniform:",
+        "uniform:0",
+        "uniform:-3",
+        "uniform:2.5",
+        "uniform:abc",
+        "fps",
+        "fps:",
+        "fps:0",
+        "fps:-1",
+        "fps:nan",
+        "fps:inf",
+        "fps:two",
+        "random:3",
+        "uniform-16",
+    ],
 )
 def test_parse_errors_name_the_accepted_forms(text):
     with pytest.raises(SamplingError) as caught:
@@ -80,8 +100,18 @@ def test_parse_rejects_non_strings():
 
 @pytest.mark.parametrize(
     "kind, value",
-    [("every", None), ("all", 3), ("uniform", None), ("uniform", 2.5), ("uniform", 0),
-     ("fps", 0), ("fps", -2.0), ("fps", float("inf")), ("fps", True), ("fps", "2")],
+    [
+        ("every", None),
+        ("all", 3),
+        ("uniform", None),
+        ("uniform", 2.5),
+        ("uniform", 0),
+        ("fps", 0),
+        ("fps", -2.0),
+        ("fps", float("inf")),
+        ("fps", True),
+        ("fps", "2"),
+    ],
 )
 def test_invalid_sampling_values(kind, value):
     with pytest.raises(SamplingError):
@@ -89,6 +119,7 @@ def test_invalid_sampling_values(kind, value):
 
 
 # ---- all / uniform -------------------------------------------------------------------------
+
 
 def test_all_is_every_frame():
     indices = Sampling("all").indices(_info(30))
@@ -142,6 +173,7 @@ def test_zero_frames_is_refused():
 
 
 # ---- fps -----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "rate, expected",
@@ -218,16 +250,19 @@ def test_other_strategies_ignore_timestamps():
 
 # ---- on a real file ------------------------------------------------------------------------
 
+
 def test_fps_sampling_on_a_variable_frame_rate_file(tmp_path):
     from pipeline.video import Video
     from tests.helpers import frame_numbers, make_video
 
     path = make_video(
-        tmp_path / "vfr.mkv", 20, fps=25.0,
+        tmp_path / "vfr.mkv",
+        20,
+        fps=25.0,
         extra_args=["-vf", "setpts='(N+25*gte(N,10))/25/TB'", "-fps_mode", "vfr"],
     )
     with Video(path) as video:
         indices = parse_sampling("fps:1").indices(video.info, video.timestamps())
-        (got_indices, frames), = video.frames(indices)
+        ((got_indices, frames),) = video.frames(indices)
     np.testing.assert_array_equal(got_indices, [0, 10])
     np.testing.assert_array_equal(frame_numbers(frames), [0, 10])

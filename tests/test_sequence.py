@@ -141,7 +141,11 @@ def test_clone_and_get_params():
     assert twin.module_params is not h.module_params  # deep-copied
     defaults = SequenceRegressor().get_params()
     assert (defaults["loss"], defaults["optimizer"], defaults["lr"], defaults["batch_size"]) == (
-        "vsfa_l1", "adam", 1e-5, 16)
+        "vsfa_l1",
+        "adam",
+        1e-5,
+        16,
+    )
     assert not any(k.endswith("_") for k in vars(SequenceRegressor()))  # __init__ learns nothing
 
 
@@ -234,8 +238,9 @@ def test_two_dimensional_input_means_one_step_videos():
 # ------------------------------------------------------------------ schedules
 def test_step_schedule_lr_sequence(data):
     X, y = data
-    h = SequenceRegressor(**{**FAST, "epochs": 7, "schedule": "step", "step_size": 2, "gamma": 0.5,
-                             "val_fraction": 0.0}).fit(X[:16], y[:16])
+    h = SequenceRegressor(
+        **{**FAST, "epochs": 7, "schedule": "step", "step_size": 2, "gamma": 0.5, "val_fraction": 0.0}
+    ).fit(X[:16], y[:16])
     np.testing.assert_allclose(h.history_["lr"], [1e-2, 1e-2, 5e-3, 5e-3, 2.5e-3, 2.5e-3, 1.25e-3])
     # VSFA's default: decay by 0.8 every tenth of the epochs.
     f = lr_factors("step", epochs=20, steps_per_epoch=3)
@@ -251,16 +256,26 @@ def test_cosine_schedule_with_warmup():
     np.testing.assert_allclose(f, expected)
     assert f[warm - 1] == 1.0 and f[warm] == 1.0 and f[-1] > 0.1
     # No warm-up: eq. 8 from eta_max at step 0.
-    np.testing.assert_allclose(lr_factors("cosine", epochs=1, steps_per_epoch=4),
-                               0.5 * (1 + np.cos(np.pi * np.arange(4) / 4)))
+    np.testing.assert_allclose(
+        lr_factors("cosine", epochs=1, steps_per_epoch=4), 0.5 * (1 + np.cos(np.pi * np.arange(4) / 4))
+    )
     np.testing.assert_array_equal(lr_factors("none", epochs=2, steps_per_epoch=2), np.ones(4))
 
 
 def test_cosine_lr_in_training(data):
     X, y = data
     # 16 videos, batch 8 -> 2 steps per epoch.
-    h = SequenceRegressor(**{**FAST, "epochs": 4, "schedule": "cosine", "warmup_epochs": 1, "min_lr": 1e-3,
-                             "val_fraction": 0.0, "optimizer": "adamw"}).fit(X[:16], y[:16])
+    h = SequenceRegressor(
+        **{
+            **FAST,
+            "epochs": 4,
+            "schedule": "cosine",
+            "warmup_epochs": 1,
+            "min_lr": 1e-3,
+            "val_fraction": 0.0,
+            "optimizer": "adamw",
+        }
+    ).fit(X[:16], y[:16])
     f = lr_factors("cosine", epochs=4, steps_per_epoch=2, warmup_epochs=1, min_lr_ratio=0.1)
     np.testing.assert_allclose(h.history_["lr"], 1e-2 * f[::2])
 
@@ -334,11 +349,13 @@ def test_runs_under_evaluate_protocol(data):
     from regressors.protocols import evaluate, random_splits, train_val_test_splits
 
     X, y = data
-    result = evaluate(SequenceRegressor(**{**FAST, "epochs": 2}), X, y,
-                      splits=random_splits(40, n_repeats=2), progress=False)
+    result = evaluate(
+        SequenceRegressor(**{**FAST, "epochs": 2}), X, y, splits=random_splits(40, n_repeats=2), progress=False
+    )
     assert len(result.per_split) == 2 and np.isfinite(result.median["srcc"])
     # VSFA protocol: the validation part of each split chooses the checkpoint.
-    (train, val, test), = train_val_test_splits(40, n_repeats=1)
+    ((train, val, test),) = train_val_test_splits(40, n_repeats=1)
     h = SequenceRegressor(**{**FAST, "epochs": 2}).fit(
-        [X[i] for i in train], y[train], X_val=[X[i] for i in val], y_val=y[val])
+        [X[i] for i in train], y[train], X_val=[X[i] for i in val], y_val=y[val]
+    )
     assert h.predict([X[i] for i in test]).shape == (len(test),)

@@ -8,6 +8,7 @@ Golden values come from the reference code itself (``fixtures/make_simplevqa_fix
 ``fixtures/make_tcsvt_motion_fixture.py``); the weights are rebuilt here from
 ``slowfast_keys.json`` with ``make_slowfast_fixture``'s generator.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,6 +67,7 @@ def checkpoint(tmp_path_factory):
 
 # ---- registry and shapes --------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", sorted(VARIANT_ROWS))
 def test_registry_dims_and_spec(name):
     extractor = create_extractor(name, weights="random", size=SMALL)
@@ -109,11 +111,14 @@ def _simplevqa_pool(model: SlowFastR50, slow_map: torch.Tensor, fast_map: torch.
 
 # ---- pooling on synthetic maps (no network) ----------------------------------------------------
 
+
 def test_clip_means_equal_simplevqa_pooling_at_224():
     generator = torch.Generator().manual_seed(0)
     slow_map = torch.randn(2, 2048, 8, 7, 7, generator=generator)
     fast_map = torch.randn(2, 256, 32, 7, 7, generator=generator)
-    torch.testing.assert_close(clip_mean_features(slow_map, fast_map), _simplevqa_pool(SlowFastR50(), slow_map, fast_map))
+    torch.testing.assert_close(
+        clip_mean_features(slow_map, fast_map), _simplevqa_pool(SlowFastR50(), slow_map, fast_map)
+    )
 
 
 def test_fast_step_features_layout():
@@ -124,7 +129,9 @@ def test_fast_step_features_layout():
     for b in range(2):
         for t in range(3):
             cell = maps[b, :, t].reshape(5, -1)
-            np.testing.assert_allclose(rows[b * 3 + t], np.concatenate([cell.mean(1), cell.std(1, ddof=1)]), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                rows[b * 3 + t], np.concatenate([cell.mean(1), cell.std(1, ddof=1)]), rtol=1e-5, atol=1e-6
+            )
 
 
 def test_grid_tokens_layout_slow_then_fast_channel_time_row_column():
@@ -144,6 +151,7 @@ def test_grid_tokens_layout_slow_then_fast_channel_time_row_column():
 
 
 # ---- preprocessing ---------------------------------------------------------------------------
+
 
 def test_preprocess_resizes_every_frame_to_a_square_and_normalises(fast_extractor):
     clips = np.full((2, 32, 36, 80, 3), 153, dtype=np.uint8)  # any aspect ratio -> 64 x 64
@@ -168,6 +176,7 @@ def test_size_must_be_a_multiple_of_32(size):
 
 # ---- runner integration ---------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_runner_feeds_clips_and_frames_from_one_decode_pass(tmp_path, fast_extractor, monkeypatch):
     path = make_video(tmp_path / "clip.mp4", 40, fps=25.0, noise=True)  # 1.6 s -> 2 clips
@@ -181,7 +190,10 @@ def test_runner_feeds_clips_and_frames_from_one_decode_pass(tmp_path, fast_extra
 
     monkeypatch.setattr(Video, "frames", counting_frames)
     (motion, content), info = extract_video(
-        path, [fast_extractor, vsfa], sampling=[ClipSampling(32), parse_sampling("fps:2")], batch_size=4,
+        path,
+        [fast_extractor, vsfa],
+        sampling=[ClipSampling(32), parse_sampling("fps:2")],
+        batch_size=4,
     )
     assert len(passes) == 1 and np.array_equal(passes[0], np.arange(40))  # clip frames cover every frame
     assert motion.shape == (2 * 32, 512) and content.shape == (4, 4096)
@@ -220,8 +232,16 @@ def _with_weights(extractor: Extractor, state: dict[str, torch.Tensor]) -> Extra
 
 
 def _info(num_frames: int, fps: float) -> VideoInfo:
-    return VideoInfo(path="v.mp4", num_frames=num_frames, fps=fps, duration=num_frames / fps,
-                     width=1, height=1, size_bytes=1, mtime=0.0)
+    return VideoInfo(
+        path="v.mp4",
+        num_frames=num_frames,
+        fps=fps,
+        duration=num_frames / fps,
+        width=1,
+        height=1,
+        size_bytes=1,
+        mtime=0.0,
+    )
 
 
 def _assert_parity(got: np.ndarray, want: np.ndarray) -> None:
@@ -244,7 +264,7 @@ def test_slowfast_matches_simplevqa_with_pil_resize_and_floor_clips(synthetic_st
     _assert_parity(extractor(frames[plan]), golden["features"][: len(plan)])
     # SimpleVQA then repeats its last clip up to 8 for KoNViD-1k: copies, not computed here.
     assert len(golden["features"]) == int(golden["min_clips"])
-    np.testing.assert_array_equal(golden["features"][len(plan):], np.repeat(golden["features"][-1:], 6, axis=0))
+    np.testing.assert_array_equal(golden["features"][len(plan) :], np.repeat(golden["features"][-1:], 6, axis=0))
 
 
 def test_default_torch_resize_is_close_to_simplevqas_pil_input_but_not_equal():
@@ -272,16 +292,23 @@ def test_slowfast_fast_tcsvt_matches_tcsvt_motion_features(video, synthetic_stat
     rows = accumulator.result()
     assert rows.shape == tuple(golden[f"{video}_rows_shape"])
     _assert_parity(rows[:, golden["columns"]], golden[f"{video}_sample"])
-    np.testing.assert_allclose(rows.astype(np.float64).sum(axis=1), golden[f"{video}_row_sum"],
-                               rtol=RTOL, atol=ATOL_OF_SCALE * np.abs(rows).max() * rows.shape[1])
+    np.testing.assert_allclose(
+        rows.astype(np.float64).sum(axis=1),
+        golden[f"{video}_row_sum"],
+        rtol=RTOL,
+        atol=ATOL_OF_SCALE * np.abs(rows).max() * rows.shape[1],
+    )
 
 
 class _FrameMeanExtractor(Extractor):
     """Stand-in clip extractor: one row per clip position, the mean of that frame's pixels."""
 
     def __init__(self):
-        super().__init__(ExtractorSpec(name="frame-mean", version="0", dims=1, backbone="none", taps=(),
-                                       pooling="mean", frames_per_step=32))
+        super().__init__(
+            ExtractorSpec(
+                name="frame-mean", version="0", dims=1, backbone="none", taps=(), pooling="mean", frames_per_step=32
+            )
+        )
 
     def __call__(self, clips: np.ndarray) -> np.ndarray:
         return clips.reshape(clips.shape[0] * clips.shape[1], -1).mean(axis=1, keepdims=True).astype(np.float32)
@@ -349,12 +376,16 @@ def test_resampler_option_is_checked_and_recorded():
 
 # ---- weights ---------------------------------------------------------------------------------
 
+
 def test_checkpoint_file_through_the_registry(checkpoint):
     path, state = checkpoint
     extractor = create_extractor("slowfast", weights=str(path), size=SMALL)
     assert extractor.spec.weights == {
-        "source": "file", "path": str(path.resolve()), "sha256": file_sha256(path),
-        "container": "model_state", "num_tensors": 662,
+        "source": "file",
+        "path": str(path.resolve()),
+        "sha256": file_sha256(path),
+        "container": "model_state",
+        "num_tensors": 662,
     }
     loaded = extractor.model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
@@ -384,11 +415,15 @@ def test_hub_checkpoint_downloads_into_the_cache(tmp_path):
     source = tmp_path / "published" / "weights.pyth"
     source.parent.mkdir()
     source.write_bytes(b"not really weights")
-    cached = HubCheckpoint(title="test weights", filename=source.name, url=source.as_uri()).resolve(allow_download=True)  # file:// : no network
+    cached = HubCheckpoint(title="test weights", filename=source.name, url=source.as_uri()).resolve(
+        allow_download=True
+    )  # file:// : no network
     assert cached == Path(torch.hub.get_dir()) / "checkpoints" / "weights.pyth"
     assert cached.read_bytes() == b"not really weights"
     with pytest.raises(WeightsUnavailableError, match="cannot download test weights"):
-        HubCheckpoint(title="test weights", filename="absent.pyth", url=(tmp_path / "absent.pyth").as_uri()).resolve(allow_download=True)
+        HubCheckpoint(title="test weights", filename="absent.pyth", url=(tmp_path / "absent.pyth").as_uri()).resolve(
+            allow_download=True
+        )
 
 
 def test_checkpoint_that_does_not_fit_is_a_weights_error(tmp_path):

@@ -4,6 +4,7 @@ Golden values come from pytorchvideo itself (see ``fixtures/make_slowfast_fixtur
 how to regenerate them); the weights are rebuilt here from the key list with the fixture
 script's deterministic generator, so pytorchvideo is not needed to run these tests.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,7 +60,9 @@ def _clip(golden, prefix: str) -> torch.Tensor:
     clip = fixture_lib.make_clip(int(golden[f"{prefix}_clip_seed"]), tuple(golden[f"{prefix}_clip_shape"]))
     # A drifted torch RNG would make every parity failure below misleading: say so first.
     np.testing.assert_allclose(
-        fixture_lib.clip_checksum(clip), golden[f"{prefix}_clip_checksum"], rtol=1e-9,
+        fixture_lib.clip_checksum(clip),
+        golden[f"{prefix}_clip_checksum"],
+        rtol=1e-9,
         err_msg="torch.randn no longer reproduces the fixture's input clip; regenerate the fixture",
     )
     return clip

@@ -84,9 +84,7 @@ def test_feature_set_id_is_readable_and_content_addressed():
     reordered = dict(reversed(list(SPEC.items())))
     assert FeatureStore.feature_set_id(reordered, {"value": 16.0, "strategy": "uniform"}) == sid
     assert FeatureStore.feature_set_id({**SPEC, "version": 2}, SAMPLING) != sid
-    assert FeatureStore.feature_set_id(SPEC, {"strategy": "all", "value": None}).startswith(
-        "resnet50--all--"
-    )
+    assert FeatureStore.feature_set_id(SPEC, {"strategy": "all", "value": None}).startswith("resnet50--all--")
     assert "--fps-2--" in FeatureStore.feature_set_id(SPEC, {"strategy": "fps", "value": 2})
     with pytest.raises(InvalidMetadataError):
         FeatureStore.feature_set_id({"dims": 3}, SAMPLING)
@@ -329,14 +327,11 @@ def _kill_mid_write(path: Path, n_done: int, delay_s: float) -> int:
     wait ``delay_s`` (to land later in the write), then SIGKILL it; return the number of
     staging entries seen."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, env=env, cwd=REPO
-    )
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, env=env, cwd=REPO)
     try:
         for _ in range(n_done):
             assert proc.stdout.readline(), "writer died early"
-        (set_dir,) = [p for p in path.iterdir() if not p.name.startswith(("_", "."))
-                      and p.is_dir()]
+        (set_dir,) = [p for p in path.iterdir() if not p.name.startswith(("_", ".")) and p.is_dir()]
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             # kill as soon as a write is in flight, so the kill lands inside write_video
@@ -355,19 +350,14 @@ def _kill_mid_write(path: Path, n_done: int, delay_s: float) -> int:
     return len(staged)
 
 
-@pytest.mark.parametrize(
-    ("n_done", "delay_s"), [(8, 0.0), (34, 0.004)], ids=["first-write", "overwrite"]
-)
+@pytest.mark.parametrize(("n_done", "delay_s"), [(8, 0.0), (34, 0.004)], ids=["first-write", "overwrite"])
 @pytest.mark.slow
 def test_sigkill_mid_write_leaves_only_complete_videos(tmp_path, n_done, delay_s):
     path = tmp_path / "killed"
     assert _kill_mid_write(path, n_done, delay_s) >= 1
     store = FeatureStore(path, create=False)
     (sid,) = store.feature_sets()
-    expected = {
-        f"v{i:03d}": np.random.default_rng(i).standard_normal((100, 512)).astype(np.float32)
-        for i in range(30)
-    }
+    expected = {f"v{i:03d}": np.random.default_rng(i).standard_normal((100, 512)).astype(np.float32) for i in range(30)}
     assert len(store.video_ids(sid)) >= min(n_done, 30) - 1
     for vid, x in expected.items():
         if store.has_video(sid, vid):
@@ -431,9 +421,7 @@ def test_read_videos_missing_and_provenance_mismatch(store, set_id):
 
 
 def test_info_and_format(store, set_id):
-    empty = store.ensure_feature_set(
-        spec={"name": "empty", "dims": 4}, sampling={"strategy": "all"}
-    )
+    empty = store.ensure_feature_set(spec={"name": "empty", "dims": 4}, sampling={"strategy": "all"})
     store.write_video(set_id, "a", feats(0, steps=5), provenance=prov())
     store.write_video(set_id, "b", feats(1, steps=7), provenance=prov())
     infos = store.info()

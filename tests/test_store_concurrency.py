@@ -25,9 +25,7 @@ def values(writer: int, video: str, steps: int = 40) -> np.ndarray:
     return writer_values(writer, video, steps, SPEC["dims"])
 
 
-def _writer(
-    path: str, writer: int, video_ids: list[str], barrier, overwrite: bool, loop: bool
-) -> None:
+def _writer(path: str, writer: int, video_ids: list[str], barrier, overwrite: bool, loop: bool) -> None:
     """Process body: wait for the others, then write ``video_ids`` (forever if ``loop``)."""
     store = FeatureStore(path)
     set_id = store.ensure_feature_set(spec=SPEC, sampling=SAMPLING)
@@ -35,9 +33,13 @@ def _writer(
         barrier.wait(timeout=60)
     while True:
         for vid in video_ids:
-            store.write_video(set_id, vid, values(writer, vid),
-                              provenance={"set": SET_PROV, "video": {"writer": writer}},
-                              overwrite=overwrite)
+            store.write_video(
+                set_id,
+                vid,
+                values(writer, vid),
+                provenance={"set": SET_PROV, "video": {"writer": writer}},
+                overwrite=overwrite,
+            )
         if not loop:
             return
 
@@ -92,8 +94,9 @@ def test_writers_racing_on_the_same_videos(tmp_path, overwrite):
     path = tmp_path / "store"
     ids = [f"v{i:02d}" for i in range(16)]
     # opposite orders: the writers meet in the middle, same order: they race on every id
-    procs, _barrier = _start(path, [(0, ids, overwrite, False), (1, ids[::-1], overwrite, False),
-                          (2, ids, overwrite, False)])
+    procs, _barrier = _start(
+        path, [(0, ids, overwrite, False), (1, ids[::-1], overwrite, False), (2, ids, overwrite, False)]
+    )
     _join(procs)
     assert [p.exitcode for p in procs] == [0, 0, 0]
     store = FeatureStore(path, create=False)
@@ -173,8 +176,7 @@ def test_export_killed_leaves_no_partial_file(tmp_path):
     store = FeatureStore(path)
     set_id = store.ensure_feature_set(spec=SPEC, sampling=SAMPLING)
     for i in range(30):
-        store.write_video(set_id, f"v{i:02d}", values(0, f"v{i:02d}", steps=200),
-                          provenance={"set": SET_PROV})
+        store.write_video(set_id, f"v{i:02d}", values(0, f"v{i:02d}", steps=200), provenance={"set": SET_PROV})
     out = tmp_path / "out" / "features.h5"
     out.parent.mkdir()
     proc = CTX.Process(target=_export, args=(str(path), str(out)))

@@ -115,9 +115,7 @@ def test_mixed_provenance_is_refused(store, sets):
 
 
 def all_steps(store, set_id) -> np.ndarray:
-    return np.concatenate([store.read_video(set_id, v) for v in store.video_ids(set_id)]).astype(
-        np.float64
-    )
+    return np.concatenate([store.read_video(set_id, v) for v in store.video_ids(set_id)]).astype(np.float64)
 
 
 def test_stats_match_numpy_and_are_cached(store, sets, monkeypatch):
@@ -153,8 +151,7 @@ def test_stats_cache_follows_the_video_list(store, sets, change):
     elif change == "remove":
         remove(store, sid, video_ids=["a.mp4"])
     else:  # same ids, other values: the write id changes
-        store.write_video(sid, "a.mp4", feats(5, 5, 4, offset=3), provenance={"set": {"k": 1}},
-                          overwrite=True)
+        store.write_video(sid, "a.mp4", feats(5, 5, 4, offset=3), provenance={"set": {"k": 1}}, overwrite=True)
     mean, std = feature_stats(store, sid)
     ref = all_steps(store, sid)
     np.testing.assert_allclose(mean, ref.mean(axis=0), rtol=1e-12)
@@ -180,8 +177,7 @@ def test_stats_streaming_is_stable_and_multi_chunk(tmp_path, monkeypatch):
     ref = np.concatenate(xs).astype(np.float64)
     np.testing.assert_allclose(mean, ref.mean(axis=0), rtol=1e-13)
     np.testing.assert_allclose(std, ref.std(axis=0), rtol=1e-9)
-    const = store.ensure_feature_set(spec={"name": "const"}, sampling={"strategy": "all"},
-                                     dtype="float16")
+    const = store.ensure_feature_set(spec={"name": "const"}, sampling={"strategy": "all"}, dtype="float16")
     store.write_video(const, "v", np.full((9, 2), 3.0), provenance={"set": {}})
     mean, std = feature_stats(store, const)
     np.testing.assert_array_equal(mean, [3.0, 3.0])

@@ -205,9 +205,7 @@ def test_remove_videos_and_sets(store, set_id):
 
 
 def test_hdf5_round_trip_is_exact(tmp_path, store, set_id):
-    half = store.ensure_feature_set(
-        spec={"name": "half"}, sampling={"strategy": "all"}, dtype="float16"
-    )
+    half = store.ensure_feature_set(spec={"name": "half"}, sampling={"strategy": "all"}, dtype="float16")
     store.write_video(half, "h/1", feats(1, steps=4, dims=300) * 100, provenance={"set": {"k": 1}})
     out = tmp_path / "exp" / "features.h5"
     assert export_hdf5(store, out) == {set_id: len(IDS), half: 1}
@@ -266,9 +264,7 @@ def test_export_refuses_to_clobber_and_is_atomic(tmp_path, store, set_id, monkey
     # a temp file of a dead export is cleaned by the next export
     stale = tmp_path / f".f.h5.tmp.999999999.ab.{_naming.host_tag()}"
     stale.write_bytes(b"half")
-    assert export_hdf5(store, out, set_ids=[set_id], overwrite=True, compression=None) == {
-        set_id: len(IDS)
-    }
+    assert export_hdf5(store, out, set_ids=[set_id], overwrite=True, compression=None) == {set_id: len(IDS)}
     assert not stale.exists()
     assert import_hdf5(FeatureStore(tmp_path / "s2"), out).n_written == len(IDS)
 
@@ -330,8 +326,12 @@ def test_import_vsfa_style_npy_folder(tmp_path, store):
     names = {str(i): f"{1000 + i}.mp4" for i in range(4)}
     spec = {"name": "vsfa-resnet50", "dims": 16}
     counts = import_npy_folder(
-        store, folder, spec=spec, sampling={"strategy": "all"},
-        pattern="{video_id}_resnet-50_res5c.npy", id_map=names,
+        store,
+        folder,
+        spec=spec,
+        sampling={"strategy": "all"},
+        pattern="{video_id}_resnet-50_res5c.npy",
+        id_map=names,
         set_provenance={"paper": "VSFA"},
     )
     (sid,) = store.feature_sets()
@@ -347,17 +347,20 @@ def test_import_vsfa_style_npy_folder(tmp_path, store):
         assert p["set"]["origin"] == "imported npy" and p["set"]["paper"] == "VSFA"
     assert verify(store).ok
     # imported features are not mixed with extracted ones of the same spec
-    store.write_video(sid, "ours.mp4", feats(9, dims=16),
-                      provenance={"set": {"spec": spec, "sampling": {"strategy": "all"}}})
+    store.write_video(
+        sid, "ours.mp4", feats(9, dims=16), provenance={"set": {"spec": spec, "sampling": {"strategy": "all"}}}
+    )
     with pytest.raises(ProvenanceMismatchError, match="origin"):
         store.read_videos(sid, ["1000.mp4", "ours.mp4"])
     # without id_map the ids come from the file names; reruns skip what is stored
-    counts = import_npy_folder(store, folder, spec=spec, sampling={"strategy": "all"},
-                               pattern="{video_id}_resnet-50_res5c.npy")
+    counts = import_npy_folder(
+        store, folder, spec=spec, sampling={"strategy": "all"}, pattern="{video_id}_resnet-50_res5c.npy"
+    )
     assert counts.written == {sid: 4}
     assert set(store.video_ids(sid)) >= {"0", "1", "2", "3"}
-    again = import_npy_folder(store, folder, spec=spec, sampling={"strategy": "all"},
-                              pattern="{video_id}_resnet-50_res5c.npy")
+    again = import_npy_folder(
+        store, folder, spec=spec, sampling={"strategy": "all"}, pattern="{video_id}_resnet-50_res5c.npy"
+    )
     assert again.n_written == 0 and again.n_skipped == 4
 
 
@@ -376,22 +379,28 @@ def test_import_npy_folder_reports_all_bad_files(tmp_path, store):
         import_npy_folder(store, folder, spec={"name": "x"}, sampling={"strategy": "all"})
     msg = str(info.value)
     assert "5 problem(s)" in msg
-    for part in ["flat.npy: shape (4,) is not 2-D", "[1, dims]", "wide.npy: 5 dims, expected 4",
-                 "obj.npy: not a plain .npy", "strings.npy: dtype <U1", "junk.npy: not a plain"]:
+    for part in [
+        "flat.npy: shape (4,) is not 2-D",
+        "[1, dims]",
+        "wide.npy: 5 dims, expected 4",
+        "obj.npy: not a plain .npy",
+        "strings.npy: dtype <U1",
+        "junk.npy: not a plain",
+    ]:
         assert part in msg
     assert store.feature_sets() == []
     with pytest.raises(FeatureNotFoundError, match="2 of 3 files") as info:
-        import_npy_folder(store, folder, spec={"name": "x"}, sampling={"strategy": "all"},
-                          id_map={"a": "A", "zz": "Z", "yy": "Y"})
+        import_npy_folder(
+            store, folder, spec={"name": "x"}, sampling={"strategy": "all"}, id_map={"a": "A", "zz": "Z", "yy": "Y"}
+        )
     assert "zz.npy" in str(info.value) and "yy.npy" in str(info.value)
     with pytest.raises(InvalidMetadataError, match="exactly once"):
-        import_npy_folder(store, folder, spec={"name": "x"}, sampling={"strategy": "all"},
-                          pattern="features.npy")
+        import_npy_folder(store, folder, spec={"name": "x"}, sampling={"strategy": "all"}, pattern="features.npy")
     with pytest.raises(FeatureNotFoundError, match="no file"):
-        import_npy_folder(store, folder, spec={"name": "x"}, sampling={"strategy": "all"},
-                          pattern="{video_id}.feat")
-    counts = import_npy_folder(store, folder, spec={"name": "x"}, sampling={"strategy": "all"},
-                               id_map={"a": "A", "b": "B"}, dtype="float16")
+        import_npy_folder(store, folder, spec={"name": "x"}, sampling={"strategy": "all"}, pattern="{video_id}.feat")
+    counts = import_npy_folder(
+        store, folder, spec={"name": "x"}, sampling={"strategy": "all"}, id_map={"a": "A", "b": "B"}, dtype="float16"
+    )
     assert counts.n_written == 2
     (sid,) = store.feature_sets()
     assert store.feature_set_info(sid)["dtype"] == "float16"
@@ -401,13 +410,11 @@ def test_import_npy_folder_reports_all_bad_files(tmp_path, store):
 
 
 def test_float16_sets(store, tmp_path):
-    sid = store.ensure_feature_set(spec={"name": "h", "dims": 64}, sampling={"strategy": "all"},
-                                   dtype="float16")
+    sid = store.ensure_feature_set(spec={"name": "h", "dims": 64}, sampling={"strategy": "all"}, dtype="float16")
     again = store.ensure_feature_set(spec={"name": "h", "dims": 64}, sampling={"strategy": "all"})
     assert again == sid  # dtype=None: whatever the set has
     with pytest.raises(ProvenanceMismatchError, match="stored as float16, not float32"):
-        store.ensure_feature_set(spec={"name": "h", "dims": 64}, sampling={"strategy": "all"},
-                                 dtype="float32")
+        store.ensure_feature_set(spec={"name": "h", "dims": 64}, sampling={"strategy": "all"}, dtype="float32")
     with pytest.raises(InvalidMetadataError, match="storage dtype"):
         store.ensure_feature_set(spec={"name": "h"}, sampling={"strategy": "all"}, dtype="int8")
     x = feats(0, steps=50, dims=64) * 1000
@@ -469,7 +476,22 @@ def test_cli_verify_export_import_rm(tmp_path, capsys, monkeypatch):
     npy.mkdir()
     np.save(npy / "v1.npy", np.zeros((4, 3), np.float32))
     (tmp_path / "spec.json").write_text(_json.dumps({"name": "vsfa-old", "dims": 3}))
-    assert main(["store", "import", str(tmp_path / "s"), str(npy), "--format", "npy",
-                 "--spec", str(tmp_path / "spec.json"), "--sampling", "all"]) == 0
+    assert (
+        main(
+            [
+                "store",
+                "import",
+                str(tmp_path / "s"),
+                str(npy),
+                "--format",
+                "npy",
+                "--spec",
+                str(tmp_path / "spec.json"),
+                "--sampling",
+                "all",
+            ]
+        )
+        == 0
+    )
     imported = FeatureStore(tmp_path / "s")
     assert imported.read_video(imported.resolve("vsfa-old"), "v1").shape == (4, 3)

@@ -376,7 +376,11 @@ def test_removals_survive_compaction(tmp_path):
     assert videos.compact(min_age_s=0)[:2] == (2, 1)
     assert store.video_ids(set_id) == ["w", "x"]  # the removal was kept: v is still removed
     assert {(e.video_id, e.removed) for e in all_records(store, set_id)} == {
-        ("v", False), ("v", True), ("w", False), ("x", False)}
+        ("v", False),
+        ("v", True),
+        ("w", False),
+        ("x", False),
+    }
     (packs_dir / live).rename(packs_dir / segment_name("w", dead_pid()))  # its writer died
     videos.compact(min_age_s=0)
     assert store.video_ids(set_id) == ["w", "x"]
@@ -526,8 +530,10 @@ def _format_draft(data: np.ndarray, marker: dict):
 def test_migrate_converts_nodes_sets_in_place(kind, tmp_path, monkeypatch):
     location = str(tmp_path / "s") if kind == "local" else f"memory://vqa-tests/migrate-{next(_COUNTER)}"
     store, sid, half = _nodes_store(location)
-    before = {s: {v: (store.read_video(s, v), store.layout.complete_meta(s, v)["attributes"])
-                  for v in store.video_ids(s)} for s in (sid, half)}
+    before = {
+        s: {v: (store.read_video(s, v), store.layout.complete_meta(s, v)["attributes"]) for v in store.video_ids(s)}
+        for s in (sid, half)
+    }
     stats = feature_stats(store, sid)
     entries_before = entries_under(store.path) if kind == "local" else None
 
@@ -606,7 +612,8 @@ def test_killed_migration_is_finished_by_running_it_again(tmp_path, monkeypatch)
     assert report.ok and report.leftovers == [], str(report)
     assert migrate(store, set_ids=[sid]).converted == {}
     assert [p.name for p in (store.path / encode_node_name(sid)).iterdir() if not p.name.startswith("_")] == [
-        "zarr.json"]
+        "zarr.json"
+    ]
 
 
 def test_migrate_refuses_a_damaged_set_and_changes_nothing(tmp_path):
@@ -627,10 +634,16 @@ def test_a_node_written_during_the_migration_is_taken_in(tmp_path):
     store, sid, _half = _nodes_store(str(tmp_path / "s"))
     migrate(store, set_ids=[sid])
     late = NodeVideos(store.layout, sid)
-    attrs = {"video_id": "late", "write_id": uuid.uuid4().hex, "provenance": prov(5),
-             "set_provenance_sha256": _format.json_sha256(SET_PROV),
-             "data_sha256": _format.data_sha256(values(5, "late")), "written": _format.now(),
-             _format.FORMAT_ATTR: 1, "status": _format.COMPLETE}
+    attrs = {
+        "video_id": "late",
+        "write_id": uuid.uuid4().hex,
+        "provenance": prov(5),
+        "set_provenance_sha256": _format.json_sha256(SET_PROV),
+        "data_sha256": _format.data_sha256(values(5, "late")),
+        "written": _format.now(),
+        _format.FORMAT_ATTR: 1,
+        "status": _format.COMPLETE,
+    }
     late.write("late", values(5, "late"), attrs, overwrite=False)
     assert not store.has_video(sid, "late")
     report = verify(store, set_ids=[sid])

@@ -29,8 +29,9 @@ def values(writer: int, video: str) -> np.ndarray:
     return writer_values(writer, video, 10 + len(video) * 3, SPEC["dims"])
 
 
-def _writer(location: str, writer: int, ids: list[str], overwrite: bool, loop: bool, flags: str,
-            half_at: int | None) -> None:
+def _writer(
+    location: str, writer: int, ids: list[str], overwrite: bool, loop: bool, flags: str, half_at: int | None
+) -> None:
     """Process body: write ``ids`` (forever if ``loop``). With ``half_at``, the record of
     that write is appended half, then the process waits to be killed."""
     store = FeatureStore(location, default_layout="packed")
@@ -51,16 +52,23 @@ def _writer(location: str, writer: int, ids: list[str], overwrite: bool, loop: b
     Path(flags, f"started-{writer}").touch()
     while True:
         for video_id in ids:
-            store.write_video(set_id, video_id, values(writer, video_id),
-                              provenance={"set": SET_PROV, "video": {"writer": writer}}, overwrite=overwrite)
+            store.write_video(
+                set_id,
+                video_id,
+                values(writer, video_id),
+                provenance={"set": SET_PROV, "video": {"writer": writer}},
+                overwrite=overwrite,
+            )
         if not loop:
             return
 
 
 def _start(location: str, flags: Path, jobs: list[tuple], half_at: int | None = None) -> list:
     flags.mkdir(exist_ok=True)
-    procs = [CTX.Process(target=_writer, args=(location, w, ids, overwrite, loop, str(flags), half_at), daemon=True)
-             for w, ids, overwrite, loop in jobs]
+    procs = [
+        CTX.Process(target=_writer, args=(location, w, ids, overwrite, loop, str(flags), half_at), daemon=True)
+        for w, ids, overwrite, loop in jobs
+    ]
     for p in procs:
         p.start()
     return procs
@@ -228,7 +236,8 @@ def test_compaction_while_writers_and_readers_run(tmp_path):
     assert compactions >= 2
     store, set_id = _fresh(location)
     assert _assert_sound(store, set_id).keys() == {f"v{i:02d}" for i in range(6)} | {
-        f"w{w}/{i}" for w in range(2) for i in range(4)}
+        f"w{w}/{i}" for w in range(2) for i in range(4)
+    }
     store.remove_incomplete(min_age_s=0)
     migrate(store)
     report = verify(store)

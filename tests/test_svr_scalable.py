@@ -40,8 +40,17 @@ def test_params_clone_and_determinism():
     head = NystroemSVRHead(pooling="max", n_components=50, max_iter=500, random_state=3)
     params = head.get_params()
     assert params == {
-        "pooling": "max", "preset": "fmc", "C": None, "epsilon": None, "gamma": None, "n_components": 50,
-        "max_iter": 500, "tol": 1e-4, "inner_cv": 5, "random_state": 3, "n_jobs": None,
+        "pooling": "max",
+        "preset": "fmc",
+        "C": None,
+        "epsilon": None,
+        "gamma": None,
+        "n_components": 50,
+        "max_iter": 500,
+        "tol": 1e-4,
+        "inner_cv": 5,
+        "random_state": 3,
+        "n_jobs": None,
     }
     assert NystroemSVRHead().n_components == DEFAULT_N_COMPONENTS
     twin = clone(head)
@@ -92,8 +101,9 @@ def test_float32_and_video_inputs():
     h64 = NystroemSVRHead(n_components=40).fit(X.astype(np.float64), y)
     np.testing.assert_allclose(h32.predict(X), h64.predict(X), atol=1e-4)
     videos = [np.stack([row, row]) for row in X]  # two identical steps: mean pooling gives the row
-    np.testing.assert_allclose(NystroemSVRHead(n_components=40).fit(videos, y).predict(videos),
-                               h32.predict(X), atol=1e-4)
+    np.testing.assert_allclose(
+        NystroemSVRHead(n_components=40).fit(videos, y).predict(videos), h32.predict(X), atol=1e-4
+    )
     pooled_step = NystroemSVRHead(pooling=None, n_components=40).fit(X, y)
     np.testing.assert_allclose(pooled_step.predict(X), h32.predict(X), atol=1e-6)
 
@@ -155,16 +165,23 @@ def test_save_load_round_trip_without_pickle(tmp_path):
     loaded, info = load_head(out)
     assert type(loaded) is NystroemSVRHead and info == {"dims": 64}
     assert (loaded.n_components_, loaded.rank_, loaded.n_iter_, loaded.converged_) == (
-        head.n_components_, head.rank_, head.n_iter_, head.converged_)
+        head.n_components_,
+        head.rank_,
+        head.n_iter_,
+        head.converged_,
+    )
     np.testing.assert_array_equal(loaded.predict(X), head.predict(X))
 
 
-@pytest.mark.parametrize("corrupt, match", [
-    (lambda arrays, state: arrays.update(dual_coef=arrays["dual_coef"] * np.nan), "'dual_coef' has 10 NaN"),
-    (lambda arrays, state: state.update(n_components_used=7), "landmarks stored"),
-    (lambda arrays, state: state.update(rank=0), "landmarks stored"),
-    (lambda arrays, state: state.update(intercept=float("inf")), "non-finite number"),
-])
+@pytest.mark.parametrize(
+    "corrupt, match",
+    [
+        (lambda arrays, state: arrays.update(dual_coef=arrays["dual_coef"] * np.nan), "'dual_coef' has 10 NaN"),
+        (lambda arrays, state: state.update(n_components_used=7), "landmarks stored"),
+        (lambda arrays, state: state.update(rank=0), "landmarks stored"),
+        (lambda arrays, state: state.update(intercept=float("inf")), "non-finite number"),
+    ],
+)
 def test_load_refuses_tampered_arrays(tmp_path, corrupt, match):
     X, y = _features(40)
     save_head(NystroemSVRHead(n_components=10).fit(X, y), tmp_path, feature_info={})
@@ -197,8 +214,12 @@ def _tiny_store(root):
     X, y = _features(24, d=16)
     lines = ["video_id,path,mos"]
     for i, (row, mos) in enumerate(zip(X, y, strict=True)):
-        store.write_video(set_id, f"v{i:02d}", np.stack([row] * 4),
-                          provenance={"set": {"spec": spec, "sampling": sampling}, "video": {"source": f"v{i}.mp4"}})
+        store.write_video(
+            set_id,
+            f"v{i:02d}",
+            np.stack([row] * 4),
+            provenance={"set": {"spec": spec, "sampling": sampling}, "video": {"source": f"v{i}.mp4"}},
+        )
         lines.append(f"v{i:02d},v{i}.mp4,{mos:.6f}")
     manifest = root / "manifest.csv"
     manifest.write_text("\n".join(lines) + "\n")
@@ -212,8 +233,17 @@ def test_vqa_fit_switches_to_the_scalable_svr_above_the_threshold(tmp_path, monk
     monkeypatch.setattr("regressors.svr_scalable.EXACT_SVR_MAX_VIDEOS", max_exact)
     store, manifest = _tiny_store(tmp_path)
     messages = []
-    fit_job(store=store, manifest=manifest, features=["probe"], out=tmp_path / "run", head="svr", protocol="fmc",
-            n_repeats=1, progress=False, notify=messages.append)
+    fit_job(
+        store=store,
+        manifest=manifest,
+        features=["probe"],
+        out=tmp_path / "run",
+        head="svr",
+        protocol="fmc",
+        n_repeats=1,
+        progress=False,
+        notify=messages.append,
+    )
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert (metrics["settings"]["head"], metrics["settings"]["head_requested"]) == (expected, "svr")
     saved = json.loads((tmp_path / "run" / "model" / META_FILE).read_text())

@@ -2,6 +2,7 @@
 
 One tiny dataset (2 photos, 6 frames of 64x48) is built per module and shared.
 """
+
 from __future__ import annotations
 
 import csv
@@ -55,6 +56,7 @@ def ladder(rows, group: str, distortion: str) -> list[dict[str, str]]:
 
 # --- manifest --------------------------------------------------------------------------------
 
+
 def test_manifest_columns_rows_and_relative_paths(tiny):
     with open(tiny, newline="", encoding="utf-8") as fh:
         assert next(csv.reader(fh)) == list(MANIFEST_COLUMNS)
@@ -70,8 +72,7 @@ def test_manifest_columns_rows_and_relative_paths(tiny):
     for group in groups:
         mine = [(r["distortion"], int(r["level"])) for r in rows if r["group"] == group]
         expected = [("reference", 0)] + [
-            (name, level) for name, levels in DISTORTIONS.items()
-            for level in range(1, len(levels) + 1)
+            (name, level) for name, levels in DISTORTIONS.items() for level in range(1, len(levels) + 1)
         ]
         assert mine == expected  # reference once per source, every level once
 
@@ -90,12 +91,14 @@ def test_videos_exist_and_decode_with_declared_size_and_length(tiny):
         assert path.is_file(), row["path"]
         frames = decode(path)
         assert frames.shape == (TINY_FRAMES, 48, 64, 3), row["video_id"]
-    leftovers = [p.name for folder in (tiny.parent, tiny.parent / "videos") for p in folder.iterdir()
-                 if p.name.startswith(".")]  # temporary siblings of the atomic writes
+    leftovers = [
+        p.name for folder in (tiny.parent, tiny.parent / "videos") for p in folder.iterdir() if p.name.startswith(".")
+    ]  # temporary siblings of the atomic writes
     assert leftovers == []
 
 
 # --- pseudo-MOS ------------------------------------------------------------------------------
+
 
 def test_mos_decreases_with_level_within_each_distortion(tiny):
     rows = read_rows(tiny)
@@ -130,7 +133,7 @@ def test_measured_quality_follows_the_level(tiny):
         psnr = []
         for row in ladder(rows, group, distortion)[1:]:
             error = decode(tiny.parent / row["path"]).astype(float) - reference
-            psnr.append(10 * np.log10(255.0 ** 2 / np.mean(error ** 2)))
+            psnr.append(10 * np.log10(255.0**2 / np.mean(error**2)))
         assert all(a > b for a, b in pairwise(psnr)), (distortion, np.round(psnr, 1))
 
 
@@ -142,6 +145,7 @@ def test_higher_crf_gives_smaller_file(tiny):
 
 
 # --- determinism -----------------------------------------------------------------------------
+
 
 def test_same_seed_same_manifest_and_videos(tiny, tmp_path):
     again = make_demo_dataset(tmp_path, **TINY)
@@ -160,6 +164,7 @@ def test_render_is_deterministic_and_seeded():
 
 
 # --- camera ----------------------------------------------------------------------------------
+
 
 def test_render_is_lazy_and_shaped():
     clip = render_camera_clip(load_source("coffee"), num_frames=3, size=(80, 60), seed=0)
@@ -194,6 +199,7 @@ def test_grayscale_sources_become_rgb():
 
 # --- errors ----------------------------------------------------------------------------------
 
+
 def test_too_many_sources_is_refused_before_writing(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(PipelineError, match="source photos"):
@@ -201,15 +207,18 @@ def test_too_many_sources_is_refused_before_writing(tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"distortions": ("blurr",)}, "did you mean 'blur'"),
-    ({"size": (65, 48)}, "even"),
-    ({"clip_seconds": 0.05}, "at least 2 frames"),
-    ({"n_sources": 0}, "at least 1"),
-    ({"fps": 0}, "fps must be positive"),
-    ({"size": "64x48"}, r"\(width, height\)"),
-    ({"seed": -1}, "non-negative"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"distortions": ("blurr",)}, "did you mean 'blur'"),
+        ({"size": (65, 48)}, "even"),
+        ({"clip_seconds": 0.05}, "at least 2 frames"),
+        ({"n_sources": 0}, "at least 1"),
+        ({"fps": 0}, "fps must be positive"),
+        ({"size": "64x48"}, r"\(width, height\)"),
+        ({"seed": -1}, "non-negative"),
+    ],
+)
 def test_bad_arguments_are_refused(tmp_path, change, message):
     with pytest.raises(PipelineError, match=message):
         make_demo_dataset(tmp_path / "out", **{**TINY, **change})
@@ -246,7 +255,11 @@ def test_existing_manifest_needs_overwrite_and_subset_of_distortions(tmp_path, c
     manifest = make_demo_dataset(tmp_path, **small)
     rows = read_rows(manifest)
     assert [(r["distortion"], r["level"]) for r in rows] == [
-        ("reference", "0"), ("noise", "1"), ("noise", "2"), ("noise", "3")]
+        ("reference", "0"),
+        ("noise", "1"),
+        ("noise", "2"),
+        ("noise", "3"),
+    ]
     with pytest.raises(PipelineError, match="overwrite=True"):
         make_demo_dataset(tmp_path, **small)
     before = manifest.read_bytes()

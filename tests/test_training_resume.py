@@ -5,6 +5,7 @@ The SIGKILL test runs the real command line in a subprocess on a tiny store writ
 with ``FeatureStore.write_video`` (no extraction), kills it once a per-epoch checkpoint exists,
 re-runs the same command and compares its report and model with an uninterrupted run's.
 """
+
 from __future__ import annotations
 
 import functools
@@ -51,6 +52,7 @@ def _crash_after(k):
     def callback(epochs_done):
         if epochs_done == k:
             raise Crash(f"killed after epoch {k}")
+
     return callback
 
 
@@ -68,13 +70,23 @@ def _same_fit(a: SequenceRegressor, b: SequenceRegressor, X) -> None:
 
 CASES = {
     # VSFA defaults: Adam, StepLR decaying every epoch here, standardised inputs, validation part
-    "vsfa-step": dict(module="vsfa", lr=1e-2, epochs=7, step_size=1, gamma=0.7, batch_size=8,
-                      standardize=True, patience=None),
+    "vsfa-step": dict(
+        module="vsfa", lr=1e-2, epochs=7, step_size=1, gamma=0.7, batch_size=8, standardize=True, patience=None
+    ),
     # AdamW, cosine with warm-up, early stopping counter, dropout (torch RNG) in A2INet's Concat+MLP
-    "a2inet-dropout": dict(module="a2inet", module_params={"dims": (3, 3), "d_model": 16, "fusion": "concat_mlp",
-                                                           "reduced_size": 8, "hidden_size": 4},
-                           loss="mae_rank", optimizer="adamw", weight_decay=0.01, lr=2e-3, epochs=12,
-                           schedule="cosine", warmup_epochs=1, batch_size=8, patience=4),  # stops after 6
+    "a2inet-dropout": dict(
+        module="a2inet",
+        module_params={"dims": (3, 3), "d_model": 16, "fusion": "concat_mlp", "reduced_size": 8, "hidden_size": 4},
+        loss="mae_rank",
+        optimizer="adamw",
+        weight_decay=0.01,
+        lr=2e-3,
+        epochs=12,
+        schedule="cosine",
+        warmup_epochs=1,
+        batch_size=8,
+        patience=4,
+    ),  # stops after 6
 }
 
 
@@ -94,7 +106,9 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path, case, crash_after):
     # plain containers only: loads with weights_only=True
     saved = torch.load(ckpt / f"epoch-{crash_after:04d}.pt", weights_only=True)
     assert saved["epoch"] == crash_after and saved["version"] == STATE_VERSION
-    assert [set(row) for row in saved["history"]] == [{"train_loss", "val_srcc", "lr", "data_wait_seconds"}] * crash_after
+    assert [set(row) for row in saved["history"]] == [
+        {"train_loss", "val_srcc", "lr", "data_wait_seconds"}
+    ] * crash_after
 
     # the global torch RNG of the caller is moved in between: the resumed fit must not care
     torch.manual_seed(12345)
@@ -117,8 +131,9 @@ def test_checkpoint_of_other_training_is_refused(tmp_path):
     params = dict(CASES["vsfa-step"], progress=False, random_state=3)
     ckpt = tmp_path / "ckpt"
     with pytest.raises(Crash):
-        SequenceRegressor(**params).fit(X, y, checkpoint_dir=ckpt, checkpoint_key="run-a",
-                                        epoch_callback=_crash_after(2))
+        SequenceRegressor(**params).fit(
+            X, y, checkpoint_dir=ckpt, checkpoint_key="run-a", epoch_callback=_crash_after(2)
+        )
     for changed, kwargs, what in (
         (dict(params, lr=2e-2), {"checkpoint_key": "run-a"}, "parameters or training data"),
         (params, {"checkpoint_key": "run-b"}, "checkpoint key"),
@@ -189,8 +204,12 @@ def _tiny_store(root: Path) -> tuple[Path, Path]:
     for i in range(24):
         x = rng.normal(size=(16, 64)).astype(np.float32)
         x[:, 0] += rng.uniform(-2, 2)
-        store.write_video(set_id, f"v{i:02d}", x, provenance={"set": {"spec": spec, "sampling": sampling},
-                                                              "video": {"source": f"v{i:02d}.mp4"}})
+        store.write_video(
+            set_id,
+            f"v{i:02d}",
+            x,
+            provenance={"set": {"spec": spec, "sampling": sampling}, "video": {"source": f"v{i:02d}.mp4"}},
+        )
         lines.append(f"v{i:02d},v{i:02d}.mp4,{3 + x[:, 0].mean():.6f},g{i // 2}")
     manifest = root / "manifest.csv"
     manifest.write_text("\n".join(lines) + "\n")
@@ -198,10 +217,36 @@ def _tiny_store(root: Path) -> tuple[Path, Path]:
 
 
 def _fit_cmd(store: Path, manifest: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "flows.cli", "fit", "--store", str(store), "--manifest", str(manifest),
-            "--features", "probe", "--head", "vsfa", "--protocol", "a2inet", "--repeats", "2", "--out", str(out),
-            "--head-param", "epochs=12", "--head-param", "lr=0.003", "--head-param", "batch_size=2",
-            "--head-param", "patience=null", "-q", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "fit",
+        "--store",
+        str(store),
+        "--manifest",
+        str(manifest),
+        "--features",
+        "probe",
+        "--head",
+        "vsfa",
+        "--protocol",
+        "a2inet",
+        "--repeats",
+        "2",
+        "--out",
+        str(out),
+        "--head-param",
+        "epochs=12",
+        "--head-param",
+        "lr=0.003",
+        "--head-param",
+        "batch_size=2",
+        "--head-param",
+        "patience=null",
+        "-q",
+        *extra,
+    ]
 
 
 def _env() -> dict:
@@ -241,8 +286,9 @@ def test_sigkilled_vqa_fit_resumes_and_matches_an_uninterrupted_run(tmp_path):
     assert not (reference / STATE_DIR).exists()  # a finished run keeps no per-epoch checkpoints
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_fit_cmd(store, manifest, out), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _fit_cmd(store, manifest, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     killed_at = []
     try:
         deadline = time.time() + 60
@@ -285,9 +331,18 @@ def _fit(store, manifest, out, **kwargs):
     from flows.fit import fit_job
 
     messages = []
-    options = dict(store=store, manifest=manifest, features=["probe"], out=out, head="vsfa", protocol="a2inet",
-                   n_repeats=2, progress=False, notify=messages.append,
-                   head_params={"epochs": 3, "lr": 3e-3, "batch_size": 4, "patience": None, "progress": False})
+    options = dict(
+        store=store,
+        manifest=manifest,
+        features=["probe"],
+        out=out,
+        head="vsfa",
+        protocol="a2inet",
+        n_repeats=2,
+        progress=False,
+        notify=messages.append,
+        head_params={"epochs": 3, "lr": 3e-3, "batch_size": 4, "patience": None, "progress": False},
+    )
     options.update(kwargs)
     return fit_job(**options), messages
 
@@ -329,8 +384,10 @@ def test_changed_configuration_refuses_to_resume_and_restart_starts_over(tmp_pat
         _fit(store, edited, out)
 
     metrics, messages = _fit(store, manifest, out)  # same configuration: resumes the final refit
-    assert messages == ["resuming the interrupted run in " + str(out) + ": 2 of 2 splits already done; "
-                        "the final fit on all videos continues after epoch 2"]
+    assert messages == [
+        "resuming the interrupted run in " + str(out) + ": 2 of 2 splits already done; "
+        "the final fit on all videos continues after epoch 2"
+    ]
     assert metrics == reference and not (out / STATE_DIR).exists()
 
     with pytest.raises(Crash):
@@ -379,6 +436,8 @@ def test_a_failed_run_without_progress_does_not_block_a_corrected_one(tmp_path):
         _fit(store, manifest, out, head_params={"epochs": 0})
     assert (out / STATE_DIR / "run.json").is_file()  # the run started, but no epoch finished
     metrics, messages = _fit(store, manifest, out, head_params={"epochs": 1, "progress": False})
-    assert messages == [f"discarding the interrupted run in {out} (it had not finished any epoch yet, and its "
-                        "configuration differs); starting over"]
+    assert messages == [
+        f"discarding the interrupted run in {out} (it had not finished any epoch yet, and its "
+        "configuration differs); starting over"
+    ]
     assert not (out / STATE_DIR).exists() and (out / "model" / "head.json").is_file()

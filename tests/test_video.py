@@ -1,4 +1,5 @@
 """pipeline.video: probing, batched decoding, and one clear error per unreadable input."""
+
 from __future__ import annotations
 
 import json
@@ -35,14 +36,15 @@ def videos(tmp_path_factory):
         "grey_mkv": make_video(root / "grey.mkv", NUM_FRAMES, fps=FPS),
         "noise_mp4": make_video(root / "noise.mp4", NUM_FRAMES, fps=FPS, noise=True),
         "noise_faststart": make_video(
-            root / "noise_fs.mp4", NUM_FRAMES, fps=FPS, noise=True,
-            extra_args=["-movflags", "+faststart"]),
+            root / "noise_fs.mp4", NUM_FRAMES, fps=FPS, noise=True, extra_args=["-movflags", "+faststart"]
+        ),
         "noise_mkv": make_video(root / "noise.mkv", NUM_FRAMES, fps=FPS, noise=True),
     }
     return root, paths
 
 
 # ---- probing -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("key", ["grey_mp4", "grey_mkv"])
 def test_probe_reports_metadata(videos, key):
@@ -63,8 +65,17 @@ def test_probe_reports_metadata(videos, key):
 def test_info_to_dict_is_json_ready(videos):
     info = probe_video(videos[1]["grey_mp4"])
     record = info.to_dict()
-    assert set(record) == {"path", "num_frames", "fps", "duration", "width", "height", "size_bytes", "mtime",
-                           "resolved_path"}
+    assert set(record) == {
+        "path",
+        "num_frames",
+        "fps",
+        "duration",
+        "width",
+        "height",
+        "size_bytes",
+        "mtime",
+        "resolved_path",
+    }
     assert json.loads(json.dumps(record)) == record
 
 
@@ -82,11 +93,12 @@ def test_rotation_metadata_gives_portrait_frames(tmp_path):
     run_ffmpeg("-display_rotation", "90", "-i", str(landscape), "-c", "copy", str(rotated))
     with Video(rotated) as video:
         assert (video.info.width, video.info.height) == (64, 96)
-        (_, frames), = video.frames()
+        ((_, frames),) = video.frames()
     assert frames.shape == (3, 96, 64, 3)
 
 
 # ---- decoding ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("key", ["grey_mp4", "grey_mkv"])
 def test_every_frame_in_order(videos, key):
@@ -172,8 +184,9 @@ def test_dense_reads_stream_through_pyav_pixel_identical_to_decord(videos, key, 
         pairs = [(got_indices, frames), *batches]
     assert all(len(f) <= batch_size for _, f in pairs)
     np.testing.assert_array_equal(np.concatenate([i for i, _ in pairs]), indices)
-    np.testing.assert_array_equal(np.concatenate([f for _, f in pairs]),
-                                  _decord_frames(path, indices, batch_size, monkeypatch))
+    np.testing.assert_array_equal(
+        np.concatenate([f for _, f in pairs]), _decord_frames(path, indices, batch_size, monkeypatch)
+    )
 
 
 def test_sparse_reads_and_rotated_videos_keep_decord(videos, tmp_path):
@@ -221,7 +234,9 @@ def test_timestamps_are_frame_start_times(videos):
 def test_variable_frame_rate_timestamps_and_duration(tmp_path):
     # Frames 0-9 at 25 fps, a 1 s gap, frames 10-19 at 25 fps.
     path = make_video(
-        tmp_path / "vfr.mkv", 20, fps=FPS,
+        tmp_path / "vfr.mkv",
+        20,
+        fps=FPS,
         extra_args=["-vf", "setpts='(N+25*gte(N,10))/25/TB'", "-fps_mode", "vfr"],
     )
     with Video(path) as video:
@@ -255,6 +270,7 @@ def test_context_manager_closes_even_mid_iteration(videos):
 
 
 # ---- errors --------------------------------------------------------------------------------
+
 
 def _missing(root, paths):
     return root / "does_not_exist.mp4"
@@ -387,5 +403,8 @@ def test_video_decode_error_survives_pickling():
     from pipeline.errors import VideoDecodeError
 
     err = pickle.loads(pickle.dumps(VideoDecodeError("/v/a.mp4", "file is empty (0 bytes)")))
-    assert (err.path, err.cause, str(err)) == ("/v/a.mp4", "file is empty (0 bytes)",
-                                               "/v/a.mp4: file is empty (0 bytes)")
+    assert (err.path, err.cause, str(err)) == (
+        "/v/a.mp4",
+        "file is empty (0 bytes)",
+        "/v/a.mp4: file is empty (0 bytes)",
+    )

@@ -3,6 +3,7 @@
 The "download" is served from a ``file://`` URL through the real ``torch.hub.download_url_to_file``
 (no network); the torch hub cache is the test's own (``TORCH_HOME``, see conftest).
 """
+
 from __future__ import annotations
 
 import hashlib

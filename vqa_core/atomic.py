@@ -4,6 +4,7 @@ Readers see the old file or the new one, never a torn one; a killed writer leave
 ``.<name>.<pid>.<random>.tmp`` sibling, never a partial file under the real name. The random
 part keeps two threads of one process writing the same file apart.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -53,8 +54,9 @@ def _link_new(tmp: Path, path: Path) -> None:
         tmp.unlink()
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[IO], None], *,
-                 overwrite: bool = True, fsync: bool = False) -> None:
+def atomic_write(
+    path: str | os.PathLike, data: bytes | str | Callable[[IO], None], *, overwrite: bool = True, fsync: bool = False
+) -> None:
     """Write ``data`` to ``path`` atomically.
 
     ``data``: bytes, text (UTF-8), or a callable given the open binary file to write into.

@@ -14,6 +14,7 @@ was written. Numbers are never escaped (``-0.25`` stays ``-0.25``, also as text)
 decimal number is no formula. Other programs reading our CSVs see the apostrophe;
 spreadsheets hide it.
 """
+
 from __future__ import annotations
 
 import csv

@@ -10,6 +10,7 @@ With ``root`` (the dataset root), every path must lie inside it after resolving 
 symbolic links: a manifest cannot make the pipeline read files elsewhere. Extra columns
 (``distortion``, ``level`` of the synthetic IQA set) are allowed and ignored by the reader.
 """
+
 from __future__ import annotations
 
 import csv
@@ -84,8 +85,10 @@ def read_manifest(
     for number, (row, raw_row) in enumerate(zip(rows, raw_rows, strict=True), start=2):
         surplus = [v for v in raw_row.get(None) or () if v.strip()]
         if surplus:  # empty trailing fields (a stray comma) are harmless
-            problems.append(f"row {number}: {len(header) + len(raw_row[None])} fields, the header has "
-                            f"{len(header)} (unquoted comma in a name?)")
+            problems.append(
+                f"row {number}: {len(header) + len(raw_row[None])} fields, the header has "
+                f"{len(header)} (unquoted comma in a name?)"
+            )
             continue
         video_id, raw_path = row.get("video_id", ""), row.get("path", "")
         if not video_id:
@@ -118,15 +121,19 @@ def read_manifest(
         video_path = video_path if video_path.is_absolute() else base / video_path
         outside = root_dir is not None and _outside(video_path, root_dir)
         if outside:
-            problems.append(f"row {number}: path {raw_path!r} of {video_id!r} resolves to {outside}, "
-                            f"outside the dataset root {root_dir}")
+            problems.append(
+                f"row {number}: path {raw_path!r} of {video_id!r} resolves to {outside}, "
+                f"outside the dataset root {root_dir}"
+            )
             continue
-        entries.append(ManifestEntry(
-            video_id=video_id,
-            path=video_path,
-            mos=mos,
-            group=row.get("group") or None,
-        ))
+        entries.append(
+            ManifestEntry(
+                video_id=video_id,
+                path=video_path,
+                mos=mos,
+                group=row.get("group") or None,
+            )
+        )
     if not rows:
         problems.append("no rows")
     if problems:

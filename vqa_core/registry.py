@@ -11,6 +11,7 @@ names; registering a name twice is refused.
 
     EXTRACTORS.get("resnet5")   # UnknownExtractorError: unknown extractor 'resnet5'. Did you mean resnet50? ...
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,8 +39,9 @@ class Registry(Generic[T]):
     registration order with ``sort=False`` (a curated order, e.g. ``vqa dataset list``).
     """
 
-    def __init__(self, kind: str, *, error: type[Exception] = KeyError, lazy_modules: tuple[str, ...] = (),
-                 sort: bool = True):
+    def __init__(
+        self, kind: str, *, error: type[Exception] = KeyError, lazy_modules: tuple[str, ...] = (), sort: bool = True
+    ):
         self.kind = kind
         self.error = error
         self._entries: dict[str, T] = {}
@@ -73,6 +75,7 @@ class Registry(Generic[T]):
         :class:`DuplicateRegistrationError`.
         """
         if entry is None:
+
             def decorate(obj: T) -> T:
                 self.add(name, obj)
                 return obj

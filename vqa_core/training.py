@@ -109,9 +109,11 @@ class RngStreams:
 
     def state(self) -> dict:
         cuda = self.device.type == "cuda"
-        return {"torch": torch.random.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state(self.device) if cuda else None,
-                "numpy": [g.bit_generator.state for g in self.generators]}
+        return {
+            "torch": torch.random.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(self.device) if cuda else None,
+            "numpy": [g.bit_generator.state for g in self.generators],
+        }
 
     def restore(self, state: Mapping) -> None:
         if len(state["numpy"]) != len(self.generators):
@@ -156,8 +158,16 @@ class Checkpointer:
     error), naming the aspects that differ; ``remedy`` ends every refusal (what to do).
     """
 
-    def __init__(self, directory: str | Path, *, format: str, fingerprint: Mapping[str, Any],
-                 name: str | None = None, error: type[Exception] = CheckpointError, remedy: str = ""):
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        format: str,
+        fingerprint: Mapping[str, Any],
+        name: str | None = None,
+        error: type[Exception] = CheckpointError,
+        remedy: str = "",
+    ):
         self.directory = Path(directory)
         self.format = format
         self.fingerprint = json.loads(_canonical(dict(fingerprint)))  # as it reads back
@@ -198,11 +208,12 @@ class Checkpointer:
             saved = json.loads(state["fingerprint"])
         except (KeyError, TypeError, ValueError) as exc:
             raise self._refuse(f"{path} has no readable fingerprint") from exc
-        differ = sorted(k for k in self.fingerprint.keys() | saved.keys()
-                        if self.fingerprint.get(k) != saved.get(k))
+        differ = sorted(k for k in self.fingerprint.keys() | saved.keys() if self.fingerprint.get(k) != saved.get(k))
         if differ:
-            raise self._refuse(f"training checkpoint {path} belongs to another training (different "
-                               f"{', '.join(differ)}); refusing to resume from it")
+            raise self._refuse(
+                f"training checkpoint {path} belongs to another training (different "
+                f"{', '.join(differ)}); refusing to resume from it"
+            )
         if epochs is not None and state.get("epoch") != epochs:
             raise self._refuse(f"{path} says it was written after epoch {state.get('epoch')!r}")
         return state
@@ -215,8 +226,7 @@ class Checkpointer:
             path.unlink(missing_ok=True)
         epochs = int(state["epoch"])
         path = self.directory / (self.name or f"epoch-{epochs:04d}.pt")
-        doc = {"format": self.format, "version": STATE_VERSION,
-               "fingerprint": _canonical(self.fingerprint), **state}
+        doc = {"format": self.format, "version": STATE_VERSION, "fingerprint": _canonical(self.fingerprint), **state}
         atomic_write(path, lambda fh: torch.save(doc, fh))
         if self.name is None:
             for older, old_path in _epoch_files(self.directory):
@@ -261,9 +271,17 @@ class EpochLoop:
     ``stopped`` (early, by patience) and ``resumed_from`` (epochs restored; 0 for a fresh run).
     """
 
-    def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, *, scheduler=None,
-                 checkpointer: Checkpointer | None = None, rng: RngStreams | None = None,
-                 better: Callable[[float, Best], bool] = higher, patience: int | None = None):
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        scheduler=None,
+        checkpointer: Checkpointer | None = None,
+        rng: RngStreams | None = None,
+        better: Callable[[float, Best], bool] = higher,
+        patience: int | None = None,
+    ):
         self.module = module
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -302,20 +320,32 @@ class EpochLoop:
 
     def _save(self, current: dict[str, torch.Tensor]) -> None:
         done = self.epochs_done
-        self.checkpointer.save({
-            "epoch": done,
-            "stopped": self.stopped,
-            "model": current,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
-            "history": self.history,
-            "best": {"epoch": self.best.epoch, "score": float(self.best.score), "since": self.best.since,
-                     "model": None if self.best.epoch == done else self.best.state},
-            "rng": None if self.rng is None else self.rng.state(),
-        })
+        self.checkpointer.save(
+            {
+                "epoch": done,
+                "stopped": self.stopped,
+                "model": current,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+                "history": self.history,
+                "best": {
+                    "epoch": self.best.epoch,
+                    "score": float(self.best.score),
+                    "since": self.best.since,
+                    "model": None if self.best.epoch == done else self.best.state,
+                },
+                "rng": None if self.rng is None else self.rng.state(),
+            }
+        )
 
-    def run(self, run_epoch: RunEpoch, *, epochs: int, stop_after: int | None = None,
-            on_epoch: Callable[[int, dict], None] | None = None) -> EpochLoop:
+    def run(
+        self,
+        run_epoch: RunEpoch,
+        *,
+        epochs: int,
+        stop_after: int | None = None,
+        on_epoch: Callable[[int, dict], None] | None = None,
+    ) -> EpochLoop:
         """Run the epochs from ``epochs_done`` up to ``epochs`` (at most ``stop_after`` in this
         call), then leave the module at the best epoch's weights (the last epoch's when no
         score was ever better). Returns self.
@@ -339,8 +369,9 @@ class EpochLoop:
                     self.best = Best(epoch=epoch + 1, score=score, since=0, state=current)
                 else:
                     self.best.since += 1
-            self.stopped = (self.patience is not None and self.best.epoch is not None
-                            and self.best.since >= self.patience)
+            self.stopped = (
+                self.patience is not None and self.best.epoch is not None and self.best.since >= self.patience
+            )
             if self.checkpointer is not None:
                 self._save(current if current is not None else cpu_state(self.module))
             if on_epoch is not None:

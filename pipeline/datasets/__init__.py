@@ -42,6 +42,7 @@ Modules: :mod:`.base` (the registry, ``make_manifest``, validation, file matchin
 :mod:`.readers` (CSV / text tables and MATLAB files), :mod:`.video` and :mod:`.images` (one
 adapter per dataset, registered with :func:`~.base.register_dataset`).
 """
+
 from __future__ import annotations
 
 # The adapter modules register on import, videos first: that is the order of list_datasets().

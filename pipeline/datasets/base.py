@@ -5,6 +5,7 @@ files into :class:`Labels`: one :class:`Row` per item with the places its file m
 module checks every row (ids, MOS, files), reports every problem at once, and writes the
 manifest (:func:`vqa_core.manifest.write_manifest`). See the package docstring for the rules.
 """
+
 from __future__ import annotations
 
 import io
@@ -28,8 +29,21 @@ from ..errors import DatasetError, UnknownDatasetError
 logger = logging.getLogger(__name__)
 
 # In order of preference when one stem matches several files.
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv",
-                  ".flv", ".3gp", ".ts", ".yuv")
+VIDEO_SUFFIXES = (
+    ".mp4",
+    ".mkv",
+    ".avi",
+    ".mov",
+    ".webm",
+    ".m4v",
+    ".mpg",
+    ".mpeg",
+    ".wmv",
+    ".flv",
+    ".3gp",
+    ".ts",
+    ".yuv",
+)
 IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
 MAX_SHOWN = 10  # examples shown per kind of problem in an error message
 
@@ -131,8 +145,9 @@ def register_dataset(name: str, layout: str, *, images: bool = False, splits: Se
     """
 
     def register(read: Callable[[Context], Labels]) -> Callable[[Context], Labels]:
-        DATASETS.register(name, Adapter(name, layout, read, IMAGE_SUFFIXES if images else VIDEO_SUFFIXES,
-                                        tuple(splits)))
+        DATASETS.register(
+            name, Adapter(name, layout, read, IMAGE_SUFFIXES if images else VIDEO_SUFFIXES, tuple(splits))
+        )
         return read
 
     return register
@@ -196,13 +211,24 @@ def make_manifest(
             atomic_write(splits_path, buffer.getvalue(), overwrite=overwrite, fsync=True)
         except FileExistsError:  # appeared since the check above
             raise ManifestExistsError(f"{splits_path} exists; pass overwrite=True to replace it") from None
-    write_manifest(out, ({"video_id": video_id, "path": path, "mos": mos, "group": group}
-                         for video_id, path, mos, group in entries), overwrite=overwrite, fsync=True)
+    write_manifest(
+        out,
+        ({"video_id": video_id, "path": path, "mos": mos, "group": group} for video_id, path, mos, group in entries),
+        overwrite=overwrite,
+        fsync=True,
+    )
     for warning in warnings:
         logger.warning("%s: %s", name, warning)
     logger.info("%s: wrote %d entries to %s", name, len(entries), out)
-    return DatasetReport(name=name, manifest=out, n_videos=len(entries), problems=warnings,
-                         splits=splits_path, label_file=labels.label_file, split=split)
+    return DatasetReport(
+        name=name,
+        manifest=out,
+        n_videos=len(entries),
+        problems=warnings,
+        splits=splits_path,
+        label_file=labels.label_file,
+        split=split,
+    )
 
 
 def _checked_split(adapter: Adapter, split: str | None) -> str | None:
@@ -230,8 +256,9 @@ def _refuse_existing(path: Path, overwrite: bool) -> None:
 # --------------------------------------------------------------------------- validation
 
 
-def _validate(adapter: Adapter, labels: Labels, *, root: Path, check_files: bool,
-              skip_missing: bool = False) -> tuple[list[tuple[str, Path, float, str | None]], list[str]]:
+def _validate(
+    adapter: Adapter, labels: Labels, *, root: Path, check_files: bool, skip_missing: bool = False
+) -> tuple[list[tuple[str, Path, float, str | None]], list[str]]:
     """Check ids, MOS and files of every row; raise one DatasetError listing all problems
     (``skip_missing``: a missing file is a warning and its row is left out)."""
     problems = list(labels.problems)
@@ -248,8 +275,9 @@ def _validate(adapter: Adapter, labels: Labels, *, root: Path, check_files: bool
             problems.append(("empty video id", f"{row.where}: empty video id"))
             ok = False
         elif row.video_id in first_seen:
-            problems.append(("duplicate video id",
-                             f"{row.where}: video id {row.video_id!r} already on {first_seen[row.video_id]}"))
+            problems.append(
+                ("duplicate video id", f"{row.where}: video id {row.video_id!r} already on {first_seen[row.video_id]}")
+            )
             ok = False
         else:
             first_seen[row.video_id] = row.where
@@ -260,8 +288,12 @@ def _validate(adapter: Adapter, labels: Labels, *, root: Path, check_files: bool
         path = row.candidates[0]
         expected = os.path.normpath(os.path.abspath(path))
         if os.path.commonpath([root_abs, expected]) != root_abs:
-            problems.append(("path outside the dataset folder",
-                             f"{row.where}: {row.video_id!r} points to {expected}, outside {root}"))
+            problems.append(
+                (
+                    "path outside the dataset folder",
+                    f"{row.where}: {row.video_id!r} points to {expected}, outside {root}",
+                )
+            )
             ok = False
         elif finder is not None and row.video_id:
             found = finder.find(row)
@@ -280,8 +312,10 @@ def _validate(adapter: Adapter, labels: Labels, *, root: Path, check_files: bool
         warnings.extend(finder.ambiguous)
         warnings.extend(finder.unlabelled_warning(root))
     if problems:
-        raise DatasetError(_summary(adapter.name, labels, root, problems, len(labels.rows)),
-                           problems=[message for _, message in problems])
+        raise DatasetError(
+            _summary(adapter.name, labels, root, problems, len(labels.rows)),
+            problems=[message for _, message in problems],
+        )
     return entries, warnings
 
 
@@ -313,8 +347,10 @@ def _summary(name: str, labels: Labels, root: Path, problems: list[tuple[str, st
     kinds: dict[str, list[str]] = {}
     for kind, message in problems:
         kinds.setdefault(kind, []).append(message)
-    lines = [f"{name}: {len(problems)} problem(s) with dataset folder {root} (labels: {labels.label_file}); "
-             "nothing was written:"]
+    lines = [
+        f"{name}: {len(problems)} problem(s) with dataset folder {root} (labels: {labels.label_file}); "
+        "nothing was written:"
+    ]
     for kind, messages in kinds.items():
         count = f"{len(messages)} of {n_rows}" if kind == "missing file" else str(len(messages))
         lines.append(f"  {kind} ({count}):")
@@ -322,8 +358,10 @@ def _summary(name: str, labels: Labels, root: Path, problems: list[tuple[str, st
         if len(messages) > MAX_SHOWN:
             lines.append(f"    ... and {len(messages) - MAX_SHOWN} more")
     if "missing file" in kinds:
-        lines.append("  (--skip-missing / skip_missing=True keeps only the videos present; --no-check-files / "
-                     "check_files=False writes every row without looking for the files)")
+        lines.append(
+            "  (--skip-missing / skip_missing=True keeps only the videos present; --no-check-files / "
+            "check_files=False writes every row without looking for the files)"
+        )
     return "\n".join(lines)
 
 
@@ -379,8 +417,10 @@ class _Finder:
             if names:
                 chosen = self._preferred(names, candidate.name)
                 if len(names) > 1:
-                    self.ambiguous.append(f"{row.where}: {row.video_id!r} matches {', '.join(names)} "
-                                          f"in {candidate.parent}; using {chosen}")
+                    self.ambiguous.append(
+                        f"{row.where}: {row.video_id!r} matches {', '.join(names)} "
+                        f"in {candidate.parent}; using {chosen}"
+                    )
                 return self._use(candidate.parent / chosen)
         return None
 
@@ -402,8 +442,7 @@ class _Finder:
             if listing is None:
                 continue
             for names in listing[0].values():
-                extra.extend(folder / n for n in names
-                             if n.casefold() not in used and has_suffix(n, self.suffixes))
+                extra.extend(folder / n for n in names if n.casefold() not in used and has_suffix(n, self.suffixes))
         if not extra:
             return []
         extra.sort()

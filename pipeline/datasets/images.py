@@ -4,6 +4,7 @@ Each adapter reads its dataset's label files as they ship into :class:`~.base.La
 framework (:mod:`pipeline.datasets.base`) validates and writes the manifest (one row per
 image, ``video_id`` the image's name without suffix).
 """
+
 from __future__ import annotations
 
 from ..errors import DatasetError
@@ -13,8 +14,11 @@ from .readers import as_list, as_text, mat_variables, read_table, read_text, sam
 LIVEC_PRACTICE_IMAGES = 7  # LIVE Challenge: the first 7 entries are the subjects' practice images
 
 
-@register_dataset("tid2013", "mos_with_names.txt ('mos name' lines) + distorted_images/<name>; "
-                             "group = reference (I01..I25, reference_images/)", images=True)
+@register_dataset(
+    "tid2013",
+    "mos_with_names.txt ('mos name' lines) + distorted_images/<name>; group = reference (I01..I25, reference_images/)",
+    images=True,
+)
 def _tid2013(ctx: Context) -> Labels:
     """TID2013: ``mos_with_names.txt`` (``<mos> <name>`` per line, e.g. ``5.51429
     i01_01_1.bmp``), images in ``distorted_images/`` (names matched ignoring case). group =
@@ -31,8 +35,15 @@ def _tid2013(ctx: Context) -> Labels:
             problems.append(("malformed line", f"{where}: expected '<mos> <name>', got {line.strip()!r}"))
             continue
         mos, name = parts[0], parts[1].strip()
-        rows.append(Row(strip_media_suffix(name, IMAGE_SUFFIXES), (ctx.root / "distorted_images" / name,),
-                        mos, where, group=name.split("_", 1)[0].upper()))
+        rows.append(
+            Row(
+                strip_media_suffix(name, IMAGE_SUFFIXES),
+                (ctx.root / "distorted_images" / name,),
+                mos,
+                where,
+                group=name.split("_", 1)[0].upper(),
+            )
+        )
     if not rows and not problems:
         raise DatasetError(f"{ctx.name}: label file {path} is empty")
     return Labels(rows, path, problems, warnings)
@@ -50,14 +61,21 @@ def _kadid10k(ctx: Context) -> Labels:
     for line, fields in table.rows:
         name = table.field(fields, cols["video"])
         reference = table.field(fields, cols["ref"])
-        rows.append(Row(strip_media_suffix(name, IMAGE_SUFFIXES), (ctx.root / "images" / name, ctx.root / name),
-                        table.field(fields, cols["mos"]), table.where(line),
-                        group=strip_media_suffix(reference, IMAGE_SUFFIXES) or None))
+        rows.append(
+            Row(
+                strip_media_suffix(name, IMAGE_SUFFIXES),
+                (ctx.root / "images" / name, ctx.root / name),
+                table.field(fields, cols["mos"]),
+                table.where(line),
+                group=strip_media_suffix(reference, IMAGE_SUFFIXES) or None,
+            )
+        )
     return Labels(rows, path, warnings=table.warnings)
 
 
-@register_dataset("koniq10k", "koniq10k_scores_and_distributions.csv (image_name, MOS) + 1024x768/<image_name>",
-                  images=True)
+@register_dataset(
+    "koniq10k", "koniq10k_scores_and_distributions.csv (image_name, MOS) + 1024x768/<image_name>", images=True
+)
 def _koniq10k(ctx: Context) -> Labels:
     """KonIQ-10k: ``koniq10k_scores_and_distributions.csv`` (columns ``image_name``, ``MOS``
     on 1-5; ``MOS_zscore`` is ignored); images in ``1024x768/`` (the release archive), else
@@ -68,14 +86,22 @@ def _koniq10k(ctx: Context) -> Labels:
     rows = []
     for line, fields in table.rows:
         name = table.field(fields, cols["video"])
-        rows.append(Row(strip_media_suffix(name, IMAGE_SUFFIXES),
-                        (ctx.root / "1024x768" / name, ctx.root / "512x384" / name, ctx.root / name),
-                        table.field(fields, cols["mos"]), table.where(line)))
+        rows.append(
+            Row(
+                strip_media_suffix(name, IMAGE_SUFFIXES),
+                (ctx.root / "1024x768" / name, ctx.root / "512x384" / name, ctx.root / name),
+                table.field(fields, cols["mos"]),
+                table.where(line),
+            )
+        )
     return Labels(rows, path, warnings=table.warnings)
 
 
-@register_dataset("livec", "Data/AllImages_release.mat + Data/AllMOS_release.mat + Images/<name> "
-                           "(the 7 practice images are left out)", images=True)
+@register_dataset(
+    "livec",
+    "Data/AllImages_release.mat + Data/AllMOS_release.mat + Images/<name> (the 7 practice images are left out)",
+    images=True,
+)
 def _livec(ctx: Context) -> Labels:
     """LIVE In the Wild Image Quality Challenge (ChallengeDB_release): ``Data/AllImages_release.mat``
     (cell ``AllImages_release``) and ``Data/AllMOS_release.mat`` (vector ``AllMOS_release``),
@@ -86,14 +112,30 @@ def _livec(ctx: Context) -> Labels:
     mos_path = images_path.with_name("AllMOS_release.mat")
     if not mos_path.is_file():
         raise DatasetError(f"{ctx.name}: {mos_path} does not exist (it belongs next to {images_path.name})")
-    names = [as_text(v) for v in as_list(mat_variables(images_path, ctx.name, ("AllImages_release",))
-                                         ["AllImages_release"], "AllImages_release")]
+    names = [
+        as_text(v)
+        for v in as_list(
+            mat_variables(images_path, ctx.name, ("AllImages_release",))["AllImages_release"], "AllImages_release"
+        )
+    ]
     scores = as_list(mat_variables(mos_path, ctx.name, ("AllMOS_release",))["AllMOS_release"], "AllMOS_release")
     problems = same_length(ctx.name, images_path, AllImages_release=names, AllMOS_release=scores)
     if len(names) <= LIVEC_PRACTICE_IMAGES:
-        problems.append(("inconsistent label file", f"{images_path.name}: {len(names)} entries, fewer than "
-                                                    f"the {LIVEC_PRACTICE_IMAGES} practice images plus one"))
-    rows = [Row(strip_media_suffix(name, IMAGE_SUFFIXES), (ctx.root / "Images" / name,), mos,
-                f"{images_path.name} entry {i + 1}")
-            for i, (name, mos) in enumerate(zip(names, scores, strict=False)) if i >= LIVEC_PRACTICE_IMAGES]
+        problems.append(
+            (
+                "inconsistent label file",
+                f"{images_path.name}: {len(names)} entries, fewer than "
+                f"the {LIVEC_PRACTICE_IMAGES} practice images plus one",
+            )
+        )
+    rows = [
+        Row(
+            strip_media_suffix(name, IMAGE_SUFFIXES),
+            (ctx.root / "Images" / name,),
+            mos,
+            f"{images_path.name} entry {i + 1}",
+        )
+        for i, (name, mos) in enumerate(zip(names, scores, strict=False))
+        if i >= LIVEC_PRACTICE_IMAGES
+    ]
     return Labels(rows, images_path, problems)

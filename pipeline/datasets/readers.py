@@ -3,6 +3,7 @@
 Every reader raises :class:`~pipeline.errors.DatasetError` naming the file and the dataset;
 label files are data, never evaluated.
 """
+
 from __future__ import annotations
 
 import csv
@@ -33,8 +34,9 @@ class Table:
     def where(self, line: int) -> str:
         return f"{self.path.name} line {line}"
 
-    def columns(self, dataset: str, required: dict[str, Sequence[str]],
-                optional: dict[str, Sequence[str]] | None = None) -> dict[str, int | None]:
+    def columns(
+        self, dataset: str, required: dict[str, Sequence[str]], optional: dict[str, Sequence[str]] | None = None
+    ) -> dict[str, int | None]:
         """Column index per role; names match ignoring case, spaces, '_' and '-'. Missing
         required roles raise one DatasetError naming them all."""
         normal = [_normal_column(c) for c in self.header]
@@ -46,8 +48,7 @@ class Table:
             if index is None and role in required:
                 missing.append(f"{role} ({' or '.join(names)})")
         if missing:
-            raise DatasetError(f"{dataset}: {self.path} lacks column(s) {'; '.join(missing)}; "
-                               f"found {self.header}")
+            raise DatasetError(f"{dataset}: {self.path} lacks column(s) {'; '.join(missing)}; found {self.header}")
         return found
 
     @staticmethod
@@ -109,8 +110,12 @@ def read_path_mos_lines(
             continue
         parts = line.rsplit(",", 3)
         if len(parts) != 4 or not parts[0].strip():
-            problems.append(("malformed line", f"{path.name} line {number}: expected "
-                                               f"'path, duration, fps, mos', got {line.strip()!r}"))
+            problems.append(
+                (
+                    "malformed line",
+                    f"{path.name} line {number}: expected 'path, duration, fps, mos', got {line.strip()!r}",
+                )
+            )
             continue
         items.append((number, parts[0].strip(), parts[3].strip()))
     if not items and not problems:
@@ -148,8 +153,9 @@ def read_mat(path: str | Path) -> dict[str, Any]:
         if major == 2:
             with h5py.File(path, "r") as fh:
                 return {key: _h5_value(fh, fh[key]) for key in fh.keys() if not key.startswith("#")}
-        return {key: value for key, value in loadmat(str(path), simplify_cells=True).items()
-                if not key.startswith("__")}
+        return {
+            key: value for key, value in loadmat(str(path), simplify_cells=True).items() if not key.startswith("__")
+        }
     except DatasetError:
         raise
     except Exception as exc:  # scipy and h5py raise many types on damaged files
@@ -216,8 +222,7 @@ def mat_variables(path: Path, dataset: str, names: Sequence[str]) -> dict[str, A
     variables = read_mat(path)
     missing = [n for n in names if n not in variables]
     if missing:
-        raise DatasetError(f"{dataset}: {path} lacks variable(s) {', '.join(missing)}; "
-                           f"found {sorted(variables)}")
+        raise DatasetError(f"{dataset}: {path} lacks variable(s) {', '.join(missing)}; found {sorted(variables)}")
     return variables
 
 

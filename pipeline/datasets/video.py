@@ -3,6 +3,7 @@
 Each adapter reads its dataset's label files as they ship into :class:`~.base.Labels`; the
 framework (:mod:`pipeline.datasets.base`) validates and writes the manifest.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,28 +24,37 @@ LSVQ_SPLITS = {  # split -> label files, official CSV first, then DOVER / FAST-V
 }
 
 
-@register_dataset("konvid1k", "KoNViD_1k_mos.csv (flickr_id,mos; also in KoNViD_1k_metadata/, or VIDEVAL's "
-                              "KONVID_1K_metadata.csv) + KoNViD_1k_videos/<flickr_id>.mp4")
+@register_dataset(
+    "konvid1k",
+    "KoNViD_1k_mos.csv (flickr_id,mos; also in KoNViD_1k_metadata/, or VIDEVAL's "
+    "KONVID_1K_metadata.csv) + KoNViD_1k_videos/<flickr_id>.mp4",
+)
 def _konvid1k(ctx: Context) -> Labels:
     """KoNViD-1k as downloaded: ``KoNViD_1k_mos.csv`` (columns ``flickr_id``, ``mos``) in ROOT
     or ROOT/KoNViD_1k_metadata/, or VIDEVAL's metadata CSV (same two columns plus stream
     properties); videos ``KoNViD_1k_videos/<flickr_id>.mp4`` (or directly in ROOT).
     video_id = flickr_id; no groups (one video per source)."""
-    path = ctx.find_label_file(("KoNViD_1k_mos.csv", "KoNViD_1k_metadata/KoNViD_1k_mos.csv",
-                                "KONVID_1K_metadata.csv", "konvid1k_metadata.csv"))
+    path = ctx.find_label_file(
+        ("KoNViD_1k_mos.csv", "KoNViD_1k_metadata/KoNViD_1k_mos.csv", "KONVID_1K_metadata.csv", "konvid1k_metadata.csv")
+    )
     table = read_table(path, ctx.name)
     cols = table.columns(ctx.name, {"video": ("flickr_id",), "mos": ("mos",)})
     rows = []
     for line, fields in table.rows:
         flickr_id = table.field(fields, cols["video"])
         name = f"{flickr_id}.mp4"
-        rows.append(Row(flickr_id, (ctx.root / "KoNViD_1k_videos" / name, ctx.root / name),
-                        table.field(fields, cols["mos"]), table.where(line)))
+        rows.append(
+            Row(
+                flickr_id,
+                (ctx.root / "KoNViD_1k_videos" / name, ctx.root / name),
+                table.field(fields, cols["mos"]),
+                table.where(line),
+            )
+        )
     return Labels(rows, path, warnings=table.warnings)
 
 
-@register_dataset("livevqc", "data.mat (video_list, mos; or VIDEVAL's LIVE_VQC_metadata.csv: File,MOS) "
-                             "+ Video/<name>")
+@register_dataset("livevqc", "data.mat (video_list, mos; or VIDEVAL's LIVE_VQC_metadata.csv: File,MOS) + Video/<name>")
 def _livevqc(ctx: Context) -> Labels:
     """LIVE Video Quality Challenge (VQC): ``data.mat`` with the cell array ``video_list``
     (``A001.mp4``, ...) and the vector ``mos`` (any MAT version), or VIDEVAL's metadata CSV
@@ -62,15 +72,21 @@ def _livevqc(ctx: Context) -> Labels:
         table = read_table(path, ctx.name)
         warnings += table.warnings
         cols = table.columns(ctx.name, {"video": ("File", "video_list", "name"), "mos": ("MOS",)})
-        items = [(table.where(line), table.field(f, cols["video"]), table.field(f, cols["mos"]))
-                 for line, f in table.rows]
-    rows = [Row(strip_media_suffix(name), (ctx.root / "Video" / name, ctx.root / name), mos, where)
-            for where, name, mos in items]
+        items = [
+            (table.where(line), table.field(f, cols["video"]), table.field(f, cols["mos"])) for line, f in table.rows
+        ]
+    rows = [
+        Row(strip_media_suffix(name), (ctx.root / "Video" / name, ctx.root / name), mos, where)
+        for where, name, mos in items
+    ]
     return Labels(rows, path, problems, warnings)
 
 
-@register_dataset("youtube-ugc", "VIDEVAL's YOUTUBE_UGC_metadata.csv (vid,category,resolution,MOSFull) + "
-                                 "original_videos/<category>/<resolution>P/<vid>.mkv (any suffix; flat too)")
+@register_dataset(
+    "youtube-ugc",
+    "VIDEVAL's YOUTUBE_UGC_metadata.csv (vid,category,resolution,MOSFull) + "
+    "original_videos/<category>/<resolution>P/<vid>.mkv (any suffix; flat too)",
+)
 def _youtube_ugc(ctx: Context) -> Labels:
     """YouTube-UGC with VIDEVAL's metadata CSV (columns ``vid``, ``category``, ``resolution``,
     ``MOSFull``; ``MOS`` accepted). Videos as in the public bucket:
@@ -79,8 +95,11 @@ def _youtube_ugc(ctx: Context) -> Labels:
     (transcoded .mp4 copies work); ``.mkv`` is preferred when several exist. video_id = vid."""
     path = ctx.find_label_file(("YOUTUBE_UGC_metadata.csv", "youtube_ugc_metadata.csv"))
     table = read_table(path, ctx.name)
-    cols = table.columns(ctx.name, {"video": ("vid",), "mos": ("MOSFull", "MOS")},
-                         {"category": ("category",), "resolution": ("resolution",)})
+    cols = table.columns(
+        ctx.name,
+        {"video": ("vid",), "mos": ("MOSFull", "MOS")},
+        {"category": ("category",), "resolution": ("resolution",)},
+    )
     rows = []
     for line, fields in table.rows:
         vid = table.field(fields, cols["video"])
@@ -89,17 +108,21 @@ def _youtube_ugc(ctx: Context) -> Labels:
         name = f"{vid}.mkv"
         candidates = []
         if category and resolution:
-            candidates += [ctx.root / "original_videos" / category / f"{resolution}P" / name,
-                           ctx.root / category / f"{resolution}P" / name]
+            candidates += [
+                ctx.root / "original_videos" / category / f"{resolution}P" / name,
+                ctx.root / category / f"{resolution}P" / name,
+            ]
         candidates += [ctx.root / "original_videos" / name, ctx.root / name]
-        rows.append(Row(vid, tuple(candidates), table.field(fields, cols["mos"]), table.where(line),
-                        any_suffix=True))
+        rows.append(Row(vid, tuple(candidates), table.field(fields, cols["mos"]), table.where(line), any_suffix=True))
     return Labels(rows, path, warnings=table.warnings)
 
 
-@register_dataset("lsvq", "LSVQ_whole_{train,test,test_1080p}.csv (name,mos) or DOVER's train_labels.txt / "
-                          "labels_test.txt / labels_1080p.txt + ROOT/<name>.mp4; split=train|test|test-1080p",
-          splits=tuple(LSVQ_SPLITS))
+@register_dataset(
+    "lsvq",
+    "LSVQ_whole_{train,test,test_1080p}.csv (name,mos) or DOVER's train_labels.txt / "
+    "labels_test.txt / labels_1080p.txt + ROOT/<name>.mp4; split=train|test|test-1080p",
+    splits=tuple(LSVQ_SPLITS),
+)
 def _lsvq(ctx: Context) -> Labels:
     """LSVQ: ROOT holds the video folders (``ia-batch1/``, ``yfcc-batch1/``, ...) and the label
     files: the official ``LSVQ_whole_train.csv`` / ``LSVQ_whole_test.csv`` /
@@ -115,22 +138,27 @@ def _lsvq(ctx: Context) -> Labels:
         rows = []
         for line, fields in table.rows:
             name = table.field(fields, cols["video"])
-            rows.append(Row(name, (ctx.root / f"{name}.mp4",), table.field(fields, cols["mos"]),
-                            table.where(line)))
+            rows.append(Row(name, (ctx.root / f"{name}.mp4",), table.field(fields, cols["mos"]), table.where(line)))
         return Labels(rows, path, warnings=table.warnings)
     return _path_mos_labels(ctx, path)
 
 
 def _path_mos_labels(ctx: Context, path: Path) -> Labels:
     items, problems, warnings = read_path_mos_lines(path, ctx.name)
-    rows = [Row(strip_media_suffix(rel, VIDEO_SUFFIXES + IMAGE_SUFFIXES), (ctx.root / rel,), mos,
-                f"{path.name} line {line}")
-            for line, rel, mos in items]
+    rows = [
+        Row(
+            strip_media_suffix(rel, VIDEO_SUFFIXES + IMAGE_SUFFIXES), (ctx.root / rel,), mos, f"{path.name} line {line}"
+        )
+        for line, rel, mos in items
+    ]
     return Labels(rows, path, problems, warnings)
 
 
-@register_dataset("cvd2014", "CVD2014_ratings/Realignment_MOS.csv (';', decimal commas: File_name, Content, "
-                             "Realignment MOS) + Test<n>/<Content>/<File_name>.avi; group Test<n>/<Content>")
+@register_dataset(
+    "cvd2014",
+    "CVD2014_ratings/Realignment_MOS.csv (';', decimal commas: File_name, Content, "
+    "Realignment MOS) + Test<n>/<Content>/<File_name>.avi; group Test<n>/<Content>",
+)
 def _cvd2014(ctx: Context) -> Labels:
     """CVD2014: ``CVD2014_ratings/Realignment_MOS.csv`` (or in ROOT), ';'-separated with
     decimal commas, columns ``File_name`` (``Test01_City_D01``), ``Content`` (``City``) and
@@ -139,8 +167,10 @@ def _cvd2014(ctx: Context) -> Labels:
     group = ``Test<n>/<Content>``: one scene filmed by all cameras of a test."""
     path = ctx.find_label_file(("CVD2014_ratings/Realignment_MOS.csv", "Realignment_MOS.csv"))
     table = read_table(path, ctx.name)
-    cols = table.columns(ctx.name, {"video": ("File_name",), "content": ("Content",),
-                                    "mos": ("Realignment MOS", "RealignmentMOS", "MOS")})
+    cols = table.columns(
+        ctx.name,
+        {"video": ("File_name",), "content": ("Content",), "mos": ("Realignment MOS", "RealignmentMOS", "MOS")},
+    )
     rows, problems = [], []
     for line, fields in table.rows:
         name = strip_media_suffix(table.field(fields, cols["video"]))
@@ -150,8 +180,12 @@ def _cvd2014(ctx: Context) -> Labels:
             mos = mos.replace(",", ".")
         test = re.match(r"(?i)test0*(\d+)_", name)
         if name and not test:
-            problems.append(("unexpected name", f"{table.where(line)}: File_name {name!r} does not start "
-                                                "with Test<nn>_, so its folder is unknown"))
+            problems.append(
+                (
+                    "unexpected name",
+                    f"{table.where(line)}: File_name {name!r} does not start with Test<nn>_, so its folder is unknown",
+                )
+            )
             continue
         if name and not content:
             problems.append(("unexpected name", f"{table.where(line)}: empty Content for {name!r}"))
@@ -161,9 +195,12 @@ def _cvd2014(ctx: Context) -> Labels:
     return Labels(rows, path, problems, table.warnings)
 
 
-@register_dataset("live-qualcomm", "qualcommSubjectiveData.mat (qualcommSubjectiveData.unBiasedMOS; "
-                                   "qualcommVideoData.vidNames/distortionNames/distortionType) + "
-                                   "<distortion>/<name>.yuv")
+@register_dataset(
+    "live-qualcomm",
+    "qualcommSubjectiveData.mat (qualcommSubjectiveData.unBiasedMOS; "
+    "qualcommVideoData.vidNames/distortionNames/distortionType) + "
+    "<distortion>/<name>.yuv",
+)
 def _live_qualcomm(ctx: Context) -> Labels:
     """LIVE-Qualcomm Mobile In-Capture: ``qualcommSubjectiveData.mat`` holding the structs
     ``qualcommSubjectiveData`` (field ``unBiasedMOS``) and ``qualcommVideoData`` (fields
@@ -174,10 +211,15 @@ def _live_qualcomm(ctx: Context) -> Labels:
     path = ctx.find_label_file(("qualcommSubjectiveData.mat",))
     variables = mat_variables(path, ctx.name, ("qualcommSubjectiveData", "qualcommVideoData"))
     subjective, video = variables["qualcommSubjectiveData"], variables["qualcommVideoData"]
-    missing = [f"{struct}.{f}" for struct, value, fields in (
-        ("qualcommSubjectiveData", subjective, ("unBiasedMOS",)),
-        ("qualcommVideoData", video, ("vidNames", "distortionNames", "distortionType")),
-    ) for f in fields if not (isinstance(value, dict) and f in value)]
+    missing = [
+        f"{struct}.{f}"
+        for struct, value, fields in (
+            ("qualcommSubjectiveData", subjective, ("unBiasedMOS",)),
+            ("qualcommVideoData", video, ("vidNames", "distortionNames", "distortionType")),
+        )
+        for f in fields
+        if not (isinstance(value, dict) and f in value)
+    ]
     if missing:
         raise DatasetError(f"{ctx.name}: {path} lacks field(s) {', '.join(missing)}")
     names = [as_text(v) for v in as_list(video["vidNames"], "vidNames")]
@@ -193,12 +235,14 @@ def _live_qualcomm(ctx: Context) -> Labels:
         except (TypeError, ValueError, OverflowError):  # not a number, NaN, infinite
             number = None
         if number is None or number != kind or not 1 <= number <= len(folders):
-            problems.append(("inconsistent label file", f"{where}: distortionType {kind!r} is not one of "
-                                                        f"1..{len(folders)}"))
+            problems.append(
+                ("inconsistent label file", f"{where}: distortionType {kind!r} is not one of 1..{len(folders)}")
+            )
             continue
         folder = folders[number - 1]
-        rows.append(Row(f"{folder}/{strip_media_suffix(name)}", (ctx.root / folder / name,), mos, where,
-                        any_suffix=True))
+        rows.append(
+            Row(f"{folder}/{strip_media_suffix(name)}", (ctx.root / folder / name,), mos, where, any_suffix=True)
+        )
     return Labels(rows, path, problems)
 
 
@@ -229,8 +273,11 @@ def _dover_labels(ctx: Context) -> Labels:
     return _path_mos_labels(ctx, ctx.find_label_file(("labels.txt",)))
 
 
-@register_dataset("vsfa-info", "VSFA/TCSVT info .mat (video_names, scores, ref_ids, index; ROOT/*info.mat) + "
-                               "ROOT/<video_name>; index -> <out stem>.splits.npy")
+@register_dataset(
+    "vsfa-info",
+    "VSFA/TCSVT info .mat (video_names, scores, ref_ids, index; ROOT/*info.mat) + "
+    "ROOT/<video_name>; index -> <out stem>.splits.npy",
+)
 def _vsfa_info(ctx: Context) -> Labels:
     """VSFA / TCSVT-2022-BVQA info files (``KoNViD-1kinfo.mat``, ...; MATLAB v7.3 usually, any
     version read): ``video_names`` (cell of names relative to the video folder, e.g.
@@ -247,8 +294,9 @@ def _vsfa_info(ctx: Context) -> Labels:
         found = sorted(ctx.root.glob("*info.mat"))
         if len(found) != 1:
             listed = ", ".join(p.name for p in found) or "none"
-            raise DatasetError(f"{ctx.name}: expected one *info.mat in {ctx.root} (found {listed}); "
-                               "name it with label_file=")
+            raise DatasetError(
+                f"{ctx.name}: expected one *info.mat in {ctx.root} (found {listed}); name it with label_file="
+            )
         path = found[0]
     variables = mat_variables(path, ctx.name, ("video_names", "scores"))
     names = [as_text(v) for v in as_list(variables["video_names"], "video_names")]
@@ -265,14 +313,22 @@ def _vsfa_info(ctx: Context) -> Labels:
     if "index" in variables and not problems:
         splits, index_problems = _vsfa_splits(variables["index"], ref_ids, len(names), path)
         problems += index_problems
-    rows = [Row(strip_media_suffix(name), (ctx.root / name,), score, f"{path.name} entry {i + 1}",
-                group=str(int(ref_ids[i])) if ref_ids is not None else None)
-            for i, (name, score) in enumerate(zip(names, scores, strict=False))]
+    rows = [
+        Row(
+            strip_media_suffix(name),
+            (ctx.root / name,),
+            score,
+            f"{path.name} entry {i + 1}",
+            group=str(int(ref_ids[i])) if ref_ids is not None else None,
+        )
+        for i, (name, score) in enumerate(zip(names, scores, strict=False))
+    ]
     return Labels(rows, path, problems, splits=splits)
 
 
-def _vsfa_splits(index: Any, ref_ids: list | None, n_videos: int,
-                 path: Path) -> tuple[np.ndarray | None, list[tuple[str, str]]]:
+def _vsfa_splits(
+    index: Any, ref_ids: list | None, n_videos: int, path: Path
+) -> tuple[np.ndarray | None, list[tuple[str, str]]]:
     """The index as int64 [n_splits, n_refs], checked: every row a permutation of the refs."""
     refs = np.unique(np.asarray(ref_ids if ref_ids is not None else range(1, n_videos + 1), dtype=float))
     matrix = np.atleast_2d(np.asarray(index, dtype=float))
@@ -286,15 +342,20 @@ def _vsfa_splits(index: Any, ref_ids: list | None, n_videos: int,
     else:
         bad = np.flatnonzero(~(np.sort(matrix, axis=1) == refs[None, :]).all(axis=1))
         if bad.size:
-            problem = (f"index rows {', '.join(str(b + 1) for b in bad[:5])}{' ...' if bad.size > 5 else ''} "
-                       f"({bad.size} of {matrix.shape[0]}) are not permutations of the ref ids")
+            problem = (
+                f"index rows {', '.join(str(b + 1) for b in bad[:5])}{' ...' if bad.size > 5 else ''} "
+                f"({bad.size} of {matrix.shape[0]}) are not permutations of the ref ids"
+            )
     if problem:
         return None, [("inconsistent label file", f"{path.name}: {problem}")]
     return matrix.astype(np.int64), []
 
 
-@register_dataset("folder", "videos in ROOT + one scores CSV (name column: filename/file/name/video/path...; "
-                            "score column: mos/score/dmos...; stems allowed)")
+@register_dataset(
+    "folder",
+    "videos in ROOT + one scores CSV (name column: filename/file/name/video/path...; "
+    "score column: mos/score/dmos...; stems allowed)",
+)
 def _folder(ctx: Context) -> Labels:
     """A folder of videos with a scores CSV: ``label_file=`` or the only ``*.csv`` in ROOT
     (the output manifest excluded). Columns are found by name, ignoring case, spaces, '_' and
@@ -309,22 +370,31 @@ def _folder(ctx: Context) -> Labels:
         found = [p for p in sorted(ctx.root.glob("*.csv")) if os.path.abspath(p) != out]
         if len(found) != 1:
             listed = ", ".join(p.name for p in found) or "none"
-            raise DatasetError(f"{ctx.name}: expected one scores CSV in {ctx.root} (found {listed}); "
-                               "name it with label_file=")
+            raise DatasetError(
+                f"{ctx.name}: expected one scores CSV in {ctx.root} (found {listed}); name it with label_file="
+            )
         path = found[0]
     table = read_table(path, ctx.name)
     cols = table.columns(
         ctx.name,
-        {"video": ("filename", "file_name", "file", "video", "video_name", "name", "path", "vid", "video_id"),
-         "mos": ("mos", "score", "dmos", "quality", "rating")},
+        {
+            "video": ("filename", "file_name", "file", "video", "video_name", "name", "path", "vid", "video_id"),
+            "mos": ("mos", "score", "dmos", "quality", "rating"),
+        },
         {"group": ("group", "ref", "ref_id", "source", "content")},
     )
     rows = []
     for line, fields in table.rows:
         name = table.field(fields, cols["video"])
         suffixed = has_suffix(name, VIDEO_SUFFIXES)
-        rows.append(Row(strip_media_suffix(name, VIDEO_SUFFIXES),
-                        (ctx.root / (name if suffixed else f"{name}.mp4"),),
-                        table.field(fields, cols["mos"]), table.where(line),
-                        group=table.field(fields, cols["group"]) or None, any_suffix=not suffixed))
+        rows.append(
+            Row(
+                strip_media_suffix(name, VIDEO_SUFFIXES),
+                (ctx.root / (name if suffixed else f"{name}.mp4"),),
+                table.field(fields, cols["mos"]),
+                table.where(line),
+                group=table.field(fields, cols["group"]) or None,
+                any_suffix=not suffixed,
+            )
+        )
     return Labels(rows, path, warnings=table.warnings)

@@ -1,11 +1,21 @@
 """Building frozen torchvision backbones from a weights choice (ImageNet, local file, random)."""
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from ..weights import ResolvedWeights, file_weights, load_into, parse_random, random_weights, torchvision_weights, unwrap_state_dict
+from ..weights import (
+    ResolvedWeights,
+    file_weights,
+    load_into,
+    parse_random,
+    random_weights,
+    torchvision_weights,
+    unwrap_state_dict,
+)
 
 
 def build_backbone(

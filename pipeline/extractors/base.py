@@ -25,13 +25,15 @@ Measure with the real weights before relying on bf16 features
 alone (fp32) changes features by ~1e-7. On a CPU without native bf16 (this one: AVX2 only)
 bf16 is much slower than fp32: it is meant for GPUs.
 """
+
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import itertools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -127,12 +129,16 @@ def check_compute_options(*, precision: str, channels_last: bool, device: str | 
     device = resolve_device(device)
     if precision == "fp16" and device.type != "cuda":
         raise ComputeOptionError(
-            f"precision fp16 needs a CUDA device, but the extractor runs on {device}; "
-            "use bf16 (or fp32) on the CPU"
+            f"precision fp16 needs a CUDA device, but the extractor runs on {device}; use bf16 (or fp32) on the CPU"
         )
     if precision == "bf16" and device.type not in ("cpu", "cuda"):
         raise ComputeOptionError(f"precision bf16 runs on cpu or cuda devices, not on {device}; use fp32")
-    if precision == "bf16" and device.type == "cuda" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+    if (
+        precision == "bf16"
+        and device.type == "cuda"
+        and torch.cuda.is_available()
+        and not torch.cuda.is_bf16_supported()
+    ):
         raise ComputeOptionError(f"the GPU {device} does not support bf16; use fp16 or fp32")
 
 
@@ -169,8 +175,9 @@ class Extractor:
         ``CenterCrop``, ``ToTensor``, ``Normalize`` in that order."""
         frames = np.asarray(frames)
         size = self.resize_target(frames.shape[1], frames.shape[2])
-        x = frames_to_unit_float(frames, device=self.device, size=size, crop=self.spec.crop,
-                                 resampler=self.spec.resampler)
+        x = frames_to_unit_float(
+            frames, device=self.device, size=size, crop=self.spec.crop, resampler=self.spec.resampler
+        )
         return normalize(x, self.spec.mean, self.spec.std)
 
     def resize_target(self, height: int, width: int) -> tuple[int, int] | None:
@@ -188,7 +195,7 @@ class Extractor:
         feats = self.forward(self.preprocess(frames))
         return feats.float().cpu().numpy()
 
-    def accumulator(self, *, video_key: str = "") -> "FeatureAccumulator":
+    def accumulator(self, *, video_key: str = "") -> FeatureAccumulator:
         """Per-video state: how per-step outputs combine (default: keep every row).
 
         ``video_key`` identifies the video (its id) for extractors that draw per-video
@@ -202,7 +209,7 @@ class Extractor:
         built-in ones). Override when a network is kept elsewhere (in a list, say)."""
         return {name: value for name, value in vars(self).items() if isinstance(value, torch.nn.Module)}
 
-    def set_compute(self, *, precision: str = "fp32", channels_last: bool = False) -> "Extractor":
+    def set_compute(self, *, precision: str = "fp32", channels_last: bool = False) -> Extractor:
         """Run the networks in ``precision`` and/or channels-last memory layout; returns ``self``.
 
         ``precision``: ``"fp32"`` (default), ``"bf16"`` (CPU or CUDA) or ``"fp16"`` (CUDA only):
@@ -265,7 +272,9 @@ class ComputeForward:
         return map_tensors(_float32_standard, out)
 
     def __repr__(self) -> str:
-        return f"ComputeForward(dtype={self.dtype}, channels_last={self.channels_last}, device_type={self.device_type!r})"
+        return (
+            f"ComputeForward(dtype={self.dtype}, channels_last={self.channels_last}, device_type={self.device_type!r})"
+        )
 
 
 def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], value):
@@ -313,7 +322,7 @@ def set_memory_format(module: torch.nn.Module, *, channels_last: bool) -> None:
 class FeatureAccumulator:
     """Collects an extractor's outputs for one video, batch by batch."""
 
-    def consume(self, extractor: "Extractor", batch: np.ndarray, *, steps: np.ndarray | None = None) -> None:
+    def consume(self, extractor: Extractor, batch: np.ndarray, *, steps: np.ndarray | None = None) -> None:
         """Run ``extractor`` on one batch of this video and keep its rows. Accumulators holding
         per-video state (crop positions, frames already covered) override this.
 

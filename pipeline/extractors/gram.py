@@ -29,6 +29,7 @@ skipped the re-scaling for conv taps; we follow the current code). We re-scale f
 weights source (ImageNet, checkpoint files, random) so the computation never depends on where
 the weights came from; pass ``transform_input=False`` for a checkpoint trained without it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -190,9 +191,7 @@ class MeanMaxAccumulator(FeatureAccumulator):
 class InceptionGramExtractor(Extractor):
     """InceptionV3 taps -> per-frame rows of Gram upper triangles and/or the avgpool vector."""
 
-    def __init__(
-        self, spec: ExtractorSpec, backbone: nn.Module, *, normalize: str | None, pooling: str, device="cpu"
-    ):
+    def __init__(self, spec: ExtractorSpec, backbone: nn.Module, *, normalize: str | None, pooling: str, device="cpu"):
         super().__init__(spec, device=device)
         self.normalize, self.pooling = normalize, pooling  # both also spelled out in spec.pooling
         self.model = tapped_model(backbone, spec.taps).to(self.device).eval()
@@ -277,9 +276,15 @@ def build_inception_gram(
         constructor, weights=weights, pretrained=INCEPTION_PRETRAINED, adapt_checkpoint=feature_state_dict
     )
     spec = ExtractorSpec(
-        name=name, version="2", dims=taps_dims(taps), backbone=f"inception_v3(transform_input={transform_input})",
-        taps=taps, pooling=pooling_description(normalize=normalize, pooling=pooling),
-        resize_short_side=RESIZE_SHORT_SIDE, crop=CROP, weights=identity,
+        name=name,
+        version="2",
+        dims=taps_dims(taps),
+        backbone=f"inception_v3(transform_input={transform_input})",
+        taps=taps,
+        pooling=pooling_description(normalize=normalize, pooling=pooling),
+        resize_short_side=RESIZE_SHORT_SIDE,
+        crop=CROP,
+        weights=identity,
         resampler=spec_resampler,
     )
     return InceptionGramExtractor(spec, _trim(backbone), normalize=normalize, pooling=pooling, device=device)
@@ -288,7 +293,10 @@ def build_inception_gram(
 def _register(name: str, taps: tuple[str, ...]) -> None:
     described = " + ".join(f"{t} Gram" if TAP_CHANNELS[t] else t for t in taps)
     register_extractor(
-        name, dims=taps_dims(taps), weights_choices=WEIGHT_CHOICES, default_weights="imagenet",
+        name,
+        dims=taps_dims(taps),
+        weights_choices=WEIGHT_CHOICES,
+        default_weights="imagenet",
         description=f"InceptionV3 {described} (FMC-VQA); 2 rows per video: temporal mean, max",
     )(functools.partial(build_inception_gram, name))
 

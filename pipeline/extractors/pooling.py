@@ -1,7 +1,8 @@
 """Pooling of CNN feature maps into per-frame vectors. Separate from the models so it is tested alone."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

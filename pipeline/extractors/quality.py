@@ -22,12 +22,14 @@ hub cache (it cannot be downloaded automatically); ``imagenet`` gives torchvisio
 weights instead (recorded as such in the provenance), ``random[:SEED]`` is for tests, and a
 path loads a checkpoint in either key layout of :func:`adapt_quality_checkpoint`.
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,8 +81,12 @@ LI_CHECKPOINT = HubCheckpoint(
 UNIQUE_CHOICE, LI_CHOICE = "unique", "tcsvt2022"  # --weights names of the two checkpoints
 register_checkpoint(UNIQUE_CHECKPOINT, used_by="unique, unique-pr, unique-layer1")
 register_checkpoint(LI_CHECKPOINT, used_by="quality-resnet50")
-register_checkpoint(HubCheckpoint.from_torchvision(ResNet34_Weights.IMAGENET1K_V1), used_by="unique, unique-pr (--weights imagenet)")
-register_checkpoint(HubCheckpoint.from_torchvision(ResNet50_Weights.IMAGENET1K_V1), used_by="quality-resnet50 (--weights imagenet)")
+register_checkpoint(
+    HubCheckpoint.from_torchvision(ResNet34_Weights.IMAGENET1K_V1), used_by="unique, unique-pr (--weights imagenet)"
+)
+register_checkpoint(
+    HubCheckpoint.from_torchvision(ResNet50_Weights.IMAGENET1K_V1), used_by="quality-resnet50 (--weights imagenet)"
+)
 
 
 @dataclass(frozen=True)
@@ -127,7 +133,7 @@ def adapt_quality_checkpoint(checkpoint: Any, *, path: str | Path) -> tuple[dict
         if name in HEAD_KEYS:
             dropped[key] = list(value.shape)
         elif name.startswith("backbone."):
-            mapped[name[len("backbone."):]] = value
+            mapped[name[len("backbone.") :]] = value
         else:
             unexpected.append(key)
     if unexpected:
@@ -207,7 +213,7 @@ class CropPlan:
     fractions: tuple[tuple[float, float], ...]
 
     @classmethod
-    def draw(cls, video_key: str, *, seed: int, count: int) -> "CropPlan":
+    def draw(cls, video_key: str, *, seed: int, count: int) -> CropPlan:
         key = int.from_bytes(hashlib.sha256(video_key.encode("utf-8")).digest(), "big")
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, key])))
         return cls(video_key, seed, tuple((fy, fx) for fy, fx in rng.random((count, 2)).tolist()))
@@ -236,7 +242,7 @@ class PRCropExtractor(QualityExtractor):
         """The crop positions of video ``video_key`` (deterministic)."""
         return CropPlan.draw(video_key, seed=self.spec.crops["seed"], count=self.spec.crops["count"])
 
-    def accumulator(self, *, video_key: str = "") -> "CropPlanAccumulator":
+    def accumulator(self, *, video_key: str = "") -> CropPlanAccumulator:
         return CropPlanAccumulator(video_key)
 
     @torch.inference_mode()
@@ -251,7 +257,7 @@ class PRCropExtractor(QualityExtractor):
     def forward_crops(self, x: torch.Tensor, plan: CropPlan) -> torch.Tensor:
         """``[B, 3, H, W]`` -> ``[B, dims]``: the mean of the features of ``plan``'s crops."""
         boxes = plan.boxes(x.shape[-2], x.shape[-1], size=self.spec.crops["size"])
-        crops = torch.cat([x[..., top:top + side, left:left + side] for top, left, side in boxes])  # [K*B, 3, s, s]
+        crops = torch.cat([x[..., top : top + side, left : left + side] for top, left, side in boxes])  # [K*B, 3, s, s]
         feats = super().forward(crops)
         return feats.view(len(boxes), x.shape[0], -1).mean(dim=0)
 
@@ -271,22 +277,44 @@ WEIGHT_CHOICES_UNIQUE = (UNIQUE_CHOICE, "imagenet", "random[:SEED]", "PATH")
 WEIGHT_CHOICES_LI = (LI_CHOICE, "imagenet", "random[:SEED]", "PATH")
 
 
-def _unique(name: str, extractor_cls: type, *, weights: str, device: str, version: str,
-            taps: tuple[str, ...] = STAGES, dims: int = 1920, **rules) -> QualityExtractor:
+def _unique(
+    name: str,
+    extractor_cls: type,
+    *,
+    weights: str,
+    device: str,
+    version: str,
+    taps: tuple[str, ...] = STAGES,
+    dims: int = 1920,
+    **rules,
+) -> QualityExtractor:
     """ResNet-34 ``taps`` (default layer1..4) with UNIQUE's weights resolution; ``rules``:
     :class:`QualitySpec` fields."""
     backbone, identity = build_quality_backbone(
-        resnet34, weights=weights, named=UNIQUE_CHECKPOINT, choice=UNIQUE_CHOICE, imagenet=ResNet34_Weights.IMAGENET1K_V1
+        resnet34,
+        weights=weights,
+        named=UNIQUE_CHECKPOINT,
+        choice=UNIQUE_CHOICE,
+        imagenet=ResNet34_Weights.IMAGENET1K_V1,
     )
     spec = QualitySpec(
-        name=name, version=version, dims=dims, backbone="resnet34", taps=taps, pooling=POOLING, weights=identity,
+        name=name,
+        version=version,
+        dims=dims,
+        backbone="resnet34",
+        taps=taps,
+        pooling=POOLING,
+        weights=identity,
         **rules,
     )
     return extractor_cls(spec, backbone, device=device)
 
 
 @register_extractor(
-    "unique", dims=1920, weights_choices=WEIGHT_CHOICES_UNIQUE, default_weights=UNIQUE_CHOICE,
+    "unique",
+    dims=1920,
+    weights_choices=WEIGHT_CHOICES_UNIQUE,
+    default_weights=UNIQUE_CHOICE,
     description="UNIQUE ResNet-34 layer1..4 mean+std (A2INet quality branch, whole frame)",
 )
 def build_unique(*, weights: str, device: str = "cpu", resampler: str = "torch") -> QualityExtractor:
@@ -295,27 +323,48 @@ def build_unique(*, weights: str, device: str = "cpu", resampler: str = "torch")
 
     Version 2: torchvision's resize geometry (long side truncated) and the resize before the
     normalisation (version 1 rounded the long side and resized the normalised frame)."""
-    return _unique("unique", QualityExtractor, weights=weights, device=device, version="2",
-                   adaptive_resize=UNIQUE_TEST_SIDE, resampler=resampler_option(resampler, reference="pil-bilinear"))
+    return _unique(
+        "unique",
+        QualityExtractor,
+        weights=weights,
+        device=device,
+        version="2",
+        adaptive_resize=UNIQUE_TEST_SIDE,
+        resampler=resampler_option(resampler, reference="pil-bilinear"),
+    )
 
 
 @register_extractor(
-    "unique-layer1", dims=128, weights_choices=WEIGHT_CHOICES_UNIQUE, default_weights=UNIQUE_CHOICE,
+    "unique-layer1",
+    dims=128,
+    weights_choices=WEIGHT_CHOICES_UNIQUE,
+    default_weights=UNIQUE_CHOICE,
     description="UNIQUE ResNet-34 layer1 mean+std only: low-level statistics (sharpness, noise, blocking) that "
-                "respond to distortions even with random weights (vqa demo)",
+    "respond to distortions even with random weights (vqa demo)",
 )
 def build_unique_layer1(*, weights: str, device: str = "cpu", resampler: str = "torch") -> QualityExtractor:
     """``unique``'s first stage alone (``[mu1, sd1]``, its first 128 features), preprocessed
     the same way. With random weights on the demo dataset, ``vqa demo`` reports SROCC 0.87
     with it; the same SVR on all four stages scored 0.11, their deeper random features
     burying the low-level ones (flows/demo.py)."""
-    return _unique("unique-layer1", QualityExtractor, weights=weights, device=device, version="2",
-                   taps=STAGES[:1], dims=128, adaptive_resize=UNIQUE_TEST_SIDE,
-                   resampler=resampler_option(resampler, reference="pil-bilinear"))
+    return _unique(
+        "unique-layer1",
+        QualityExtractor,
+        weights=weights,
+        device=device,
+        version="2",
+        taps=STAGES[:1],
+        dims=128,
+        adaptive_resize=UNIQUE_TEST_SIDE,
+        resampler=resampler_option(resampler, reference="pil-bilinear"),
+    )
 
 
 @register_extractor(
-    "unique-pr", dims=1920, weights_choices=WEIGHT_CHOICES_UNIQUE, default_weights=UNIQUE_CHOICE,
+    "unique-pr",
+    dims=1920,
+    weights_choices=WEIGHT_CHOICES_UNIQUE,
+    default_weights=UNIQUE_CHOICE,
     description="UNIQUE ResNet-34 layer1..4 mean+std, mean over 4 per-video 768x768 crops (A2INet PR)",
 )
 def build_unique_pr(
@@ -325,16 +374,22 @@ def build_unique_pr(
     if isinstance(crop_size, bool) or not isinstance(crop_size, int) or crop_size < 1:
         raise ExtractorOptionError(f"crop_size must be a positive number of pixels, got {crop_size!r}")
     crops = {
-        "count": PR_CROP_COUNT, "size": crop_size, "seed": crop_seed, "reduce": "mean over crops",
+        "count": PR_CROP_COUNT,
+        "size": crop_size,
+        "seed": crop_seed,
+        "reduce": "mean over crops",
         "positions": "per video: fractions from PCG64(SeedSequence([seed, int(sha256(video_id))])).random((count, 2)); "
-                     "offset = floor(fraction * (length - side + 1)); identical for all frames",
+        "offset = floor(fraction * (length - side + 1)); identical for all frames",
         "small_frames": "side = min(size, H, W): the largest square that fits, no padding",
     }
     return _unique("unique-pr", PRCropExtractor, weights=weights, device=device, version="1", crops=crops)
 
 
 @register_extractor(
-    "quality-resnet50", dims=4096, weights_choices=WEIGHT_CHOICES_LI, default_weights=LI_CHOICE,
+    "quality-resnet50",
+    dims=4096,
+    weights_choices=WEIGHT_CHOICES_LI,
+    default_weights=LI_CHOICE,
     description="Li et al. TCSVT-2022 quality-aware ResNet-50 layer4 mean+std (native resolution)",
 )
 def build_quality_resnet50(*, weights: str, device: str = "cpu") -> QualityExtractor:
@@ -342,7 +397,12 @@ def build_quality_resnet50(*, weights: str, device: str = "cpu") -> QualityExtra
         resnet50, weights=weights, named=LI_CHECKPOINT, choice=LI_CHOICE, imagenet=ResNet50_Weights.IMAGENET1K_V1
     )
     spec = QualitySpec(
-        name="quality-resnet50", version="1", dims=4096, backbone="resnet50", taps=("layer4",),
-        pooling=POOLING, weights=identity,
+        name="quality-resnet50",
+        version="1",
+        dims=4096,
+        backbone="resnet50",
+        taps=("layer4",),
+        pooling=POOLING,
+        weights=identity,
     )
     return QualityExtractor(spec, backbone, device=device)

@@ -4,11 +4,11 @@ One :class:`vqa_core.registry.Registry` of :class:`~pipeline.extractors.base.Ext
 rows, filled by the extractor modules when ``pipeline.extractors`` is imported (registration
 only: no model is built and nothing is downloaded then).
 """
+
 from __future__ import annotations
 
 import inspect
-
-from typing import Callable
+from collections.abc import Callable
 
 from vqa_core.registry import Registry
 
@@ -20,8 +20,14 @@ EXTRACTORS: Registry[ExtractorEntry] = Registry("extractor", error=UnknownExtrac
 
 
 def register_extractor(
-    name: str, *, dims: int, description: str, weights_choices: tuple[str, ...], default_weights: str,
-    sampling_kinds: tuple[str, ...] = ("all", "uniform", "fps"), default_sampling: str = "all",
+    name: str,
+    *,
+    dims: int,
+    description: str,
+    weights_choices: tuple[str, ...],
+    default_weights: str,
+    sampling_kinds: tuple[str, ...] = ("all", "uniform", "fps"),
+    default_sampling: str = "all",
 ) -> Callable:
     """Decorator registering ``builder(*, weights, device, **overrides) -> Extractor`` under ``name``.
 
@@ -33,8 +39,12 @@ def register_extractor(
     """
 
     def decorate(builder: Callable[..., Extractor]) -> Callable[..., Extractor]:
-        EXTRACTORS.register(name, ExtractorEntry(name, builder, dims, description, weights_choices, default_weights,
-                                                 sampling_kinds, default_sampling))
+        EXTRACTORS.register(
+            name,
+            ExtractorEntry(
+                name, builder, dims, description, weights_choices, default_weights, sampling_kinds, default_sampling
+            ),
+        )
         return builder
 
     return decorate

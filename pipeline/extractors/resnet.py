@@ -7,6 +7,7 @@ default; ``resnet50`` takes ``short_side=540`` for A2INet's PR input ("the resiz
 set to min(H, W) = 540 while maintaining the aspect ratio": every frame, up or down, with
 torchvision's ``Resize(540)`` geometry), recorded in the spec's ``resize_short_side``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,22 +43,37 @@ A2INET_PR_SHORT_SIDE = 540  # A2INet PR: semantic frames resized to min(H, W) = 
 
 
 def _resnet50(
-    name: str, taps: tuple[str, ...], dims: int, *, weights: str, device: str,
-    short_side: int | None = None, resampler: str | None = None,
+    name: str,
+    taps: tuple[str, ...],
+    dims: int,
+    *,
+    weights: str,
+    device: str,
+    short_side: int | None = None,
+    resampler: str | None = None,
 ) -> Extractor:
     if short_side is not None and (isinstance(short_side, bool) or not isinstance(short_side, int) or short_side < 1):
         raise ExtractorOptionError(f"short_side must be a positive number of pixels or None, got {short_side!r}")
     backbone, identity = build_backbone(resnet50, weights=weights, pretrained=RESNET50_PRETRAINED)
     spec = ExtractorSpec(
-        name=name, version="1", dims=dims, backbone="resnet50", taps=taps,
-        pooling="spatial mean+std (unbiased) per stage", weights=identity,
-        resize_short_side=short_side, resampler=resampler if short_side is not None else None,
+        name=name,
+        version="1",
+        dims=dims,
+        backbone="resnet50",
+        taps=taps,
+        pooling="spatial mean+std (unbiased) per stage",
+        weights=identity,
+        resize_short_side=short_side,
+        resampler=resampler if short_side is not None else None,
     )
     return TappedMeanStdExtractor(spec, backbone, device=device)
 
 
 @register_extractor(
-    "resnet50", dims=7680, weights_choices=WEIGHT_CHOICES, default_weights="imagenet",
+    "resnet50",
+    dims=7680,
+    weights_choices=WEIGHT_CHOICES,
+    default_weights="imagenet",
     description="ResNet-50 layer1..4 mean+std (A2INet semantic branch; short_side=540 for PR)",
 )
 def build_resnet50(
@@ -67,12 +83,22 @@ def build_resnet50(
     is resized to (540: A2INet PR, :data:`A2INET_PR_SHORT_SIDE`). ``resampler``: ``"torch"``
     or ``"pil"`` (PIL bilinear on uint8; A2INet publishes no code, so neither is "the
     reference"); ignored without ``short_side``."""
-    return _resnet50("resnet50", ("layer1", "layer2", "layer3", "layer4"), 7680, weights=weights, device=device,
-                     short_side=short_side, resampler=resampler_option(resampler, reference="pil-bilinear"))
+    return _resnet50(
+        "resnet50",
+        ("layer1", "layer2", "layer3", "layer4"),
+        7680,
+        weights=weights,
+        device=device,
+        short_side=short_side,
+        resampler=resampler_option(resampler, reference="pil-bilinear"),
+    )
 
 
 @register_extractor(
-    "resnet50-vsfa", dims=4096, weights_choices=WEIGHT_CHOICES, default_weights="imagenet",
+    "resnet50-vsfa",
+    dims=4096,
+    weights_choices=WEIGHT_CHOICES,
+    default_weights="imagenet",
     description="ResNet-50 layer4 mean+std (VSFA content-aware features)",
 )
 def build_resnet50_vsfa(*, weights: str, device: str = "cpu") -> Extractor:

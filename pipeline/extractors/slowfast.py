@@ -39,11 +39,12 @@ Weights: ``"kinetics"`` (default) is pytorchvideo's ``SLOWFAST_8x8_R50.pyth``, l
 path loads any file holding this model's state dict (bare or under ``model_state``);
 ``random[:SEED]`` is for tests.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -129,8 +130,12 @@ def build_slowfast_model(*, weights: str) -> tuple[SlowFastR50, dict]:
         loaded = load_slowfast_checkpoint(model, path)
         # No cache path: it differs between machines, and the sha256 identifies the file.
         identity = {
-            "source": "pytorchvideo", "name": KINETICS_NAME, "url": KINETICS_URL, "sha256": loaded["sha256"],
-            "container": loaded["container"], "num_tensors": loaded["num_tensors"],
+            "source": "pytorchvideo",
+            "name": KINETICS_NAME,
+            "url": KINETICS_URL,
+            "sha256": loaded["sha256"],
+            "container": loaded["container"],
+            "num_tensors": loaded["num_tensors"],
         }
     else:
         model = SlowFastR50()
@@ -142,6 +147,7 @@ def build_slowfast_model(*, weights: str) -> tuple[SlowFastR50, dict]:
 
 
 # ---- pooling (separate from the model so it is tested alone) ---------------------------
+
 
 def clip_mean_features(slow_map: torch.Tensor, fast_map: torch.Tensor) -> torch.Tensor:
     """SimpleVQA's per-clip features: ``[B,2048,Ts,h,w], [B,256,Tf,h,w]`` -> ``[B, 2304]``.
@@ -173,13 +179,12 @@ def grid_tokens(slow_map: torch.Tensor, fast_map: torch.Tensor, *, grid: int = T
     row, column). Cells follow ``adaptive_avg_pool3d``: a 7 x 7 map gives the overlapping
     row/column ranges 0..3 and 3..6.
     """
-    parts = [
-        F.adaptive_avg_pool3d(fmap, (fmap.shape[2], grid, grid)).flatten(1) for fmap in (slow_map, fast_map)
-    ]
+    parts = [F.adaptive_avg_pool3d(fmap, (fmap.shape[2], grid, grid)).flatten(1) for fmap in (slow_map, fast_map)]
     return torch.cat(parts, dim=1)
 
 
 # ---- the extractor ---------------------------------------------------------------------
+
 
 class SlowFastExtractor(Extractor):
     """Frozen SlowFast R50 on 32-frame clips; ``pool(slow_map, fast_map)`` makes the rows.
@@ -221,7 +226,9 @@ class SlowFastExtractor(Extractor):
         out = torch.empty((b * t, 3, *size), device=self.device)
         for start in range(0, b * t, RESIZE_CHUNK):
             out[start : start + RESIZE_CHUNK] = frames_to_unit_float(
-                flat[start : start + RESIZE_CHUNK], device=self.device, size=self.spec.resize,
+                flat[start : start + RESIZE_CHUNK],
+                device=self.device,
+                size=self.spec.resize,
                 resampler=self.spec.resampler,
             )
         out = normalize(out, self.spec.mean, self.spec.std, inplace=True)
@@ -270,22 +277,30 @@ TOKEN_DIMS = (SLOW_DIM * SLOW_FRAMES + FAST_DIM * FAST_FRAMES) * TOKEN_GRID * TO
 VARIANTS = {
     # name: (dims, pool(slow_map, fast_map) -> [rows, dims], pooling description)
     "slowfast": (
-        SLOW_DIM + FAST_DIM, clip_mean_features,
+        SLOW_DIM + FAST_DIM,
+        clip_mean_features,
         "per clip: mean over (T, H, W) of slow res5 (2048) then fast res5 (256)",
     ),
     "slowfast-fast": (
-        2 * FAST_DIM, lambda slow_map, fast_map: fast_step_features(fast_map),
+        2 * FAST_DIM,
+        lambda slow_map, fast_map: fast_step_features(fast_map),
         "per fast time step (32 rows per clip): spatial mean (256) then unbiased std (256) of fast res5",
     ),
     "slowfast-tokens": (
-        TOKEN_DIMS, grid_tokens,
+        TOKEN_DIMS,
+        grid_tokens,
         "per clip: adaptive avg pool to (T, 2, 2); slow [2048, 8, 2, 2] then fast [256, 32, 2, 2], C-order",
     ),
 }
 
 
 def _check_size(size: int) -> int:
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < SIZE_MULTIPLE or size % SIZE_MULTIPLE:
+    if (
+        isinstance(size, bool)
+        or not isinstance(size, (int, np.integer))
+        or size < SIZE_MULTIPLE
+        or size % SIZE_MULTIPLE
+    ):
         raise ExtractorOptionError(
             f"size must be a positive multiple of {SIZE_MULTIPLE} (SimpleVQA: {INPUT_SIZE}), got {size!r}"
         )
@@ -298,16 +313,29 @@ def _build(name: str, *, weights: str, device: str, size: int, resampler: str) -
     spec_resampler = resampler_option(resampler, reference="pil-bilinear")  # SimpleVQA: PIL Resize, bilinear
     model, identity = build_slowfast_model(weights=weights)
     spec = SlowFastSpec(
-        name=name, version="1", dims=dims, backbone="slowfast_r50", taps=("slow_res5", "fast_res5"),
-        pooling=pooling, mean=KINETICS_MEAN, std=KINETICS_STD, frames_per_step=CLIP_FRAMES,
-        weights=identity, resize=(size, size), resampler=spec_resampler,
+        name=name,
+        version="1",
+        dims=dims,
+        backbone="slowfast_r50",
+        taps=("slow_res5", "fast_res5"),
+        pooling=pooling,
+        mean=KINETICS_MEAN,
+        std=KINETICS_STD,
+        frames_per_step=CLIP_FRAMES,
+        weights=identity,
+        resize=(size, size),
+        resampler=spec_resampler,
     )
     return SlowFastExtractor(spec, model, pool, device=device)
 
 
 @register_extractor(
-    "slowfast", dims=SLOW_DIM + FAST_DIM, weights_choices=WEIGHT_CHOICES, default_weights="kinetics",
-    sampling_kinds=("clips",), default_sampling=CLIP_SAMPLING,
+    "slowfast",
+    dims=SLOW_DIM + FAST_DIM,
+    weights_choices=WEIGHT_CHOICES,
+    default_weights="kinetics",
+    sampling_kinds=("clips",),
+    default_sampling=CLIP_SAMPLING,
     description="SlowFast R50 per-clip slow+fast means (SimpleVQA motion features; needs clips:32)",
 )
 def build_slowfast(
@@ -317,10 +345,14 @@ def build_slowfast(
 
 
 @register_extractor(
-    "slowfast-fast", dims=2 * FAST_DIM, weights_choices=WEIGHT_CHOICES, default_weights="kinetics",
-    sampling_kinds=("clips",), default_sampling=CLIP_SAMPLING,
+    "slowfast-fast",
+    dims=2 * FAST_DIM,
+    weights_choices=WEIGHT_CHOICES,
+    default_weights="kinetics",
+    sampling_kinds=("clips",),
+    default_sampling=CLIP_SAMPLING,
     description="SlowFast R50 fast pathway mean+std per time step on SimpleVQA's 224 px clips "
-                "(32 rows per clip; needs clips:32)",
+    "(32 rows per clip; needs clips:32)",
 )
 def build_slowfast_fast(
     *, weights: str, device: str = "cpu", size: int = INPUT_SIZE, resampler: str = "torch"
@@ -329,8 +361,12 @@ def build_slowfast_fast(
 
 
 @register_extractor(
-    "slowfast-tokens", dims=TOKEN_DIMS, weights_choices=WEIGHT_CHOICES, default_weights="kinetics",
-    sampling_kinds=("clips",), default_sampling=CLIP_SAMPLING,
+    "slowfast-tokens",
+    dims=TOKEN_DIMS,
+    weights_choices=WEIGHT_CHOICES,
+    default_weights="kinetics",
+    sampling_kinds=("clips",),
+    default_sampling=CLIP_SAMPLING,
     description="SlowFast R50 slow+fast res5 on 2x2 grids per time step (98,304 per clip, float32; needs clips:32)",
 )
 def build_slowfast_tokens(
@@ -341,22 +377,38 @@ def build_slowfast_tokens(
 
 
 @register_extractor(
-    "slowfast-fast-tcsvt", dims=2 * FAST_DIM, weights_choices=WEIGHT_CHOICES, default_weights="kinetics",
-    sampling_kinds=("clips:chunks",), default_sampling=TCSVT_SAMPLING,
+    "slowfast-fast-tcsvt",
+    dims=2 * FAST_DIM,
+    weights_choices=WEIGHT_CHOICES,
+    default_weights="kinetics",
+    sampling_kinds=("clips:chunks",),
+    default_sampling=TCSVT_SAMPLING,
     description="SlowFast R50 fast pathway mean+std per time step, TCSVT-2022 motion: native resolution, "
-                "every other frame of 64-frame chunks (needs clips:32:chunks)",
+    "every other frame of 64-frame chunks (needs clips:32:chunks)",
 )
 def build_slowfast_fast_tcsvt(*, weights: str, device: str = "cpu") -> SlowFastExtractor:
     """TCSVT-2022's motion features (see the module docstring); no resize, so no ``size`` or
     ``resampler`` option."""
     model, identity = build_slowfast_model(weights=weights)
     spec = SlowFastSpec(
-        name="slowfast-fast-tcsvt", version="1", dims=2 * FAST_DIM, backbone="slowfast_r50", taps=("fast_res5",),
+        name="slowfast-fast-tcsvt",
+        version="1",
+        dims=2 * FAST_DIM,
+        backbone="slowfast_r50",
+        taps=("fast_res5",),
         pooling="per fast time step (32 rows per chunk of 64 frames): spatial mean (256) then unbiased std (256) "
-                "of fast res5; rows of frames an earlier chunk covered are dropped",
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, frames_per_step=CLIP_FRAMES, weights=identity, resize=None,
+        "of fast res5; rows of frames an earlier chunk covered are dropped",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        frames_per_step=CLIP_FRAMES,
+        weights=identity,
+        resize=None,
     )
     return SlowFastExtractor(
-        spec, model, lambda slow_map, fast_map: fast_step_features(fast_map), device=device,
-        sampling_hint=TCSVT_SAMPLING, accumulator=NewFramesAccumulator,
+        spec,
+        model,
+        lambda slow_map, fast_map: fast_step_features(fast_map),
+        device=device,
+        sampling_hint=TCSVT_SAMPLING,
+        accumulator=NewFramesAccumulator,
     )

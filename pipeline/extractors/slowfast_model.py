@@ -17,6 +17,7 @@ Key layout (``P`` = pathway, 0 slow / 1 fast)::
     blocks.5                                                    pooling (no parameters)
     blocks.6.proj                                               Linear(2304, 400)
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -54,8 +55,12 @@ class _Stem(nn.Module):
     def __init__(self, *, out_channels: int, kernel_t: int):
         super().__init__()
         self.conv = nn.Conv3d(
-            3, out_channels, kernel_size=(kernel_t, 7, 7), stride=(1, 2, 2),
-            padding=(kernel_t // 2, 3, 3), bias=False,
+            3,
+            out_channels,
+            kernel_size=(kernel_t, 7, 7),
+            stride=(1, 2, 2),
+            padding=(kernel_t // 2, 3, 3),
+            bias=False,
         )
         self.norm = _bn(out_channels)
         self.activation = nn.ReLU()
@@ -75,8 +80,12 @@ class _FuseFastToSlow(nn.Module):
         super().__init__()
         out_channels = fast_channels * FUSION_CHANNEL_RATIO
         self.conv_fast_to_slow = nn.Conv3d(
-            fast_channels, out_channels, kernel_size=(FUSION_KERNEL_T, 1, 1),
-            stride=(ALPHA, 1, 1), padding=(FUSION_KERNEL_T // 2, 0, 0), bias=False,
+            fast_channels,
+            out_channels,
+            kernel_size=(FUSION_KERNEL_T, 1, 1),
+            stride=(ALPHA, 1, 1),
+            padding=(FUSION_KERNEL_T // 2, 0, 0),
+            bias=False,
         )
         self.norm = _bn(out_channels)
         self.activation = nn.ReLU()
@@ -97,8 +106,12 @@ class _Bottleneck(nn.Module):
         self.norm_a = _bn(dim_inner)
         self.act_a = nn.ReLU()
         self.conv_b = nn.Conv3d(
-            dim_inner, dim_inner, kernel_size=(1, 3, 3), stride=(1, stride, stride),
-            padding=(0, 1, 1), bias=False,
+            dim_inner,
+            dim_inner,
+            kernel_size=(1, 3, 3),
+            stride=(1, stride, stride),
+            padding=(0, 1, 1),
+            bias=False,
         )
         self.norm_b = _bn(dim_inner)
         self.act_b = nn.ReLU()
@@ -139,8 +152,11 @@ class _ResStage(nn.Module):
         super().__init__()
         self.res_blocks = nn.ModuleList(
             _ResBlock(
-                dim_in=dim_in if i == 0 else dim_out, dim_inner=dim_inner, dim_out=dim_out,
-                kernel_t=kernel_t, stride=stride if i == 0 else 1,
+                dim_in=dim_in if i == 0 else dim_out,
+                dim_inner=dim_inner,
+                dim_out=dim_out,
+                kernel_t=kernel_t,
+                stride=stride if i == 0 else 1,
             )
             for i in range(depth)
         )
@@ -237,12 +253,20 @@ class SlowFastR50(nn.Module):
             slow_in = dim_in + dim_in * FUSION_CHANNEL_RATIO // BETA_INV
             stride = STAGE_SPATIAL_STRIDES[idx]
             slow = _ResStage(
-                depth=depth, dim_in=slow_in, dim_inner=dim_out // 4, dim_out=dim_out,
-                kernel_t=CONV_A_KERNEL_T[0][idx], stride=stride,
+                depth=depth,
+                dim_in=slow_in,
+                dim_inner=dim_out // 4,
+                dim_out=dim_out,
+                kernel_t=CONV_A_KERNEL_T[0][idx],
+                stride=stride,
             )
             fast = _ResStage(
-                depth=depth, dim_in=dim_in // BETA_INV, dim_inner=dim_out // 4 // BETA_INV,
-                dim_out=dim_out // BETA_INV, kernel_t=CONV_A_KERNEL_T[1][idx], stride=stride,
+                depth=depth,
+                dim_in=dim_in // BETA_INV,
+                dim_inner=dim_out // 4 // BETA_INV,
+                dim_out=dim_out // BETA_INV,
+                kernel_t=CONV_A_KERNEL_T[1][idx],
+                stride=stride,
             )
             last = idx == len(STAGE_DEPTHS) - 1
             fusion = None if last else _FuseFastToSlow(fast_channels=dim_out // BETA_INV)
@@ -300,7 +324,9 @@ def pack_pathways(clip: torch.Tensor, *, alpha: int = ALPHA) -> tuple[torch.Tens
         raise ValueError(f"expected a clip [B,3,T,H,W], got {tuple(clip.shape)}")
     frames = clip.shape[2]
     if frames < alpha or frames % alpha:
-        raise ValueError(f"clip has {frames} frames; SlowFast needs a multiple of alpha={alpha} (32 for the Kinetics model)")
+        raise ValueError(
+            f"clip has {frames} frames; SlowFast needs a multiple of alpha={alpha} (32 for the Kinetics model)"
+        )
     index = torch.linspace(0, frames - 1, frames // alpha, device=clip.device).long()
     return clip.index_select(2, index), clip
 
