@@ -47,6 +47,10 @@ kept (URL) when its metadata is asked for.
 Compaction (:meth:`PackedVideos.compact`) copies the winning records of *sealed* segments
 (``c``/``p`` ones, and ``w`` ones whose writer is dead) into new ``c`` segments, sorted by
 video id, then deletes them; segments of live writers are left alone.
+
+Length (over 600 lines): the packed format is one protocol (record encoding, append, index,
+compaction, crash recovery) whose invariants cross every function; this docstring is its
+specification.
 """
 
 from __future__ import annotations

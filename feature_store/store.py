@@ -89,6 +89,9 @@ checks the result against its checksum). The protocol and its limits:
 
 ``memory://`` stores live in one process (tests, scratch work). ``runs_dir`` is a local
 folder only; :meth:`FeatureStore.write_run_file` writes run records in every store.
+
+Length (over 600 lines): the public ``FeatureStore`` class and, in this docstring, the reference
+of the layout and commit protocol (about 90 lines).
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ only under ``-v``; library logs (Prefect, Dask, HTTP) stay off the console unles
 Exit statuses: :data:`EPILOG`. Run as a program (``main()`` without ``argv``), a command that
 started nothing leaves without the interpreter's teardown (about a second once torch is
 loaded).
+
+Length (over 600 lines): about half is the argparse definition and help text of every
+subcommand; what the commands do lives in ``flows.cli_flows``, ``flows.preflight`` and the jobs.
 """
 
 from __future__ import annotations

@@ -26,6 +26,9 @@ Slurm GPU nodes: :func:`slurm_cluster_kwargs` / :func:`slurm_task_runner` (dask-
 Deployments: :func:`build_deployment` turns a flow named in :data:`DEPLOYABLE` into a
 ``RunnerDeployment`` (cron schedule, default parameters); ``vqa serve`` serves it.
 See ``docs/orchestration.md``.
+
+Length (over 600 lines): the Prefect server's lifecycle, the Dask runners and the deployments
+share the server-address and environment handling.
 """
 
 from __future__ import annotations

@@ -60,6 +60,10 @@ The networks live in :mod:`pipeline.finetune_models`, image loading and crops in
 Randomness comes from ``seed`` only: the split is the caller's, the head's initialisation and
 each epoch's shuffling, crops, flips and dropout are seeded by ``(seed, epoch)``, so a run that
 is stopped and resumed gives the same weights as one that is not.
+
+Length (over 600 lines): the recipe table and one training procedure (data, epochs, selection,
+checkpoints) that reads best in one place; architectures and image loading are already apart
+(``finetune_models``, ``finetune_images``).
 """
 
 from __future__ import annotations

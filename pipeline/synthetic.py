@@ -28,6 +28,9 @@ within each distortion (as PSNR and SSIM of the decoded clips do) and put the st
 each distortion between 1.3 and 1.8. Blur and noise are applied to the rendered frames, which
 are then encoded at ``PRISTINE_CRF`` like the reference, so that only the named distortion
 differs from it. A level's parameter is ``DISTORTIONS[distortion][level - 1]``.
+
+Length (over 600 lines): one seeded generator (photos, camera path, distortions, encoding,
+manifest) whose parts share the same plan; demo and test tooling rather than library API.
 """
 
 from __future__ import annotations

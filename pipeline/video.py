@@ -35,6 +35,9 @@ Hostile inputs (docs/hardening.md):
   one). PyAV's decoder is given the same limit (FFmpeg's ``max_pixels``), so a stream whose
   frames grow mid-way is refused there too. :meth:`Video.max_batch` caps a batch of frames
   at the same number of pixels, so one batch is never more than one largest allowed frame.
+
+Length (over 600 lines): the two decoders (decord for sparse and rotated reads, PyAV streaming
+for dense ones) must agree frame for frame and share the error mapping and the size checks.
 """
 
 from __future__ import annotations
