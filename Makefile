@@ -21,7 +21,8 @@ $(STAMP): requirements.txt pyproject.toml
 demo: $(STAMP)
 	$(BIN)/vqa demo --out demo-output
 
-# The full suite (what CI runs). PYTEST_ARGS adds options, e.g. PYTEST_ARGS="-n 2" (pytest-xdist).
+# The full suite (what CI runs), on 2 processes (pytest-xdist); PYTEST_ARGS="-n 0" runs it serially.
+PYTEST_ARGS ?= -n 2
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
