@@ -9,6 +9,7 @@ the features each head needs, then runs `vqa fit` per head with the A2INet proto
 and optimisers but fewer epochs, a larger learning rate and smaller widths so the run fits in
 minutes on 2 CPU cores; the settings are printed with the results.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,12 +20,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows import prefect_env  # noqa: E402,F401
 from feature_store import FeatureStore  # noqa: E402
+from flows import prefect_env  # noqa: E402,F401
 from flows.cli import main as vqa  # noqa: E402
 from flows.extract import extract_flow  # noqa: E402
-from flows.fit import load_features, make_head  # noqa: E402
+from flows.fit import load_features  # noqa: E402
 from pipeline.synthetic import make_demo_dataset  # noqa: E402
+from regressors.presets import make_head  # noqa: E402
 from vqa_core.manifest import read_manifest  # noqa: E402
 
 SAMPLING = "fps:4"
@@ -52,16 +54,38 @@ def main() -> None:
         manifest = make_demo_dataset(args.data / "data")
     store = args.data / "store"
     extractors = ["unique", "resnet50-vsfa", "slowfast-tokens"]
-    extract_flow(manifest=str(manifest), store=str(store), extractors=extractors,
-                 weights={e: args.weights for e in extractors}, sampling=SAMPLING, device="auto")
+    extract_flow(
+        manifest=str(manifest),
+        store=str(store),
+        extractors=extractors,
+        weights={e: args.weights for e in extractors},
+        sampling=SAMPLING,
+        device="auto",
+    )
 
     runs = args.data / "heads"
     table = heads(args.epochs)
     for head, (features, params) in table.items():
         out = runs / head
-        cmd = ["fit", "--store", str(store), "--manifest", str(manifest), "--head", head, "--protocol", "a2inet",
-               "--repeats", str(args.repeats), "--out", str(out), "--overwrite", "-q",
-               *[f"--features={f}" for f in features], *[f"--head-param={k}={json.dumps(v)}" for k, v in params.items()]]
+        cmd = [
+            "fit",
+            "--store",
+            str(store),
+            "--manifest",
+            str(manifest),
+            "--head",
+            head,
+            "--protocol",
+            "a2inet",
+            "--repeats",
+            str(args.repeats),
+            "--out",
+            str(out),
+            "--overwrite",
+            "-q",
+            *[f"--features={f}" for f in features],
+            *[f"--head-param={k}={json.dumps(v)}" for k, v in params.items()],
+        ]
         started = time.perf_counter()
         if vqa(cmd) != 0:
             raise SystemExit(f"vqa fit --head {head} failed")
@@ -82,7 +106,7 @@ def main() -> None:
         else:  # joined families are aligned in memory by load_features
             X, _ = load_features(feature_store, entries, features)
         dims = [feature_store.feature_set_info(s)["dims"] for s in set_ids]
-        model = make_head(head, feature_dims=dims, params=params).fit(X, y)
+        model = make_head(head, feature_dims=dims, **params).fit(X, y)
         per_epoch = model.train_seconds_ / model.n_epochs_
         wait = model.data_wait_seconds_ / model.train_seconds_
         print(f"{head:<10}{model.n_epochs_:>7}{per_epoch:>9.2f}{wait:>10.1%}")

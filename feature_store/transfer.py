@@ -16,6 +16,14 @@ HDF5 export layout (plain HDF5, readable by h5py, MATLAB, HDFView; gzip-compress
 Node names are :func:`~feature_store.encode_node_name` of the ids; the attributes hold
 the ids themselves. Import checks the whole file first and writes nothing if any part of it
 is malformed; the values round-trip exactly (same dtype, same provenance).
+
+Imports are all or nothing per feature set (docs/hardening.md, "Imports"): every array's
+declared size is checked against the bytes the file holds for it and against
+``max_video_bytes`` before anything is read (a 250 KB file declaring 57 GiB is refused without
+allocating it), every video's values (NaN/Inf, float16 range) are checked before anything is
+written, and a write that fails part-way (disk full) removes the videos this import added and
+the set if this import created it. A killed import leaves only complete videos (a re-run skips
+them); with ``overwrite`` a video replaced before a failure stays replaced.
 """
 
 from __future__ import annotations
@@ -25,9 +33,10 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +49,8 @@ from feature_store._format import (
     chunk_shape,
     now,
     set_dtype,
+    to_storage_dtype,
+    validated_features,
     validated_provenance,
     validated_spec_sampling,
 )
@@ -66,6 +77,13 @@ HDF5_FORMAT_VERSION = 1
 """Layout version of HDF5 exports, in the root attribute ``feature_store_hdf5_format``."""
 
 _HDF5_FORMAT_ATTR = "feature_store_hdf5_format"
+
+DEFAULT_MAX_VIDEO_BYTES = 8 * 2**30
+"""Largest array an import reads for one video (bytes its shape declares), checked before it
+is read: 8 GiB (one hour of 30 fps frames at 7680 float32 dims is 3.3 GB)."""
+# Deflate expands data at most about 1032:1; an HDF5 dataset declaring more than that times the
+# bytes stored for it holds unwritten chunks (fill values) or lies about its size.
+_MAX_EXPANSION = 1032
 _MAX_LISTED = 20  # problems listed in one exception message
 _PROGRESS_EVERY = 200  # videos between progress log lines
 
@@ -84,7 +102,7 @@ def _temp_sibling(path: Path) -> Path:
     prefix = f".{path.name}."
     for entry in os.scandir(path.parent):
         if entry.name.startswith(prefix + "tmp."):
-            if owner_alive(entry.name[len(prefix):]) is False:
+            if owner_alive(entry.name[len(prefix) :]) is False:
                 logger.info("removing %s, left by a killed export", entry.path)
                 Path(entry.path).unlink(missing_ok=True)
     return path.with_name(prefix + staging_name("tmp"))
@@ -140,9 +158,7 @@ def export_hdf5(
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    logger.info(
-        "exported %d videos of %d feature sets to %s", sum(counts.values()), len(counts), path
-    )
+    logger.info("exported %d videos of %d feature sets to %s", sum(counts.values()), len(counts), path)
     return counts
 
 
@@ -213,11 +229,7 @@ def _raise_all(problems: list[str], what: str, exc_type: type[Exception]) -> Non
         return
     listed = problems[:_MAX_LISTED]
     more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
-    raise exc_type(
-        f"{what}: {len(problems)} problem(s), nothing was imported:\n  "
-        + "\n  ".join(listed)
-        + more
-    )
+    raise exc_type(f"{what}: {len(problems)} problem(s), nothing was imported:\n  " + "\n  ".join(listed) + more)
 
 
 def _json_attr(obj: Any, key: str, where: str, problems: list[str]) -> Any:
@@ -247,25 +259,29 @@ def import_hdf5(
     *,
     set_ids: Sequence[str] | None = None,
     overwrite: bool = False,
+    max_video_bytes: int = DEFAULT_MAX_VIDEO_BYTES,
 ) -> ImportCounts:
     """Import an :func:`export_hdf5` file into ``store``; return the counts per set.
 
     The whole file is checked first (format version, set ids against their spec and
     sampling, 2-D real arrays with the spec's dims, JSON provenance of the form
     ``{"set", "video"}``); if anything is malformed nothing is imported and the error lists
-    every problem. Then each video goes through :meth:`FeatureStore.write_video` (so NaN/Inf
-    and float16 range are checked as for any write). New sets get the file's dtype; existing
-    sets keep theirs. Data, dtype and provenance round-trip exactly.
+    every problem; so is every array's declared size (against the bytes the file holds for it
+    and ``max_video_bytes``), before any array is read. Then every video's values are checked
+    (NaN/Inf, float16 range) before any is written, and each set is written all or nothing
+    (see the module docstring). New sets get the file's dtype; existing sets keep theirs.
+    Data, dtype and provenance round-trip exactly.
 
     Args:
         store: the store to write into.
         path: an HDF5 file written by :func:`export_hdf5`.
         set_ids: import only these sets of the file (default: all).
         overwrite: replace videos already stored (default: keep them, counted as skipped).
+        max_video_bytes: refuse an array whose shape declares more bytes than this.
 
     Raises:
         InvalidMetadataError: not an export of this format, or malformed metadata.
-        InvalidFeaturesError: arrays of the wrong shape/dtype, or NaN/Inf.
+        InvalidFeaturesError: arrays of the wrong shape/dtype or size, or NaN/Inf.
         FeatureNotFoundError: a set in ``set_ids`` is not in the file.
         ProvenanceMismatchError: provenance contradicts the set's spec/sampling.
     """
@@ -284,7 +300,7 @@ def import_hdf5(
                 f"{path} is not a feature-store export of format <= {HDF5_FORMAT_VERSION} "
                 f"(root attribute {_HDF5_FORMAT_ATTR!r} = {version!r})"
             )
-        plan, problems, shape_problems = _plan_hdf5(h5, path)
+        plan, problems, shape_problems = _plan_hdf5(h5, path, max_video_bytes=max_video_bytes)
         if set_ids is not None:
             absent = [s for s in set_ids if s not in plan]
             if absent:
@@ -295,27 +311,42 @@ def import_hdf5(
             plan = {s: plan[s] for s in set_ids}
         _raise_all(problems, f"cannot import {path}", InvalidMetadataError)
         _raise_all(shape_problems, f"cannot import {path}", InvalidFeaturesError)
+        existing = set(store.feature_sets())
+        todo: dict[str, dict] = {}
+        value_problems: list[str] = []
+        for set_id, (spec, _, dtype, videos) in plan.items():
+            storage = set_dtype(store.layout.set_attrs(set_id)) if set_id in existing else dtype
+            todo[set_id] = {}
+            for video_id, (ds, prov) in videos.items():
+                if not overwrite and set_id in existing and store.has_video(set_id, video_id):
+                    continue
+                # Read and checked now, read again to write: one video in memory at a time.
+                value_problems += _value_problems(
+                    lambda ds=ds: ds[...], video_id, spec.get("dims"), storage, where=f"{set_id} / {video_id}"
+                )
+                todo[set_id][video_id] = (ds, prov)
+        _raise_all(value_problems, f"cannot import {path}", InvalidFeaturesError)
         for set_id, (spec, sampling, dtype, videos) in plan.items():
-            exists = set_id in store.feature_sets()
-            got = store.ensure_feature_set(
-                spec=spec, sampling=sampling, dtype=None if exists else dtype
-            )
+            exists = set_id in existing
+            got = store.ensure_feature_set(spec=spec, sampling=sampling, dtype=None if exists else dtype)
             if got != set_id:  # the plan checked this; guards against a changed id scheme
                 raise InvalidMetadataError(f"{path}: set {set_id!r} is {got!r} in this store")
-            counts.written[set_id] = counts.skipped[set_id] = 0
-            for video_id, (ds, prov) in videos.items():
-                if not overwrite and store.has_video(set_id, video_id):
-                    counts.skipped[set_id] += 1
-                    continue
-                store.write_video(set_id, video_id, ds[...], provenance=prov, overwrite=overwrite)
-                counts.written[set_id] += 1
+            counts.skipped[set_id] = len(videos) - len(todo[set_id])
+            counts.written[set_id] = _write_set(
+                store,
+                set_id,
+                ((v, lambda ds=ds: ds[...], prov) for v, (ds, prov) in todo[set_id].items()),
+                created=not exists,
+                overwrite=overwrite,
+            )
     logger.info("imported %s: %d written, %d kept", path, counts.n_written, counts.n_skipped)
     return counts
 
 
-def _plan_hdf5(h5: Any, path: Path) -> tuple[dict, list[str], list[str]]:
-    """Check an export's metadata; return ({set_id: (spec, sampling, dtype, {video_id:
-    (dataset, provenance)})}, metadata problems, shape/dtype problems)."""
+def _plan_hdf5(h5: Any, path: Path, *, max_video_bytes: int) -> tuple[dict, list[str], list[str]]:
+    """Check an export's metadata and declared sizes (nothing is read); return ({set_id:
+    (spec, sampling, dtype, {video_id: (dataset, provenance)})}, metadata problems,
+    shape/dtype/size problems)."""
     import h5py
 
     plan: dict[str, tuple] = {}
@@ -366,6 +397,8 @@ def _plan_hdf5(h5: Any, path: Path) -> tuple[dict, list[str], list[str]]:
                 shape_problems.append(f"{vwhere}: {ds.shape[1]} dims, the spec says {dims}")
             if ds.dtype.kind not in "iuf":
                 shape_problems.append(f"{vwhere}: dtype {ds.dtype} is not real numeric")
+            else:
+                shape_problems += _hdf5_size_problems(ds, vwhere, max_video_bytes)
             if video_id in videos:
                 problems.append(f"{vwhere}: stored twice in the group")
             videos[video_id] = (ds, prov)
@@ -373,14 +406,102 @@ def _plan_hdf5(h5: Any, path: Path) -> tuple[dict, list[str], list[str]]:
     return plan, problems, shape_problems
 
 
+def _hdf5_size_problems(ds: Any, where: str, max_video_bytes: int) -> list[str]:
+    """A dataset's declared size against the limit and the bytes the file stores for it."""
+    declared = math.prod(ds.shape) * ds.dtype.itemsize
+    if declared > max_video_bytes:
+        return [
+            f"{where}: shape {ds.shape} declares {declared} bytes, over the import limit of "
+            f"{max_video_bytes} bytes per video (max_video_bytes)"
+        ]
+    stored = ds.id.get_storage_size()
+    filtered = ds.id.get_create_plist().get_nfilters() > 0  # compressed: up to deflate's ratio
+    if declared > stored * (_MAX_EXPANSION if filtered else 1):
+        return [f"{where}: shape {ds.shape} declares {declared} bytes but the file holds {stored} bytes for it"]
+    return []
+
+
+def _value_problems(load: Callable[[], Any], video_id: str, dims: int | None, storage: str, *, where: str) -> list[str]:
+    """What :meth:`FeatureStore.write_video` would refuse in one video's values (NaN/Inf,
+    float16 range), checked before an import writes anything."""
+    try:
+        to_storage_dtype(validated_features(load(), video_id, dims), storage, video_id)
+    except InvalidFeaturesError as exc:
+        return [f"{where}: {exc}"]
+    return []
+
+
+def _write_set(
+    store: FeatureStore,
+    set_id: str,
+    videos: Iterable[tuple[str, Callable[[], Any], dict]],
+    *,
+    created: bool,
+    overwrite: bool,
+) -> int:
+    """Write ``(video_id, load, provenance)`` items into ``set_id``, all or nothing: when one
+    write fails (disk full), the videos this call added are removed, and the set if ``created``
+    (by this import), before the error propagates. Returns the number written."""
+    added: list[str] = []
+    written = 0
+    try:
+        for video_id, load, prov in videos:
+            new = not store.has_video(set_id, video_id)
+            store.write_video(set_id, video_id, load(), provenance=prov, overwrite=overwrite)
+            written += 1
+            if new:
+                added.append(video_id)
+            if written % _PROGRESS_EVERY == 0:
+                logger.info("%s: %d videos imported", set_id, written)
+    except BaseException:
+        logger.warning(
+            "import into %s failed after %d videos; removing the %d it added%s",
+            set_id,
+            written,
+            len(added),
+            " and the set" if created else "",
+        )
+        if created:
+            store.layout.remove_set(set_id)
+        else:
+            for video_id in added:
+                store.layout.remove_video(set_id, video_id)
+        raise
+    return written
+
+
 # --------------------------------------------------------------------------- .npy folders
+
+
+def _npy_size_problem(path: Path, max_video_bytes: int) -> str | None:
+    """A ``.npy`` file's declared size (from its header) against the limit and the file's bytes."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version not in ((1, 0), (2, 0)):
+                return None  # np.load says what is wrong
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(fh)
+            offset = fh.tell()
+    except (ValueError, OSError, EOFError):
+        return None  # not a .npy file: np.load's message names the problem
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > max_video_bytes:
+        return (
+            f"shape {shape} declares {declared} bytes, over the import limit of {max_video_bytes} bytes per "
+            "video (max_video_bytes)"
+        )
+    held = path.stat().st_size - offset
+    if declared > held:
+        return f"shape {shape} declares {declared} bytes but the file holds {held}"
+    return None
 
 
 def _pattern_regex(pattern: str) -> re.Pattern[str]:
     if pattern.count("{video_id}") != 1:
-        raise InvalidMetadataError(
-            f"pattern must contain '{{video_id}}' exactly once, got {pattern!r}"
-        )
+        raise InvalidMetadataError(f"pattern must contain '{{video_id}}' exactly once, got {pattern!r}")
     head, tail = pattern.split("{video_id}")
     return re.compile(re.escape(head) + r"(?P<id>[^/]+)" + re.escape(tail))
 
@@ -396,6 +517,7 @@ def import_npy_folder(
     set_provenance: Mapping[str, Any] | None = None,
     dtype: str | None = None,
     overwrite: bool = False,
+    max_video_bytes: int = DEFAULT_MAX_VIDEO_BYTES,
 ) -> ImportCounts:
     """Import per-video ``.npy`` feature files (VSFA style) as one feature set.
 
@@ -407,7 +529,9 @@ def import_npy_folder(
 
     Files are loaded with ``np.load(allow_pickle=False)`` and must hold 2-D real arrays
     [steps, dims] (a pooled vector must be saved as [1, dims]) with ``spec["dims"]`` columns
-    (or, without it, all the same number). All files are checked before anything is stored.
+    (or, without it, all the same number), and hold exactly the bytes their header declares,
+    at most ``max_video_bytes``. All files are checked (values too: NaN/Inf, float16 range)
+    before anything is stored, and the set is written all or nothing (module docstring).
     Provenance: ``{"set": {"spec", "sampling", "origin": "imported npy", **set_provenance},
     "video": {"imported_from": <folder>, "file": <relative path>, "sha256": <of the file>,
     "imported_at"}}``; the set-level ``origin`` keeps imported features from being mixed
@@ -422,6 +546,7 @@ def import_npy_folder(
         set_provenance: more set-level provenance (code version, weights, paper...).
         dtype: storage dtype of a new set (see :meth:`FeatureStore.ensure_feature_set`).
         overwrite: replace videos already stored.
+        max_video_bytes: refuse a file whose header declares more bytes than this.
 
     Raises:
         FeatureNotFoundError: ``folder`` is missing, no file matches, or ``id_map`` names
@@ -441,8 +566,7 @@ def import_npy_folder(
         missing = [str(p.relative_to(folder)) for p in paths.values() if not p.is_file()]
         if missing:
             raise FeatureNotFoundError(
-                f"{len(missing)} of {len(paths)} files of id_map are missing in {folder}: "
-                + ", ".join(missing)
+                f"{len(missing)} of {len(paths)} files of id_map are missing in {folder}: " + ", ".join(missing)
             )
         files = paths
     else:
@@ -458,6 +582,10 @@ def import_npy_folder(
     widths: dict[str, int] = {}
     for p in files.values():
         rel = p.relative_to(folder).as_posix()
+        size_problem = _npy_size_problem(p, max_video_bytes)
+        if size_problem:
+            problems.append(f"{rel}: {size_problem}")
+            continue
         try:
             arr = np.load(p, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
@@ -480,26 +608,36 @@ def import_npy_folder(
 
     set_prov = {"spec": spec_c, "sampling": sampling_c, "origin": "imported npy"}
     set_prov.update(set_provenance or {})
-    set_id = store.ensure_feature_set(spec=spec_c, sampling=sampling_c, dtype=dtype)
-    counts = ImportCounts(written={set_id: 0}, skipped={set_id: 0})
-    for i, (video_id, p) in enumerate(files.items()):
-        if not overwrite and store.has_video(set_id, video_id):
-            counts.skipped[set_id] += 1
-            continue
-        raw = p.read_bytes()  # one read: hashed and parsed from the same bytes
-        data = np.load(io.BytesIO(raw), allow_pickle=False)
-        video_prov = {
-            "imported_from": str(folder),
-            "file": p.relative_to(folder).as_posix(),
-            "sha256": hashlib.sha256(raw).hexdigest(),
-            "imported_at": now(),
-        }
-        store.write_video(
-            set_id, video_id, data, provenance={"set": set_prov, "video": video_prov},
-            overwrite=overwrite,
+    set_id = FeatureStore.feature_set_id(spec_c, sampling_c)
+    exists = set_id in store.feature_sets()
+    storage = set_dtype(store.layout.set_attrs(set_id)) if exists else (dtype or "float32")
+    todo = {v: p for v, p in files.items() if overwrite or not exists or not store.has_video(set_id, v)}
+    problems = []
+    for video_id, p in todo.items():  # values, before anything is written
+        problems += _value_problems(
+            lambda p=p: np.load(p, mmap_mode="r", allow_pickle=False),
+            video_id,
+            dims,
+            storage,
+            where=p.relative_to(folder).as_posix(),
         )
-        counts.written[set_id] += 1
-        if (i + 1) % _PROGRESS_EVERY == 0:
-            logger.info("%s: %d of %d files imported", folder, i + 1, len(files))
+    _raise_all(problems, f"cannot import {folder}", InvalidFeaturesError)
+    if store.ensure_feature_set(spec=spec_c, sampling=sampling_c, dtype=dtype) != set_id:
+        raise InvalidMetadataError(f"{folder}: set {set_id!r} has another id in this store")
+
+    def items():
+        for video_id, p in todo.items():
+            raw = p.read_bytes()  # one read: hashed and parsed from the same bytes
+            video_prov = {
+                "imported_from": str(folder),
+                "file": p.relative_to(folder).as_posix(),
+                "sha256": hashlib.sha256(raw).hexdigest(),
+                "imported_at": now(),
+            }
+            data = np.load(io.BytesIO(raw), allow_pickle=False)
+            yield video_id, (lambda data=data: data), {"set": set_prov, "video": video_prov}
+
+    written = _write_set(store, set_id, items(), created=not exists, overwrite=overwrite)
+    counts = ImportCounts(written={set_id: written}, skipped={set_id: len(files) - len(todo)})
     logger.info("imported %d files from %s into %s", counts.n_written, folder, set_id)
     return counts

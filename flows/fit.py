@@ -19,6 +19,7 @@ run's (at the same torch thread count). A different configuration (features, hea
 parameters, protocol, seed, manifest content) refuses to resume unless ``restart``
 (``--restart``) discards the old progress. The folder is removed when the run completes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,8 +54,7 @@ from .fit_data import FeatureCache, StoredVideos, feature_set_identity, pool_vid
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STATE_DIR", "code_version", "feature_set_identity", "fit_job", "load_features", "make_head",
-           "predict_job"]
+__all__ = ["STATE_DIR", "code_version", "feature_set_identity", "fit_job", "load_features", "make_head", "predict_job"]
 
 #: Folder inside ``--out`` holding an unfinished run's progress (removed when the run completes).
 STATE_DIR = "fit-checkpoints"
@@ -72,10 +72,19 @@ def code_version() -> dict:
     root = Path(__file__).resolve().parents[1]
     commit = dirty = None
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip() or None
-        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=30, check=True).stdout
+        commit = (
+            subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
+            or None
+        )
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
         dirty = bool(status.strip())
     except (OSError, subprocess.SubprocessError):
         pass  # not a checkout, or no git: the version alone
@@ -95,8 +104,9 @@ def load_features(
     return [videos.read(i) for i in range(len(videos))], feature_sets
 
 
-def _stored_videos(store: FeatureStore, entries: Sequence[ManifestEntry],
-                   features: Sequence[str]) -> tuple[StoredVideos, list[dict]]:
+def _stored_videos(
+    store: FeatureStore, entries: Sequence[ManifestEntry], features: Sequence[str]
+) -> tuple[StoredVideos, list[dict]]:
     """The manifest's videos in the named sets (lazily) and each set's identity. The videos'
     ``cache_dtype`` is float16 when every set is stored as float16 (a cache keeps that exactly),
     else float32."""
@@ -127,8 +137,10 @@ def _open_state(state: Path, config: dict, *, restart: bool, overwrite: bool, no
     config_hash = _config_hash(config)
     record = state / "run.json"
     if state.exists() and not record.is_file():
-        raise FlowError(f"{state} exists but holds no run record (run.json); it was not written by vqa fit. "
-                        "Move it away, or choose another --out")
+        raise FlowError(
+            f"{state} exists but holds no run record (run.json); it was not written by vqa fit. "
+            "Move it away, or choose another --out"
+        )
     if record.is_file():
         saved_hash = saved_config = None
         if not restart:
@@ -140,8 +152,13 @@ def _open_state(state: Path, config: dict, *, restart: bool, overwrite: bool, no
         if saved_hash == config_hash:
             return config_hash, True
         if restart or overwrite or not _has_progress(state):
-            why = ("--restart" if restart else "--overwrite, and its configuration differs" if overwrite
-                   else "it had not finished any epoch yet, and its configuration differs")
+            why = (
+                "--restart"
+                if restart
+                else "--overwrite, and its configuration differs"
+                if overwrite
+                else "it had not finished any epoch yet, and its configuration differs"
+            )
             notify(f"discarding the interrupted run in {state.parent} ({why}); starting over")
             shutil.rmtree(state)
         else:
@@ -231,8 +248,9 @@ def fit_job(
     params = dict(head_params or {}, random_state=seed)
     if preset.pools:
         params.setdefault("pooling", pooling)
-    estimator = make_head(head, feature_dims=[s["spec"]["dims"] for s in feature_sets],
-                          paper_schedule=paper_schedule, **params)
+    estimator = make_head(
+        head, feature_dims=[s["spec"]["dims"] for s in feature_sets], paper_schedule=paper_schedule, **params
+    )
     if progress and "progress" in estimator.get_params() and "progress" not in params:
         estimator.set_params(progress=True)  # heads draw no bars unless asked; a run with progress asks
     ids = [e.video_id for e in entries]
@@ -241,8 +259,9 @@ def fit_job(
     if test_manifest is not None:  # cross-dataset: one split, train = all of A, test = all of B
         protocol, protocol_params = "cross-dataset", {"test_manifest": str(test_manifest)}
         test_entries = read_manifest(test_manifest, require_mos=True)
-        test_videos, test_sets = _stored_videos(FeatureStore(test_store or store, create=False), test_entries,
-                                                [s["id"] for s in feature_sets])
+        test_videos, test_sets = _stored_videos(
+            FeatureStore(test_store or store, create=False), test_entries, [s["id"] for s in feature_sets]
+        )
         n_train, n_test = len(entries), len(test_entries)
         splits = [(np.arange(n_train), np.arange(n_train, n_train + n_test))]
         ids = ids + [e.video_id for e in test_entries]
@@ -253,41 +272,61 @@ def fit_job(
         splits, notes, n_distinct = plan.splits, plan.notes, plan.n_distinct
         protocol_params = dict(plan.params, random_state=seed)
     if scalable is not None:
-        notes.append(f"--head {requested} on {len(entries)} videos (more than {svr_scalable.EXACT_SVR_MAX_VIDEOS}): "
-                     f"the scalable {scalable} runs instead (Nystroem kernel, {estimator.n_components} landmarks; "
-                     "regressors.svr_scalable)")
+        notes.append(
+            f"--head {requested} on {len(entries)} videos (more than {svr_scalable.EXACT_SVR_MAX_VIDEOS}): "
+            f"the scalable {scalable} runs instead (Nystroem kernel, {estimator.n_components} landmarks; "
+            "regressors.svr_scalable)"
+        )
     # What the run's result depends on; a resumed run must have exactly this.
-    config = to_json({
-        "head": head,
-        "head_params": {k: v for k, v in estimator.get_params().items() if k != "progress"},
-        "protocol": protocol, "protocol_params": protocol_params, "pooling": pooling if preset.pools else None,
-        "seed": seed, "feature_sets": feature_sets, "manifest": file_sha256(manifest),
-        "test_manifest": file_sha256(test_manifest) if test_manifest is not None else None,
-        "test_feature_sets": test_sets,
-    }, strict=False)
+    config = to_json(
+        {
+            "head": head,
+            "head_params": {k: v for k, v in estimator.get_params().items() if k != "progress"},
+            "protocol": protocol,
+            "protocol_params": protocol_params,
+            "pooling": pooling if preset.pools else None,
+            "seed": seed,
+            "feature_sets": feature_sets,
+            "manifest": file_sha256(manifest),
+            "test_manifest": file_sha256(test_manifest) if test_manifest is not None else None,
+            "test_feature_sets": test_sets,
+        },
+        strict=False,
+    )
     out = Path(out)
     state = out / STATE_DIR
     config_hash, resuming = _open_state(state, config, restart=restart, overwrite=overwrite, notify=notify)
     if resuming:
-        notify(f"resuming the interrupted run in {out}: "
-               f"{_describe_progress(state, len(splits)) or 'no split finished yet'}")
+        notify(
+            f"resuming the interrupted run in {out}: "
+            f"{_describe_progress(state, len(splits)) or 'no split finished yet'}"
+        )
     for note in notes:
         notify(f"note: {note}")
 
     pooling_step, regressor = split_pooling(estimator)
     with _fit_features(videos, test_videos, pooling_step, state, progress=progress) as X:
-        result = evaluate(regressor, X, y, splits=splits, video_ids=ids, progress=progress,
-                          state_dir=state, state_key=config_hash)
+        result = evaluate(
+            regressor, X, y, splits=splits, video_ids=ids, progress=progress, state_dir=state, state_key=config_hash
+        )
         result.protocol, result.protocol_params, result.n_distinct_splits = protocol, protocol_params, n_distinct
         result.notes[:0] = notes
         settings = {
-            "head": head, "head_requested": requested, "head_params": estimator.get_params(),
+            "head": head,
+            "head_requested": requested,
+            "head_params": estimator.get_params(),
             "schedule": "paper" if paper_schedule else "default",
-            "protocol": protocol, "protocol_params": protocol_params,
-            "grouped": groups is not None, "n_groups": len(set(groups)) if groups is not None else None,
-            "n_videos": len(entries), "feature_sets": feature_sets, "test_feature_sets": test_sets,
-            "store": str(store), "test_store": str(test_store) if test_store is not None else None,
-            "manifest": str(manifest), "manifest_sha256": config["manifest"],
+            "protocol": protocol,
+            "protocol_params": protocol_params,
+            "grouped": groups is not None,
+            "n_groups": len(set(groups)) if groups is not None else None,
+            "n_videos": len(entries),
+            "feature_sets": feature_sets,
+            "test_feature_sets": test_sets,
+            "store": str(store),
+            "test_store": str(test_store) if test_store is not None else None,
+            "manifest": str(manifest),
+            "manifest_sha256": config["manifest"],
             "code_version": code_version(),
         }
         paths = write_report(out, result, video_ids=ids, mos=y, settings=settings)
@@ -338,18 +377,22 @@ def predict_job(*, model: str | Path, store: str | Path, manifest: str | Path, o
         if saved["id"] not in feature_store.feature_sets():
             raise ProvenanceMismatchError(
                 f"the head in {model} was trained on feature set {saved['id']}, which {store} does not hold; "
-                "extract the manifest with the same extractor, weights and sampling first")
+                "extract the manifest with the same extractor, weights and sampling first"
+            )
         if feature_set_identity(feature_store, saved["id"]) != saved:
-            raise ProvenanceMismatchError(f"feature set {saved['id']} in {store} differs from the one the head "
-                                          "was trained on")
+            raise ProvenanceMismatchError(
+                f"feature set {saved['id']} in {store} differs from the one the head was trained on"
+            )
     entries = read_manifest(manifest)
     X, _ = _stored_videos(feature_store, entries, [s["id"] for s in expected])  # read once, lazily
     predictions = head.predict(X)
     bad = [entry.video_id for entry, p in zip(entries, predictions, strict=True) if not np.isfinite(p)]
     if bad:  # never write a score a spreadsheet or a metric would take as a number
-        raise FlowError(f"the head in {model} gives non-finite scores for {len(bad)} of {len(entries)} videos "
-                        f"({', '.join(map(repr, bad[:5]))}{' ...' if len(bad) > 5 else ''}): it is damaged or does not "
-                        "fit these features; no scores were written")
+        raise FlowError(
+            f"the head in {model} gives non-finite scores for {len(bad)} of {len(entries)} videos "
+            f"({', '.join(map(repr, bad[:5]))}{' ...' if len(bad) > 5 else ''}): it is damaged or does not "
+            "fit these features; no scores were written"
+        )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as fh:

@@ -18,6 +18,7 @@ Memory model (docs/analysis.md, "Memory"):
   before anything is read.
 * Prediction reads each video once, lazily, as the head asks for it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,6 +52,7 @@ class _StoredVideo:
 
     __slots__ = ("_owner", "_index", "shape")
     ndim = 2
+    dtype = np.dtype(np.float32)  # what reads return; lets np.iscomplexobj & co. answer without a read
 
     def __init__(self, owner: StoredVideos, index: int, shape: tuple[int, int]):
         self._owner, self._index, self.shape = owner, index, shape
@@ -99,8 +101,14 @@ def pool_videos(videos: StoredVideos, pooling, *, progress: bool = False) -> np.
     plus one video.
     """
     out = None
-    for i in tqdm(range(len(videos)), desc="reading and pooling features", unit="video", file=sys.stderr,
-                  disable=not progress, leave=False):
+    for i in tqdm(
+        range(len(videos)),
+        desc="reading and pooling features",
+        unit="video",
+        file=sys.stderr,
+        disable=not progress,
+        leave=False,
+    ):
         row = pooling.pool_one(videos.read(i), i)
         if out is None:
             out = np.empty((len(videos), row.shape[0]), dtype=np.float64)
@@ -143,8 +151,15 @@ class FeatureCache(Sequence):
         self._items = [_CachedVideo(self, offset, shape) for offset, shape in entries]
 
     @classmethod
-    def build(cls, videos: StoredVideos, path: Path, *, dtype, progress: bool = False,
-              on_video: Callable[[int], None] | None = None) -> FeatureCache:
+    def build(
+        cls,
+        videos: StoredVideos,
+        path: Path,
+        *,
+        dtype,
+        progress: bool = False,
+        on_video: Callable[[int], None] | None = None,
+    ) -> FeatureCache:
         """Write ``videos`` (each read once from the store) to ``path`` as ``dtype``.
 
         Raises:
@@ -156,12 +171,20 @@ class FeatureCache(Sequence):
         need = sum(int(np.prod(v.shape)) for v in videos) * dtype.itemsize
         free = shutil.disk_usage(path.parent).free
         if need > free:
-            raise FlowError(f"the fit caches its features uncompressed ({need / 2**30:.1f} GiB as {dtype.name}) in "
-                            f"{path.parent}, which has {free / 2**30:.1f} GiB free; free space or choose another --out")
+            raise FlowError(
+                f"the fit caches its features uncompressed ({need / 2**30:.1f} GiB as {dtype.name}) in "
+                f"{path.parent}, which has {free / 2**30:.1f} GiB free; free space or choose another --out"
+            )
         entries, offset = [], 0
         with open(path, "wb") as fh:
-            for i in tqdm(range(len(videos)), desc="reading features", unit="video", file=sys.stderr,
-                          disable=not progress, leave=False):
+            for i in tqdm(
+                range(len(videos)),
+                desc="reading features",
+                unit="video",
+                file=sys.stderr,
+                disable=not progress,
+                leave=False,
+            ):
                 arr = np.ascontiguousarray(videos.read(i), dtype=dtype)  # float32 from float16: exact back
                 fh.write(memoryview(arr).cast("B"))
                 entries.append((offset, (int(arr.shape[0]), int(arr.shape[1]))))

@@ -291,9 +291,7 @@ class PerceptionBlock(nn.Module):
         super().__init__()
         self.pool = pool
         hidden = max(1, d_model // reduction)
-        self.gate = nn.Sequential(
-            nn.Linear(d_model, hidden), nn.ReLU(), nn.Linear(hidden, d_model), nn.Sigmoid()
-        )
+        self.gate = nn.Sequential(nn.Linear(d_model, hidden), nn.ReLU(), nn.Linear(hidden, d_model), nn.Sigmoid())
         self.temporal_conv = nn.Conv1d(d_model, d_model, kernel_size, padding="same")
 
     def forward(self, f: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -416,9 +414,7 @@ class A2INet(nn.Module):
         _choice("fusion", fusion, FUSIONS)
         _choice("direction", direction, DIRECTIONS)
         if direction != "both" and fusion in ("concat", "concat_mlp"):
-            raise InvalidInputError(
-                f"direction {direction!r} applies to the normalising fusions, not {fusion!r}"
-            )
+            raise InvalidInputError(f"direction {direction!r} applies to the normalising fusions, not {fusion!r}")
         if not isinstance(gamma1, Real) or not np.isfinite(gamma1):
             raise InvalidInputError(f"gamma1 must be a finite number, got {gamma1!r}")
         if not isinstance(mlp_dropout, Real) or not 0.0 <= mlp_dropout < 1.0:
@@ -458,8 +454,7 @@ class A2INet(nn.Module):
         lengths = torch.as_tensor(lengths)
         if lengths.shape != (x.shape[0],) or lengths.is_floating_point() or lengths.is_complex():
             raise InvalidInputError(
-                f"lengths must be integers [B] with B = {x.shape[0]}, "
-                f"got {lengths.dtype} {tuple(lengths.shape)}"
+                f"lengths must be integers [B] with B = {x.shape[0]}, got {lengths.dtype} {tuple(lengths.shape)}"
             )
         low, high = int(lengths.min()), int(lengths.max())
         if low < 1 or high > x.shape[1]:
@@ -506,15 +501,11 @@ def build_a2inet(
             f"input_dim {input_dim} does not match dims {tuple(dims)}: expected "
             f"{dims[0]} + {dims[1]} = {dims[0] + dims[1]} features per step"
         )
-    return A2INet(
-        d_quality=dims[0], d_content=dims[1], d_model=d_model, fusion=fusion, gamma1=gamma1, **params
-    )
+    return A2INet(d_quality=dims[0], d_content=dims[1], d_model=d_model, fusion=fusion, gamma1=gamma1, **params)
 
 
 # ---------------------------------------------------------------- frame-rate alignment
-def align_steps(
-    features: Sequence[np.ndarray], *, steps: int | None = None, method: str = "nearest"
-) -> np.ndarray:
+def align_steps(features: Sequence[np.ndarray], *, steps: int | None = None, method: str = "nearest") -> np.ndarray:
     """Resample feature families to one step count and concatenate them along features.
 
     Each family ``[T_i, D_i]`` is taken to cover the video uniformly: its step j stands

@@ -17,7 +17,9 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
+import scipy.sparse as sp
 import torch
+from sklearn.utils.validation import column_or_1d
 
 from regressors.errors import InvalidInputError
 from regressors.metrics import _as_vector
@@ -45,8 +47,24 @@ def check_source(X, where: str):
     """Validate a video collection; returns ``(source, lengths [N] int64, D)``.
 
     ``X`` is anything with ``len()`` and ``X[i]`` giving ``[T_i, D]`` (a list of numpy or
-    dask arrays, a 3-D array); a 2-D array means N one-step videos.
+    dask arrays, a 3-D array); a 2-D array means N one-step videos. Refused with
+    scikit-learn's wording (its estimator checks test it): sparse matrices, complex values,
+    a 1-D array (one video's vector: reshape it), zero features.
     """
+    if sp.issparse(X):
+        raise InvalidInputError(f"{where} is a sparse matrix; sparse input is not supported: pass dense arrays")
+    if not isinstance(X, np.ndarray) and hasattr(X, "__array__"):
+        X = np.asarray(X)  # one array-like (a DataFrame, sklearn's _NotAnArray), not a collection of videos
+    if isinstance(X, np.ndarray):
+        if np.iscomplexobj(X):
+            raise InvalidInputError(f"Complex data not supported: {where} has dtype {X.dtype}")
+        if X.ndim == 1:
+            raise InvalidInputError(
+                f"Expected 2D array, got 1D array instead: {where} has shape {X.shape}. Reshape your data: "
+                "[N, D] for N one-step videos, or a list of [T_i, D] arrays"
+            )
+        if X.ndim == 2 and X.shape[1] == 0:
+            raise InvalidInputError(f"0 feature(s) (shape={X.shape}) while a minimum of 1 is required.")
     if isinstance(X, np.ndarray) and X.ndim == 2:
         X = X[:, None, :]
     if isinstance(X, (str, bytes)) or not (hasattr(X, "__len__") and hasattr(X, "__getitem__")):
@@ -64,7 +82,12 @@ def check_source(X, where: str):
 
 
 def check_y(y, n: int, where: str) -> np.ndarray:
-    """MOS as float64 ``[n]`` (a column ``[n, 1]`` is accepted), finite."""
+    """MOS as float64 ``[n]`` (a column ``[n, 1]`` is accepted, with scikit-learn's
+    DataConversionWarning), finite."""
+    if y is None:
+        raise InvalidInputError(f"this head requires y to be passed, but the target y is None ({where})")
+    if isinstance(y, np.ndarray) and y.ndim == 2 and y.shape[1] == 1:
+        y = column_or_1d(y, warn=True)
     y = _as_vector(y, where)
     if y.shape[0] != n:
         raise InvalidInputError(f"{where} must be 1-D with {n} entries (one per video), got shape {y.shape}")
@@ -84,7 +107,10 @@ class Batcher:
 
     def read(self, source, i: int, where: str) -> np.ndarray:
         """One video as float32 ``[T, D]`` (np.asarray materialises dask/zarr items)."""
-        arr = np.asarray(source[i], dtype=np.float32)
+        item = source[i]
+        if np.iscomplexobj(item):
+            raise InvalidInputError(f"Complex data not supported: {where}[{i}] has complex values")
+        arr = np.asarray(item, dtype=np.float32)
         if arr.ndim == 1:
             arr = arr[None, :]
         if arr.ndim != 2 or arr.shape[1] != self.dims or arr.shape[0] < 1:
@@ -134,4 +160,4 @@ class Batcher:
 def chunks(idx: np.ndarray, size: int) -> Iterator[np.ndarray]:
     """Consecutive slices of ``idx`` of ``size`` entries (the last may be shorter)."""
     for start in range(0, idx.shape[0], size):
-        yield idx[start:start + size]
+        yield idx[start : start + size]

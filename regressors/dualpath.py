@@ -72,6 +72,7 @@ but gives no sizes, order or wiring. Choices made here:
 * Weights initialised as Swin (truncated normal, std 0.02, for linear layers and the bias
   table). No batch statistics anywhere, so a clip's score does not depend on its batch.
 """
+
 from __future__ import annotations
 
 import math
@@ -85,9 +86,20 @@ from .errors import InvalidInputError, RegressorError
 from .modules import register_module
 
 __all__ = [
-    "CrossAttention", "DualPathFusion", "DualPathHead", "GlobalPositionIndexing", "PatchEmbed3D", "PatchMerging",
-    "Pathway", "SemanticTransformation", "SwinTransformerBlock3D", "WindowAttention3D",
-    "build_dualpath", "position_encoding_split", "relative_position_index", "sinusoidal_encoding",
+    "CrossAttention",
+    "DualPathFusion",
+    "DualPathHead",
+    "GlobalPositionIndexing",
+    "PatchEmbed3D",
+    "PatchMerging",
+    "Pathway",
+    "SemanticTransformation",
+    "SwinTransformerBlock3D",
+    "WindowAttention3D",
+    "build_dualpath",
+    "position_encoding_split",
+    "relative_position_index",
+    "sinusoidal_encoding",
     "window_attention_mask",
 ]
 
@@ -103,6 +115,7 @@ Triple = tuple[int, int, int]
 
 
 # ---- pure functions (tested alone) -----------------------------------------------------
+
 
 def relative_position_index(window: Sequence[int]) -> torch.Tensor:
     """Video Swin's index into the relative position bias table for one window.
@@ -195,6 +208,7 @@ def _ceil_div(a: int, b: int) -> int:
 
 # ---- modules named after the paper -----------------------------------------------------
 
+
 class PatchEmbed3D(nn.Module):
     """Eq. 2: ``P = Conv3D(X)``, kernel = stride = ``patch_size``, then ``LayerNorm``.
 
@@ -225,7 +239,11 @@ class GlobalPositionIndexing(nn.Module):
     """
 
     def __init__(
-        self, t_positions: Sequence[float], h_positions: Sequence[float], w_positions: Sequence[float], dim: int,
+        self,
+        t_positions: Sequence[float],
+        h_positions: Sequence[float],
+        w_positions: Sequence[float],
+        dim: int,
     ):
         super().__init__()
         parts = []
@@ -380,8 +398,17 @@ class Pathway(nn.Module):
     """
 
     def __init__(
-        self, *, in_channels: int, input_grid: Triple, t_positions: Sequence[float], embed_dim: int,
-        patch_size: Triple, window: Triple, heads: int, depth: int, mlp_ratio: float,
+        self,
+        *,
+        in_channels: int,
+        input_grid: Triple,
+        t_positions: Sequence[float],
+        embed_dim: int,
+        patch_size: Triple,
+        window: Triple,
+        heads: int,
+        depth: int,
+        mlp_ratio: float,
     ):
         super().__init__()
         self.patch_embed = PatchEmbed3D(in_channels, embed_dim, patch_size=patch_size)
@@ -393,7 +420,11 @@ class Pathway(nn.Module):
         half = tuple(w // 2 if g > w else 0 for w, g in zip(win, self.grid, strict=True))
         self.blocks = nn.ModuleList(
             SwinTransformerBlock3D(
-                embed_dim, grid=self.grid, window=win, shift=half if i % 2 else (0, 0, 0), heads=heads,
+                embed_dim,
+                grid=self.grid,
+                window=win,
+                shift=half if i % 2 else (0, 0, 0),
+                heads=heads,
                 mlp_ratio=mlp_ratio,
             )
             for i in range(depth)
@@ -432,8 +463,19 @@ class DualPathHead(nn.Module):
     """
 
     def __init__(
-        self, *, slow_shape: Sequence[int], fast_shape: Sequence[int], embed_dim: int, tau: int, window: Triple,
-        heads: int, semantic: bool, depth: int, patch_size: Triple, mlp_ratio: float, dropout: float,
+        self,
+        *,
+        slow_shape: Sequence[int],
+        fast_shape: Sequence[int],
+        embed_dim: int,
+        tau: int,
+        window: Triple,
+        heads: int,
+        semantic: bool,
+        depth: int,
+        patch_size: Triple,
+        mlp_ratio: float,
+        dropout: float,
     ):
         super().__init__()
         self.slow_shape, self.fast_shape = tuple(slow_shape), tuple(fast_shape)
@@ -446,15 +488,22 @@ class DualPathHead(nn.Module):
         # Global time of a slow step: where the extractor's linspace(0, T_f - 1, T_s) puts it.
         slow_time = (t_f - 1) / (t_s - 1) if t_s > 1 else 0.0
         common = dict(
-            embed_dim=embed_dim, patch_size=patch_size, window=window, heads=heads, depth=depth, mlp_ratio=mlp_ratio,
+            embed_dim=embed_dim,
+            patch_size=patch_size,
+            window=window,
+            heads=heads,
+            depth=depth,
+            mlp_ratio=mlp_ratio,
         )
         self.slow_path = Pathway(
-            in_channels=c_s, input_grid=(slow_steps, h_s, w_s),
+            in_channels=c_s,
+            input_grid=(slow_steps, h_s, w_s),
             t_positions=[i * patch_size[0] * tau * slow_time for i in range(_ceil_div(slow_steps, patch_size[0]))],
             **common,
         )
         self.fast_path = Pathway(
-            in_channels=c_f, input_grid=(t_f, h_f, w_f),
+            in_channels=c_f,
+            input_grid=(t_f, h_f, w_f),
             t_positions=[float(i * patch_size[0]) for i in range(_ceil_div(t_f, patch_size[0]))],
             **common,
         )
@@ -563,8 +612,9 @@ def build_dualpath(
             f"dualpath input_dim {input_dim!r} does not match prod(slow_shape={slow_shape}) + "
             f"prod(fast_shape={fast_shape}) = {expected}; set slow_shape/fast_shape to the feature's token grids"
         )
-    embed_dim, tau, heads, depth = (_positive_int(n, v) for n, v in
-                                    (("embed_dim", embed_dim), ("tau", tau), ("heads", heads), ("depth", depth)))
+    embed_dim, tau, heads, depth = (
+        _positive_int(n, v) for n, v in (("embed_dim", embed_dim), ("tau", tau), ("heads", heads), ("depth", depth))
+    )
     if embed_dim % 2 or embed_dim < 6:
         raise RegressorError(f"embed_dim must be even and >= 6 (sinusoidal t, h, w parts), got {embed_dim}")
     if embed_dim % heads:
@@ -572,7 +622,15 @@ def build_dualpath(
     if not mlp_ratio > 0 or not 0 <= dropout < 1:
         raise RegressorError(f"need mlp_ratio > 0 and 0 <= dropout < 1, got {mlp_ratio!r}, {dropout!r}")
     return DualPathHead(
-        slow_shape=slow_shape, fast_shape=fast_shape, embed_dim=embed_dim, tau=tau,
-        window=_positive_ints("window", window, 3), heads=heads, semantic=bool(semantic), depth=depth,
-        patch_size=_positive_ints("patch_size", patch_size, 3), mlp_ratio=float(mlp_ratio), dropout=float(dropout),
+        slow_shape=slow_shape,
+        fast_shape=fast_shape,
+        embed_dim=embed_dim,
+        tau=tau,
+        window=_positive_ints("window", window, 3),
+        heads=heads,
+        semantic=bool(semantic),
+        depth=depth,
+        patch_size=_positive_ints("patch_size", patch_size, 3),
+        mlp_ratio=float(mlp_ratio),
+        dropout=float(dropout),
     )

@@ -62,9 +62,7 @@ PLCC_RANK_WEIGHT = 0.3
 
 def _check(pred, y) -> None:
     if not isinstance(pred, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise InvalidInputError(
-            f"pred and y must be torch tensors, got {type(pred).__name__} and {type(y).__name__}"
-        )
+        raise InvalidInputError(f"pred and y must be torch tensors, got {type(pred).__name__} and {type(y).__name__}")
     if pred.ndim != 1 or pred.shape != y.shape:
         raise InvalidInputError(
             f"pred and y must both be 1-D [B] of one length, got {tuple(pred.shape)} and {tuple(y.shape)}"

@@ -80,9 +80,7 @@ def _check_pair(y, p) -> tuple[np.ndarray, np.ndarray]:
     if y.shape != p.shape:
         raise InvalidInputError(f"y and p differ in length: {y.shape[0]} vs {p.shape[0]}")
     if y.shape[0] < MIN_SAMPLES:
-        raise InvalidInputError(
-            f"need at least {MIN_SAMPLES} samples for correlation metrics, got {y.shape[0]}"
-        )
+        raise InvalidInputError(f"need at least {MIN_SAMPLES} samples for correlation metrics, got {y.shape[0]}")
     for name, v in (("y (MOS)", y), ("p (predictions)", p)):
         bad = ~np.isfinite(v)
         if bad.any():

@@ -6,6 +6,7 @@ and returns one predicted score per video ``[B]``. Heads that need more structur
 feature families, token grids) take it through ``params`` (e.g. the split of ``input_dim``)
 and document it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -18,7 +19,8 @@ from .errors import InvalidInputError
 
 #: Head-module builders by name; the built-in modules register on the first lookup.
 HEAD_MODULES: Registry[Callable[..., torch.nn.Module]] = Registry(
-    "head module", error=InvalidInputError,
+    "head module",
+    error=InvalidInputError,
     lazy_modules=("regressors.vsfa", "regressors.a2inet", "regressors.dualpath"),
 )
 

@@ -18,12 +18,21 @@ Heads join through a registry keyed by type name. A head class provides::
 and is registered with ``@register_head("name", version=1)``. ``head.npz`` is written
 before ``head.json`` (each atomically, :mod:`vqa_core.atomic`), so a directory with a
 ``head.json`` is complete.
+
+Loading trusts nothing in the folder (docs/hardening.md, "Tampered models"): ``head.json``
+must hold finite numbers only; each array's ``.npy`` header is read first and checked against
+``head.json``'s declaration and the bytes its (uncompressed) member holds, so no array is
+allocated larger than the file; a class may check the declared shapes against its parameters
+before anything is built (optional classmethod ``_check_state(meta, shapes)``); every float
+array must be finite, except those whose names start with one of the class's
+``_nonfinite_arrays`` prefixes (NaN there means "not recorded").
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -55,8 +64,11 @@ FORMAT_VERSION = 1
 
 #: Head classes by type name. The modules of the built-in heads are imported on the first
 #: lookup, so that ``load_head`` works without the caller importing the head class first.
-HEAD_TYPES: Registry[type] = Registry("head type", error=ModelFormatError,
-                                      lazy_modules=("regressors.svr", "regressors.sequence"))
+HEAD_TYPES: Registry[type] = Registry(
+    "head type",
+    error=ModelFormatError,
+    lazy_modules=("regressors.svr", "regressors.svr_scalable", "regressors.sequence"),
+)
 
 
 def register_head(name: str, *, version: int):
@@ -145,9 +157,7 @@ def save_head(head, directory, *, feature_info: dict, overwrite: bool = False) -
     cls = type(head)
     name = getattr(cls, "_head_type", None)
     if name is None or name not in HEAD_TYPES or HEAD_TYPES.get(name) is not cls:
-        raise RegressorError(
-            f"{cls.__qualname__} is not a registered head type; known: {', '.join(list_heads())}"
-        )
+        raise RegressorError(f"{cls.__qualname__} is not a registered head type; known: {', '.join(list_heads())}")
     if not isinstance(feature_info, dict):
         raise RegressorError(f"feature_info must be a dict, got {type(feature_info).__name__}")
     directory = Path(directory)
@@ -192,11 +202,32 @@ def save_head(head, directory, *, feature_info: dict, overwrite: bool = False) -
     return directory
 
 
+class _NonFiniteNumber(ValueError):
+    pass
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not np.isfinite(value):  # 1e999
+        raise _NonFiniteNumber(text)
+    return value
+
+
+def _refuse_constant(text: str):
+    raise _NonFiniteNumber(text)  # NaN, Infinity, -Infinity: json.dumps(allow_nan=False) never writes them
+
+
 def _read_meta(meta_path: Path) -> dict:
     if not meta_path.is_file():
         raise ModelFormatError(f"{meta_path}: no saved head here (file missing)")
     try:
-        doc = json.loads(meta_path.read_text(encoding="utf-8"))
+        doc = json.loads(
+            meta_path.read_text(encoding="utf-8"), parse_float=_finite_float, parse_constant=_refuse_constant
+        )
+    except _NonFiniteNumber as exc:
+        raise ModelFormatError(
+            f"{meta_path}: non-finite number {exc} (a saved head holds finite numbers only)"
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelFormatError(f"{meta_path}: not a readable JSON file ({exc})") from exc
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
@@ -206,33 +237,92 @@ def _read_meta(meta_path: Path) -> dict:
             f"{meta_path}: format version {doc.get('format_version')!r} is not supported "
             f"(this code reads version {FORMAT_VERSION})"
         )
-    for key, kind in (("type", str), ("version", int), ("params", dict), ("state", dict),
-                      ("feature_info", dict), ("arrays", dict)):
+    for key, kind in (
+        ("type", str),
+        ("version", int),
+        ("params", dict),
+        ("state", dict),
+        ("feature_info", dict),
+        ("arrays", dict),
+    ):
         if not isinstance(doc.get(key), kind):
             raise ModelFormatError(f"{meta_path}: field {key!r} is missing or not a {kind.__name__}")
     return doc
 
 
-def _read_arrays(npz_path: Path, expected: dict) -> dict[str, np.ndarray]:
+def _array_headers(npz_path: Path, expected: dict) -> dict[str, tuple[int, ...]]:
+    """Shapes of ``head.npz``'s arrays, from their ``.npy`` headers, before any array is read.
+
+    Each member must be stored uncompressed (``np.savez``) and hold exactly the bytes its header
+    declares, so reading it never allocates more than the file; shapes must equal those
+    declared in ``head.json``. Returns ``{name: shape}``."""
     if not npz_path.is_file():
         raise ModelFormatError(f"{npz_path}: array file missing")
+    shapes: dict[str, tuple[int, ...]] = {}
+    try:
+        with zipfile.ZipFile(npz_path) as npz:
+            for member in npz.infolist():
+                key = member.filename.removesuffix(".npy")
+                if member.compress_type != zipfile.ZIP_STORED:
+                    raise ModelFormatError(
+                        f"{npz_path}: array {key!r} is compressed; saved heads are written uncompressed (np.savez)"
+                    )
+                with npz.open(member) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    if version not in ((1, 0), (2, 0)):
+                        raise ModelFormatError(f"{npz_path}: array {key!r} has .npy format version {version}")
+                    read_header = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read_header(fh)
+                    header_bytes = fh.tell()
+                if dtype.hasobject or dtype.kind not in "biuf":
+                    raise ModelFormatError(
+                        f"{npz_path}: unreadable array file (array {key!r} has dtype {dtype}; "
+                        "only plain numbers are loaded, never pickled objects)"
+                    )
+                declared = math.prod(shape) * dtype.itemsize
+                held = member.file_size - header_bytes
+                if declared != held:
+                    raise ModelFormatError(
+                        f"{npz_path}: array {key!r} declares shape {list(shape)} ({declared} bytes) "
+                        f"but its file holds {held} bytes"
+                    )
+                shapes[key] = tuple(shape)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        if isinstance(exc, ModelFormatError):
+            raise
+        raise ModelFormatError(f"{npz_path}: unreadable array file ({exc})") from exc
+    if set(shapes) != set(expected):
+        raise ModelFormatError(
+            f"{npz_path}: arrays {sorted(shapes)} do not match those declared in {META_FILE}: {sorted(expected)}"
+        )
+    for key, info in expected.items():
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if shape is None or list(shapes[key]) != list(shape):
+            raise ModelFormatError(f"{npz_path}: array {key!r} has shape {list(shapes[key])}, declared {shape}")
+    return shapes
+
+
+def _read_arrays(npz_path: Path, shapes: dict, *, nonfinite_ok: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """The arrays of ``head.npz`` (checked by :func:`_array_headers`), each finite unless its
+    name starts with one of ``nonfinite_ok``."""
     try:
         with np.load(npz_path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         # ValueError also covers an object array, which would need pickle.
         raise ModelFormatError(f"{npz_path}: unreadable array file ({exc})") from exc
-    if set(arrays) != set(expected):
-        raise ModelFormatError(
-            f"{npz_path}: arrays {sorted(arrays)} do not match those declared in "
-            f"{META_FILE}: {sorted(expected)}"
-        )
-    for key, info in expected.items():
-        shape = info.get("shape") if isinstance(info, dict) else None
-        if shape is None or list(arrays[key].shape) != list(shape):
+    for key, arr in arrays.items():
+        if arr.shape != shapes.get(key) or arr.dtype.kind != "f" or key.startswith(nonfinite_ok):
+            continue
+        nan, inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+        if nan or inf:
             raise ModelFormatError(
-                f"{npz_path}: array {key!r} has shape {list(arrays[key].shape)}, "
-                f"declared {shape}"
+                f"{npz_path}: array {key!r} has {nan} NaN and {inf} inf value(s); "
+                "a saved head holds finite numbers only"
             )
     return arrays
 
@@ -245,7 +335,9 @@ def load_head(directory):
     ``(head, feature_info)``: the fitted head and the ``feature_info`` dict it was saved with.
 
     Raises :class:`~regressors.errors.ModelFormatError` (naming the offending file) when
-    a file is missing or corrupt, or the type or version is unknown.
+    a file is missing or corrupt, the type or version is unknown, or the content is not what
+    a saved head can hold (non-finite numbers, arrays that disagree with their declaration or
+    the head's parameters; see the module docstring).
     """
     directory = Path(directory)
     meta_path = directory / META_FILE
@@ -257,8 +349,15 @@ def load_head(directory):
             f"{meta_path}: {name} head version {doc['version']} cannot be read by this code, "
             f"which reads version {cls._head_version}"
         )
-    arrays = _read_arrays(directory / ARRAYS_FILE, doc["arrays"])
+    shapes = _array_headers(directory / ARRAYS_FILE, doc["arrays"])
     meta = {"params": doc["params"], **doc["state"]}
+    check = getattr(cls, "_check_state", None)
+    if check is not None:  # declared shapes against the parameters, before anything is built
+        try:
+            check(meta, shapes)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFormatError(f"{meta_path}: inconsistent {name} head state ({exc})") from exc
+    arrays = _read_arrays(directory / ARRAYS_FILE, shapes, nonfinite_ok=tuple(getattr(cls, "_nonfinite_arrays", ())))
     try:
         head = cls._from_state(meta, arrays)
     except (KeyError, TypeError, ValueError) as exc:

@@ -4,9 +4,31 @@
 * :func:`random_splits` — A2INet / BVQA_Benchmark: 10 random 80/20 splits, median.
 * :func:`train_val_test_splits` — VSFA: 60/20/20 train/validation/test, the validation
   part choosing the checkpoint (``SequenceRegressor.fit(..., X_val=, y_val=)``).
+* :data:`PROTOCOLS` — the papers' protocols by name (``fmc``, ``a2inet``, ``vsfa``) and
+  :func:`plan_splits`, which draws a protocol's splits for a data set and adapts them, in
+  the documented way below, when its groups cannot support the protocol as published.
 * :func:`evaluate` — fits a fresh ``sklearn.base.clone`` of a head per split, scores
   its test predictions with :func:`regressors.metrics.evaluate_predictions`; with a
   ``state_dir`` it records each finished split and resumes an interrupted protocol.
+  ``evaluate(head, X, y, groups=..., protocol="fmc")`` runs a paper protocol from Python
+  and returns what ``vqa fit`` writes to ``metrics.json`` (``result.metrics``).
+
+Honest numbers (docs/analysis.md, "Evaluation"):
+
+* Few groups. With G groups, a k-fold protocol can only deal whole groups: with G = 5 and
+  k = 5 every repeat deals the same five folds. Splits are counted as drawn
+  (``n_splits``, the median over all of them, as the protocol defines) and as distinct
+  (``n_distinct_splits``); a split equal to an earlier one is not fitted again, its result
+  is reused. Adaptations (each one recorded in ``notes`` and logged): fewer groups than
+  folds -> as many folds as groups (leave one group out); a test fold under 3 videos ->
+  fewer folds, down to 2; a random test part under 3 videos (``a2inet``, ``vsfa``) -> the
+  next groups of the same random order join it until it holds 3. When even that cannot
+  work, :func:`plan_splits` refuses, naming the protocol that would.
+* Degenerate logistic. The 4-parameter logistic of PLCC/RMSE can collapse to a step (a
+  threshold between two MOS levels): a high PLCC from predictions that barely correlate.
+  A split's fit is flagged ``logistic_degenerate`` when the logistic rises from 10% to 90%
+  over less than 5% of the range of its predictions; the count and the raw PLCC beside it
+  are in the metrics and the notes.
 
 ``groups`` keep every sample of one group on one side of each split (LIVE-style
 datasets, where several distorted videos share a source). Without groups every sample
@@ -22,6 +44,7 @@ import json
 import logging
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,16 +53,24 @@ from sklearn.base import clone
 from tqdm import tqdm
 
 from regressors.errors import InvalidInputError, RegressorError
-from regressors.metrics import METRIC_NAMES, MIN_SAMPLES, evaluate_predictions
+from regressors.metrics import METRIC_NAMES, MIN_SAMPLES, evaluate_predictions, fit_logistic4
+from regressors.temporal_pooling import split_pooling
 from vqa_core.atomic import atomic_write
+from vqa_core.registry import Registry
 
 __all__ = [
+    "PROTOCOLS",
     "EvaluationResult",
+    "Protocol",
+    "SplitPlan",
     "evaluate",
+    "logistic_is_degenerate",
+    "plan_splits",
     "random_splits",
     "split_state_paths",
     "repeated_kfold_splits",
     "train_val_test_splits",
+    "vsfa_splits",
 ]
 
 logger = logging.getLogger(__name__)
@@ -118,6 +149,13 @@ def repeated_kfold_splits(
     return splits
 
 
+def _grown(order: np.ndarray, start: int, sizes: np.ndarray, min_samples: int) -> int:
+    """Lower ``start`` until the groups ``order[start:]`` hold ``min_samples`` samples (or 0)."""
+    while start > 0 and sizes[order[start:]].sum() < min_samples:
+        start -= 1
+    return start
+
+
 def random_splits(
     n: int,
     *,
@@ -125,11 +163,14 @@ def random_splits(
     test_size: float = 0.2,
     n_repeats: int = 10,
     random_state=0,
+    min_test_samples: int = 0,
 ) -> list[Split]:
     """``n_repeats`` random train/test splits of ``n`` samples (A2INet: 10 x 80/20).
 
     Each repeat puts ``ceil(test_size * G)`` randomly chosen groups in the test set
     (G groups; without groups, G = n, as scikit-learn's ``ShuffleSplit``).
+    ``min_test_samples``: a test part holding fewer samples takes the next groups of the
+    same random order until it holds that many (0: never; the draws are the same either way).
 
     Returns
     -------
@@ -139,15 +180,21 @@ def random_splits(
     if not 0.0 < float(test_size) < 1.0:
         raise InvalidInputError(f"test_size must lie strictly between 0 and 1, got {test_size!r}")
     _check_int("n_repeats", n_repeats, 1)
+    _check_int("min_test_samples", min_test_samples, 0)
     n_groups = sizes.shape[0]
     n_test = int(np.ceil(float(test_size) * n_groups))
     if n_test >= n_groups:
         what = "groups" if groups is not None else "samples"
-        raise InvalidInputError(
-            f"test_size={test_size} of {n_groups} {what} leaves nothing to train on"
-        )
+        raise InvalidInputError(f"test_size={test_size} of {n_groups} {what} leaves nothing to train on")
     rng = np.random.default_rng(random_state)
-    return [_as_split(codes, rng.permutation(n_groups)[:n_test]) for _ in range(n_repeats)]
+    splits = []
+    for _ in range(n_repeats):
+        # Test groups are the first n_test of a permutation; reversed, they are its tail,
+        # which _grown extends with the groups that follow them in the permutation.
+        order = rng.permutation(n_groups)[::-1]
+        start = _grown(order, n_groups - n_test, sizes, min_test_samples)
+        splits.append(_as_split(codes, order[start:]))
+    return splits
 
 
 # Fractions are turned into group counts with ceil(f * G - _CEIL_TOL): without the
@@ -163,6 +210,7 @@ def train_val_test_splits(
     fractions=(0.6, 0.2, 0.2),
     n_repeats: int = 10,
     random_state=0,
+    min_test_samples: int = 0,
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """``n_repeats`` random train/validation/test splits (VSFA: 60/20/20).
 
@@ -182,6 +230,9 @@ def train_val_test_splits(
         Positive train and test fractions, val >= 0; they must sum to 1.
     random_state : int, numpy Generator or None
         Seed (None: fresh entropy, not reproducible).
+    min_test_samples : int
+        A test part holding fewer samples takes the last validation groups (then training
+        groups, keeping at least one) until it holds that many; 0: never.
 
     Returns
     -------
@@ -199,6 +250,7 @@ def train_val_test_splits(
     """
     codes, sizes = _group_codes(n, groups)
     _check_int("n_repeats", n_repeats, 1)
+    _check_int("min_test_samples", min_test_samples, 0)
     try:
         f_train, f_val, f_test = (float(f) for f in fractions)
     except (TypeError, ValueError) as exc:
@@ -220,9 +272,176 @@ def train_val_test_splits(
     splits = []
     for _ in range(n_repeats):
         order = rng.permutation(n_groups)
-        parts = (order[:n_train], order[n_train:test_start], order[test_start:])
+        start = max(1, _grown(order, test_start, sizes, min_test_samples))
+        train_end = min(n_train, start)
+        parts = (order[:train_end], order[train_end:start], order[start:])
         splits.append(tuple(np.flatnonzero(np.isin(codes, p)).astype(np.int64) for p in parts))
     return splits
+
+
+def vsfa_splits(n: int, *, groups=None, n_repeats: int = 10, random_state=0, min_test_samples: int = 0) -> list[Split]:
+    """VSFA's 60/20/20 as ``(train + validation, test)`` pairs for :func:`evaluate`.
+
+    The test part is held out as in :func:`train_val_test_splits`; the head keeps its own
+    validation part of the rest for the best-validation checkpoint (``val_fraction=0.25``
+    of the remaining 80%, set by the ``vsfa`` head preset), so the proportions are VSFA's.
+    """
+    triples = train_val_test_splits(
+        n, groups=groups, n_repeats=n_repeats, random_state=random_state, min_test_samples=min_test_samples
+    )
+    return [(np.sort(np.concatenate([train, val])), test) for train, val, test in triples]
+
+
+# ---------------------------------------------------------------------------- protocols
+@dataclass(frozen=True)
+class Protocol:
+    """A paper's evaluation protocol: a split builder and its published parameters.
+
+    ``splits(n, *, groups, random_state, **params)`` returns ``(train_idx, test_idx)`` pairs;
+    ``kind`` is ``"kfold"`` (``n_splits`` folds per repeat) or ``"random"`` (a random test
+    part per repeat, grown with ``min_test_samples``), which decides how :func:`plan_splits`
+    adapts it to few groups.
+    """
+
+    splits: Callable[..., list[Split]]
+    params: dict
+    kind: str
+    description: str
+
+
+#: The papers' protocols by name (REFERENCE.md, "Evaluation").
+PROTOCOLS: Registry[Protocol] = Registry("protocol", error=InvalidInputError, sort=False)
+PROTOCOLS.register(
+    "fmc",
+    Protocol(
+        repeated_kfold_splits,
+        {"n_splits": 5, "n_repeats": 20},
+        "kfold",
+        "FMC-VQA: 20 x 5-fold cross-validation, median of 100",
+    ),
+)
+PROTOCOLS.register(
+    "a2inet",
+    Protocol(random_splits, {"test_size": 0.2, "n_repeats": 10}, "random", "A2INet: 10 random 80/20 splits, median"),
+)
+PROTOCOLS.register(
+    "vsfa",
+    Protocol(
+        vsfa_splits, {"n_repeats": 10}, "random", "VSFA: 10 x 60/20/20, the head's validation part picks the checkpoint"
+    ),
+)
+
+
+@dataclass
+class SplitPlan:
+    """What :func:`plan_splits` drew: ``splits``, the ``params`` used (after adaptation),
+    ``notes`` (one sentence per adaptation or caveat) and ``n_distinct`` splits."""
+
+    protocol: str
+    splits: list[Split]
+    params: dict
+    notes: list[str]
+    n_distinct: int
+
+
+def _split_key(train: np.ndarray, test: np.ndarray) -> bytes:
+    return np.asarray(train, np.int64).tobytes() + b"|" + np.asarray(test, np.int64).tobytes()
+
+
+def count_distinct(splits) -> int:
+    """How many of ``splits`` differ (same train and test indices count once)."""
+    return len({_split_key(train, test) for train, test in splits})
+
+
+class _Refused(InvalidInputError):
+    """A protocol cannot evaluate the videos (raised by :func:`_plan`; :func:`plan_splits`
+    adds which protocol can)."""
+
+
+def plan_splits(protocol: str, n: int, *, groups=None, n_repeats: int | None = None, random_state=0) -> SplitPlan:
+    """The splits of ``protocol`` (a :data:`PROTOCOLS` name) for ``n`` videos in ``groups``.
+
+    Adapts, and says so in ``notes``, where the groups cannot support the protocol as
+    published (see the module docstring): fewer groups than folds, test folds or parts
+    under 3 videos. Refuses (``InvalidInputError``, naming ``--protocol`` that would work, or
+    saying that none would) when no adaptation gives every split 3 test and 2 training videos.
+    """
+    try:
+        return _plan(protocol, n, groups=groups, n_repeats=n_repeats, random_state=random_state)
+    except _Refused as exc:
+        for other in PROTOCOLS.names():
+            if other != protocol:
+                try:
+                    _plan(other, n, groups=groups, n_repeats=1, random_state=random_state)
+                except _Refused:
+                    continue
+                raise InvalidInputError(f"{exc}; --protocol {other} can evaluate them") from None
+        raise InvalidInputError(f"{exc}; no protocol can: add videos (or groups)") from None
+
+
+def _plan(protocol: str, n: int, *, groups, n_repeats: int | None, random_state) -> SplitPlan:
+    """:func:`plan_splits` without the suggestion of another protocol (raises :class:`_Refused`)."""
+    spec = PROTOCOLS.get(protocol)
+    params = dict(spec.params, **({"n_repeats": n_repeats} if n_repeats is not None else {}))
+    _, sizes = _group_codes(n, groups)
+    n_groups = sizes.shape[0]
+    what = "groups" if groups is not None else "videos"
+    notes: list[str] = []
+    where = f"{n} videos in {n_groups} groups" if groups is not None else f"{n} videos"
+    refusal = (
+        f"{where} are too few for the {protocol} protocol: every split needs {MIN_SAMPLES} test and 2 training videos"
+    )
+    if spec.kind == "kfold":
+        asked = params["n_splits"]
+        k = min(asked, n_groups)
+        splits = None
+        while k >= 2:
+            splits = spec.splits(n, groups=groups, random_state=random_state, **dict(params, n_splits=k))
+            if min(test.size for _, test in splits) >= MIN_SAMPLES and min(t.size for t, _ in splits) >= 2:
+                break
+            k -= 1
+        else:
+            raise _Refused(refusal)
+        if k != asked:
+            why = (
+                f"only {n_groups} {what}"
+                if n_groups < asked
+                else f"{asked} folds would leave test folds under {MIN_SAMPLES} videos"
+            )
+            notes.append(
+                f"{protocol}: {why}, so {k}-fold instead of {asked}-fold cross-validation "
+                f"({params['n_repeats']} repeats)"
+            )
+            params["n_splits"] = k
+    else:
+        try:
+            splits = spec.splits(n, groups=groups, random_state=random_state, **params)
+            # The same draws with small test parts grown: equal to `splits` wherever none was small.
+            grown = spec.splits(
+                n, groups=groups, random_state=random_state, **dict(params, min_test_samples=MIN_SAMPLES)
+            )
+        except InvalidInputError as exc:  # too few groups for the protocol's parts
+            raise _Refused(f"{refusal} ({exc})") from None
+        n_grown = sum(a[1].size != b[1].size for a, b in zip(splits, grown, strict=True))
+        if n_grown:
+            notes.append(
+                f"{protocol}: {n_grown} of {len(splits)} random test parts held fewer than {MIN_SAMPLES} "
+                f"videos; further groups of the same random draw joined them until they held {MIN_SAMPLES}"
+            )
+            params["min_test_samples"] = MIN_SAMPLES
+            splits = grown
+        if min(test.size for _, test in splits) < MIN_SAMPLES or min(t.size for t, _ in splits) < 2:
+            raise _Refused(refusal)
+    n_distinct = count_distinct(splits)
+    if n_distinct < len(splits):
+        notes.append(
+            f"{protocol}: the {n_groups} {what} allow only {n_distinct} distinct splits among the "
+            f"{len(splits)} drawn; each distinct split is fitted once and its result reused where it "
+            f"repeats (the median counts all {len(splits)}, as the protocol does)"
+        )
+    for note in notes:
+        logger.info("%s", note)  # in the result's notes: callers show them
+    return SplitPlan(protocol=protocol, splits=splits, params=params, notes=notes, n_distinct=n_distinct)
 
 
 @dataclass
@@ -233,7 +452,8 @@ class EvaluationResult:
     ----------
     per_split : list of dict
         One dict per split: the metrics (``srcc, krcc, plcc, plcc_raw, rmse``) plus
-        ``split`` (its index), ``n_train`` and ``n_test``.
+        ``split`` (its index), ``n_train``, ``n_test``, ``logistic_degenerate`` and, for a
+        split equal to an earlier one, ``same_as`` (that split's index; not refitted).
     median : dict
         Median over splits of each metric (keys ``srcc, krcc, plcc, plcc_raw, rmse``).
     predictions : array ``[n]``
@@ -244,6 +464,16 @@ class EvaluationResult:
         The ids passed to :func:`evaluate`, if any.
     resumed_splits : list of int
         Splits read back from ``state_dir`` (finished before an interruption), not refitted.
+    protocol, protocol_params : str or None, dict
+        The protocol run (None when explicit splits were given) and its parameters.
+    notes : list of str
+        Adaptations and caveats, one sentence each (few groups, degenerate logistic fits).
+    n_distinct_splits : int
+        Splits that differ from each other (``len(per_split)`` counts repeats too).
+    pooled : dict or None
+        The metrics of ``predictions`` against the MOS over the tested videos (what the
+        scatter plot shows), or None when they are undefined (fewer than 3 tested videos,
+        constant predictions).
     """
 
     per_split: list[dict]
@@ -252,6 +482,68 @@ class EvaluationResult:
     n_tested: np.ndarray
     video_ids: list | None = field(default=None)
     resumed_splits: list[int] = field(default_factory=list)
+    protocol: str | None = None
+    protocol_params: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    n_distinct_splits: int | None = None
+    pooled: dict | None = None
+
+    @property
+    def n_degenerate_logistic(self) -> int:
+        """Splits whose logistic fit collapsed to a step (see :func:`logistic_is_degenerate`)."""
+        return sum(bool(m.get("logistic_degenerate")) for m in self.per_split)
+
+    @property
+    def metrics(self) -> dict:
+        """What ``vqa fit`` writes to ``metrics.json``, less its ``settings``: the medians
+        (``srcc, krcc, plcc, plcc_raw, rmse``), ``n_splits``, ``n_distinct_splits``,
+        ``n_degenerate_logistic``, ``pooled`` (metrics of the scatter plot's points),
+        ``protocol``, ``protocol_params``, ``notes`` and ``per_split``."""
+        distinct = self.n_distinct_splits if self.n_distinct_splits is not None else len(self.per_split)
+        return {
+            **{k: self.median[k] for k in METRIC_NAMES},
+            "n_splits": len(self.per_split),
+            "n_distinct_splits": int(distinct),
+            "n_degenerate_logistic": self.n_degenerate_logistic,
+            "pooled": self.pooled,
+            "protocol": self.protocol,
+            "protocol_params": self.protocol_params,
+            "notes": list(self.notes),
+            "per_split": self.per_split,
+        }
+
+
+#: A logistic fit is a step when it rises from 10% to 90% of its range over less than this
+#: fraction of the range of the predictions.
+DEGENERATE_WIDTH = 0.05
+_LOGIT_90 = float(np.log(9.0))  # |x - b3| / |b4| at which the logistic is at 10% or 90%
+
+
+def logistic_is_degenerate(y, p) -> bool:
+    """True when the 4-parameter logistic from predictions ``p [N]`` to MOS ``y [N]`` is a step.
+
+    The logistic rises from 10% to 90% of its range over ``2 ln(9) |b4|``; when that is less
+    than 5% of the range of the predictions, the mapping is a threshold between two MOS
+    levels, and PLCC and RMSE after it can be high while raw PLCC is near 0 (or
+    says otherwise). The linear fallback of :func:`regressors.metrics.fit_logistic4` is
+    never a step.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    b4 = fit_logistic4(p, y)[3]
+    return bool(2.0 * _LOGIT_90 * abs(b4) < DEGENERATE_WIDTH * float(np.ptp(p)))
+
+
+def pooled_metrics(y: np.ndarray, predictions: np.ndarray) -> dict | None:
+    """Metrics of the tested videos' mean predictions ``[n]`` (NaN: never tested) against
+    their MOS ``y [n]``, with ``logistic_degenerate`` and ``n_videos``; None when undefined."""
+    tested = np.isfinite(predictions)
+    try:
+        metrics = evaluate_predictions(y[tested], predictions[tested])
+        metrics["logistic_degenerate"] = logistic_is_degenerate(y[tested], predictions[tested])
+    except InvalidInputError as exc:
+        logger.info("no pooled metrics: %s", exc)
+        return None
+    return {**metrics, "n_videos": int(tested.sum())}
 
 
 def _subset(X, idx: np.ndarray):
@@ -273,9 +565,7 @@ def _check_splits(splits, n: int) -> list[Split]:
             if idx.size and (idx.min() < 0 or idx.max() >= n):
                 raise InvalidInputError(f"split {i}: {name} indices outside [0, {n})")
         if test.size < MIN_SAMPLES:
-            raise InvalidInputError(
-                f"split {i} has {test.size} test samples; the metrics need at least {MIN_SAMPLES}"
-            )
+            raise InvalidInputError(f"split {i} has {test.size} test samples; the metrics need at least {MIN_SAMPLES}")
         if train.size < 2:
             raise InvalidInputError(f"split {i} has {train.size} training samples; need at least 2")
         if np.intersect1d(train, test).size:
@@ -313,38 +603,74 @@ def _load_split(state_dir: Path, index: int, test: np.ndarray, key: str):
         )
     if not np.array_equal(saved_test, test) or pred.shape != test.shape:
         raise InvalidInputError(f"{meta_path} was recorded for other test videos than split {index} has now")
-    return {k: float(v) for k, v in doc["metrics"].items()}, pred
+    return {k: v if isinstance(v, bool) else float(v) for k, v in doc["metrics"].items()}, pred
 
 
-def _save_split(state_dir: Path, index: int, test: np.ndarray, pred: np.ndarray, metrics: dict,
-                key: str, n_train: int) -> None:
+def _save_split(
+    state_dir: Path, index: int, test: np.ndarray, pred: np.ndarray, metrics: dict, key: str, n_train: int
+) -> None:
     """Record a finished split: predictions (.npz) first, then the JSON that marks it finished."""
     meta_path, arrays_path, _ = split_state_paths(state_dir, index)
     state_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(arrays_path, lambda fh: np.savez(fh, test=test, pred=pred))
-    doc = {"format": _SPLIT_FORMAT, "split": index, "key": key, "n_train": n_train, "n_test": int(test.size),
-           "metrics": {k: float(v) for k, v in metrics.items()}}
+    doc = {
+        "format": _SPLIT_FORMAT,
+        "split": index,
+        "key": key,
+        "n_train": n_train,
+        "n_test": int(test.size),
+        "metrics": {k: bool(v) if isinstance(v, (bool, np.bool_)) else float(v) for k, v in metrics.items()},
+    }
     atomic_write(meta_path, json.dumps(doc, indent=1) + "\n")
 
 
-def evaluate(head, X, y, *, splits, video_ids=None, progress: bool = True, state_dir=None,
-             state_key: str | None = None) -> EvaluationResult:
-    """Fit and score a fresh clone of ``head`` on every split.
+def evaluate(
+    head,
+    X,
+    y,
+    *,
+    protocol: str | None = None,
+    groups=None,
+    splits=None,
+    n_repeats: int | None = None,
+    random_state=0,
+    video_ids=None,
+    progress: bool = False,
+    state_dir=None,
+    state_key: str | None = None,
+) -> EvaluationResult:
+    """Fit and score a fresh clone of ``head`` on every split of a protocol.
+
+    ``evaluate(head, X, y, groups=sources, protocol="fmc").metrics`` is what ``vqa fit``
+    writes to ``metrics.json`` (without its ``settings``).
 
     Parameters
     ----------
     head : estimator
-        Unfitted head following the scikit-learn contract; never modified.
+        Unfitted head following the scikit-learn contract; never modified. A pipeline that
+        starts with :class:`~regressors.temporal_pooling.TemporalPooling` (or a head that
+        pools inside, ``SVRHead``) has its videos pooled once, not once per split: pooling
+        is stateless, so the result is the same.
     X : list of ``[T_i, D]`` arrays, or an array whose first axis indexes videos
         Features of the n videos.
     y : array ``[n]``
         MOS.
-    splits : list of ``(train_idx, test_idx)``
-        From :func:`repeated_kfold_splits` or :func:`random_splits`.
+    protocol : str or None
+        A :data:`PROTOCOLS` name (``fmc``, ``a2inet``, ``vsfa``); the splits are drawn by
+        :func:`plan_splits` (which adapts them to few groups and says so in ``notes``).
+        Default ``fmc`` when ``splits`` is not given either.
+    groups : array ``[n]`` or None
+        Source/content id per video for ``protocol``: a group never straddles train and test.
+    splits : list of ``(train_idx, test_idx)`` or None
+        Explicit splits instead of a protocol (e.g. from :func:`repeated_kfold_splits`).
+    n_repeats : int or None
+        Override the protocol's number of repeats.
+    random_state : int
+        Seed of the protocol's splits.
     video_ids : sequence ``[n]`` or None
         Kept in the result (and used in messages).
     progress : bool
-        Show a tqdm progress bar on stderr.
+        Show a tqdm progress bar on stderr (off by default: no bars inside other loops).
     state_dir : path or None
         Resumable run: each finished split's test predictions and metrics are recorded
         there (``split-NNNN.npz`` with ``test``/``pred`` arrays, then ``split-NNNN.json``;
@@ -360,7 +686,8 @@ def evaluate(head, X, y, *, splits, video_ids=None, progress: bool = True, state
     -------
     :class:`EvaluationResult`. Raises :class:`~regressors.errors.InvalidInputError` before
     any fitting if a split has fewer than 3 test or 2 training samples; a metric failure
-    on one split (e.g. constant predictions) is re-raised naming the split.
+    on one split (e.g. constant predictions) is re-raised naming the split. A split equal
+    to an earlier one is not fitted again: its predictions and metrics are reused.
     """
     y = np.asarray(y, dtype=np.float64)
     if y.ndim != 1:
@@ -374,7 +701,21 @@ def evaluate(head, X, y, *, splits, video_ids=None, progress: bool = True, state
         video_ids = list(video_ids)
         if len(video_ids) != n:
             raise InvalidInputError(f"video_ids has {len(video_ids)} entries, expected {n}")
+    notes: list[str] = []
+    if splits is not None:
+        if protocol is not None or groups is not None or n_repeats is not None:
+            raise InvalidInputError("pass either splits, or a protocol (with groups and n_repeats), not both")
+        protocol_params: dict = {}
+        n_distinct = count_distinct(_check_splits(splits, n))
+    else:
+        protocol = protocol or "fmc"
+        plan = plan_splits(protocol, n, groups=groups, n_repeats=n_repeats, random_state=random_state)
+        splits, protocol_params, notes, n_distinct = plan.splits, plan.params, list(plan.notes), plan.n_distinct
     checked = _check_splits(splits, n)
+
+    pooling, head = split_pooling(head)
+    if pooling is not None:  # stateless: pooling every video once equals pooling in every split
+        X = pooling.fit_transform(X)
 
     key = "" if state_key is None else str(state_key)
     state_dir = None if state_dir is None else Path(state_dir)
@@ -382,31 +723,46 @@ def evaluate(head, X, y, *, splits, video_ids=None, progress: bool = True, state
     pred_sum = np.zeros(n, dtype=np.float64)
     n_tested = np.zeros(n, dtype=np.int64)
     per_split, resumed = [], []
-    bar = tqdm(total=len(checked), desc="evaluate", unit="split", file=sys.stderr,
-               disable=not progress, leave=False)
+    first_of: dict[bytes, int] = {}  # split content -> index of its first occurrence
+    results: dict[int, tuple[dict, np.ndarray]] = {}
+    bar = tqdm(total=len(checked), desc="evaluate", unit="split", file=sys.stderr, disable=not progress, leave=False)
     try:
         for i, (train, test) in enumerate(checked):
+            same_as = first_of.setdefault(_split_key(train, test), i)
             recorded = _load_split(state_dir, i, test, key) if state_dir is not None else None
-            if recorded is not None:
+            if same_as != i:
+                metrics, pred = results[same_as]
+                if state_dir is not None and recorded is None:  # recorded too: progress counts it
+                    _save_split(state_dir, i, test, pred, metrics, key, int(train.size))
+            elif recorded is not None:
                 metrics, pred = recorded
                 resumed.append(i)
             else:
                 fit_kwargs = {}
                 if state_dir is not None and checkpoints:
-                    fit_kwargs = {"checkpoint_dir": split_state_paths(state_dir, i)[2],
-                                  "checkpoint_key": f"{key}/split-{i}"}
+                    fit_kwargs = {
+                        "checkpoint_dir": split_state_paths(state_dir, i)[2],
+                        "checkpoint_key": f"{key}/split-{i}",
+                    }
                 model = clone(head).fit(_subset(X, train), y[train], **fit_kwargs)
                 pred = np.asarray(model.predict(_subset(X, test)), dtype=np.float64).ravel()
                 try:
                     metrics = evaluate_predictions(y[test], pred)
+                    metrics["logistic_degenerate"] = logistic_is_degenerate(y[test], pred)
                 except RegressorError as exc:
                     raise type(exc)(f"split {i} ({test.size} test videos): {exc}") from exc
                 if state_dir is not None:
                     _save_split(state_dir, i, test, pred, metrics, key, int(train.size))
                     shutil.rmtree(split_state_paths(state_dir, i)[2], ignore_errors=True)
+            if "logistic_degenerate" not in metrics:  # recorded by an older version
+                metrics = {**metrics, "logistic_degenerate": logistic_is_degenerate(y[test], pred)}
+            results[i] = (metrics, pred)
             pred_sum[test] += pred
             n_tested[test] += 1
-            per_split.append({**metrics, "split": i, "n_train": int(train.size), "n_test": int(test.size)})
+            row = {**metrics, "split": i, "n_train": int(train.size), "n_test": int(test.size)}
+            if same_as != i:
+                row["same_as"] = same_as
+            per_split.append(row)
             bar.update(1)
             bar.set_postfix(srcc=f"{metrics['srcc']:.4f}")
     finally:
@@ -415,10 +771,33 @@ def evaluate(head, X, y, *, splits, video_ids=None, progress: bool = True, state
     median = {k: float(np.median([m[k] for m in per_split])) for k in METRIC_NAMES}
     with np.errstate(invalid="ignore", divide="ignore"):
         predictions = np.where(n_tested > 0, pred_sum / np.maximum(n_tested, 1), np.nan)
+    result = EvaluationResult(
+        per_split=per_split,
+        median=median,
+        predictions=predictions,
+        n_tested=n_tested,
+        video_ids=video_ids,
+        resumed_splits=resumed,
+        protocol=protocol,
+        protocol_params=protocol_params,
+        notes=notes,
+        n_distinct_splits=n_distinct,
+        pooled=pooled_metrics(y, predictions),
+    )
+    degenerate = result.n_degenerate_logistic
+    if degenerate:
+        note = (
+            f"the 4-parameter logistic collapsed to a step in {degenerate} of {len(per_split)} splits "
+            f"(from 10% to 90% within 5% of the predictions' range): PLCC and RMSE there measure "
+            f"a threshold, not a fit; raw PLCC (median {median['plcc_raw']:.4f}) is the safer number"
+        )
+        logger.info("%s", note)  # in the result's notes: callers show them
+        result.notes.append(note)
     logger.info(
-        "evaluated %d splits: median SRCC %.4f, PLCC %.4f", len(per_split), median["srcc"], median["plcc"]
+        "evaluated %d splits (%d distinct): median SRCC %.4f, PLCC %.4f",
+        len(per_split),
+        n_distinct,
+        median["srcc"],
+        median["plcc"],
     )
-    return EvaluationResult(
-        per_split=per_split, median=median, predictions=predictions, n_tested=n_tested,
-        video_ids=video_ids, resumed_splits=resumed,
-    )
+    return result

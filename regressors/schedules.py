@@ -48,8 +48,11 @@ def lr_factors(
     """
     if schedule not in SCHEDULES:
         raise InvalidInputError(f"unknown schedule {schedule!r}, expected one of {SCHEDULES}")
-    for name, value, low in (("epochs", epochs, 1), ("steps_per_epoch", steps_per_epoch, 1),
-                             ("warmup_epochs", warmup_epochs, 0)):
+    for name, value, low in (
+        ("epochs", epochs, 1),
+        ("steps_per_epoch", steps_per_epoch, 1),
+        ("warmup_epochs", warmup_epochs, 0),
+    ):
         if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
             raise InvalidInputError(f"{name} must be an integer >= {low}, got {value!r}")
     if warmup_epochs >= epochs and warmup_epochs > 0:

@@ -78,8 +78,14 @@ from regressors.protocols import random_splits
 from regressors.schedules import SCHEDULES, lr_factors
 from vqa_core.training import Checkpointer, EpochLoop, RngStreams, digest, latest_checkpoint_epoch, seeded_torch
 
-__all__ = ["CheckpointMismatchError", "OPTIMIZERS", "SCHEDULES", "SequenceRegressor", "latest_checkpoint_epoch",
-           "lr_factors"]
+__all__ = [
+    "CheckpointMismatchError",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "SequenceRegressor",
+    "latest_checkpoint_epoch",
+    "lr_factors",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +160,8 @@ class SequenceRegressor(RegressorMixin, BaseEstimator):
     random_state : int or None
         Seeds validation split, shuffling, weight initialisation and dropout.
     progress : bool
-        tqdm bar on stderr (epochs, with train loss and validation SROCC).
+        tqdm bar on stderr (epochs, with train loss and validation SROCC). Off by default,
+        so that ``GridSearchCV`` / ``cross_val_score`` print nothing unless asked.
 
     Learned attributes
     ------------------
@@ -191,7 +198,7 @@ class SequenceRegressor(RegressorMixin, BaseEstimator):
         standardize=False,
         device="auto",
         random_state=0,
-        progress=True,
+        progress=False,
     ):
         self.module = module
         self.module_params = module_params
@@ -276,8 +283,18 @@ class SequenceRegressor(RegressorMixin, BaseEstimator):
         return train, val
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X, y, groups=None, *, X_val=None, y_val=None, checkpoint_dir=None, checkpoint_key=None,
-            epoch_callback=None):
+    def fit(
+        self,
+        X,
+        y,
+        groups=None,
+        *,
+        X_val=None,
+        y_val=None,
+        checkpoint_dir=None,
+        checkpoint_key=None,
+        epoch_callback=None,
+    ):
         """Train on videos ``X`` (N items ``[T_i, D]``) with MOS ``y [N]``; returns self.
 
         Parameters
@@ -308,8 +325,9 @@ class SequenceRegressor(RegressorMixin, BaseEstimator):
         device = self._torch_device()
         source, lengths, dims = check_source(X, "X")
         y = check_y(y, len(source), "y")
-        if checkpoint_dir is not None and (isinstance(self.random_state, bool)
-                                           or not isinstance(self.random_state, Integral)):
+        if checkpoint_dir is not None and (
+            isinstance(self.random_state, bool) or not isinstance(self.random_state, Integral)
+        ):
             raise InvalidInputError(
                 f"checkpoint_dir needs an integer random_state (resuming redoes the same split and "
                 f"initialisation), got {self.random_state!r}"
@@ -339,9 +357,7 @@ class SequenceRegressor(RegressorMixin, BaseEstimator):
         if scaling == "max":
             label_scale = float(y_train.max())
             if label_scale <= 0:
-                raise InvalidInputError(
-                    f"label_scaling='max' needs a positive maximum training MOS, got {label_scale}"
-                )
+                raise InvalidInputError(f"label_scaling='max' needs a positive maximum training MOS, got {label_scale}")
         else:
             label_scale = 1.0
 
@@ -351,8 +367,12 @@ class SequenceRegressor(RegressorMixin, BaseEstimator):
 
         steps_per_epoch = math.ceil(train_idx.size / self.batch_size)
         factors = lr_factors(
-            self.schedule, epochs=int(self.epochs), steps_per_epoch=steps_per_epoch,
-            step_size=self.step_size, gamma=self.gamma, warmup_epochs=int(self.warmup_epochs),
+            self.schedule,
+            epochs=int(self.epochs),
+            steps_per_epoch=steps_per_epoch,
+            step_size=self.step_size,
+            gamma=self.gamma,
+            warmup_epochs=int(self.warmup_epochs),
             min_lr_ratio=float(self.min_lr) / float(self.lr),
         )
         shuffle_rng = np.random.default_rng(rng.integers(2**63))
@@ -360,25 +380,52 @@ class SequenceRegressor(RegressorMixin, BaseEstimator):
         checkpointer = None
         if checkpoint_dir is not None:
             params = {k: repr(v) for k, v in self.get_params(deep=False).items() if k != "progress"}
-            training = digest(params, dict(
-                dims=int(dims), lengths=lengths, val_lengths=val_lengths, y=y, y_val=y_val, train_idx=train_idx,
-                val_idx=val_idx, label_scale=label_scale, x_mean=batcher.mean, x_std=batcher.std,
-                torch_seed=torch_seed, device=device.type,
-            ))
+            training = digest(
+                params,
+                dict(
+                    dims=int(dims),
+                    lengths=lengths,
+                    val_lengths=val_lengths,
+                    y=y,
+                    y_val=y_val,
+                    train_idx=train_idx,
+                    val_idx=val_idx,
+                    label_scale=label_scale,
+                    x_mean=batcher.mean,
+                    x_std=batcher.std,
+                    torch_seed=torch_seed,
+                    device=device.type,
+                ),
+            )
             checkpointer = Checkpointer(
-                checkpoint_dir, format=_CHECKPOINT_FORMAT, error=CheckpointMismatchError,
-                fingerprint={"parameters or training data": training,
-                             "checkpoint key": "" if checkpoint_key is None else str(checkpoint_key)},
+                checkpoint_dir,
+                format=_CHECKPOINT_FORMAT,
+                error=CheckpointMismatchError,
+                fingerprint={
+                    "parameters or training data": training,
+                    "checkpoint key": "" if checkpoint_key is None else str(checkpoint_key),
+                },
                 remedy=f"delete {checkpoint_dir} to train from scratch, or use another checkpoint_dir",
             )
         stats_wait = batcher.wait_seconds
         with seeded_torch(torch_seed, device):
             module = _build(self.module, dims, dict(self.module_params or {})).to(device)
             loop = self._train(
-                module, loss_fn, batcher, device, factors,
-                source, train_idx, torch.as_tensor(y_train / label_scale, dtype=torch.float32),
-                val_source, val_idx, y_val[val_idx], shuffle_rng, val_where,
-                checkpointer=checkpointer, epoch_callback=epoch_callback,
+                module,
+                loss_fn,
+                batcher,
+                device,
+                factors,
+                source,
+                train_idx,
+                torch.as_tensor(y_train / label_scale, dtype=torch.float32),
+                val_source,
+                val_idx,
+                y_val[val_idx],
+                shuffle_rng,
+                val_where,
+                checkpointer=checkpointer,
+                epoch_callback=epoch_callback,
             )
         module.eval()
         history = {key: [row[key] for row in loop.history] for key in _HISTORY_KEYS}
@@ -399,15 +446,34 @@ class SequenceRegressor(RegressorMixin, BaseEstimator):
         logger.info(
             "SequenceRegressor(%s) fitted on %d videos in %.1f s (%.0f%% waiting for data); "
             "%d epochs, best epoch %d, validation SROCC %.4f",
-            self.module, train_idx.size, self.train_seconds_,
+            self.module,
+            train_idx.size,
+            self.train_seconds_,
             100.0 * self.data_wait_seconds_ / max(self.train_seconds_, 1e-12),
-            self.n_epochs_, best_epoch, history["val_srcc"][best_epoch],
+            self.n_epochs_,
+            best_epoch,
+            history["val_srcc"][best_epoch],
         )
         return self
 
-
-    def _train(self, module, loss_fn, batcher, device, factors, source, train_idx, y_train_scaled,
-               val_source, val_idx, y_val, shuffle_rng, val_where, checkpointer=None, epoch_callback=None):
+    def _train(
+        self,
+        module,
+        loss_fn,
+        batcher,
+        device,
+        factors,
+        source,
+        train_idx,
+        y_train_scaled,
+        val_source,
+        val_idx,
+        y_val,
+        shuffle_rng,
+        val_where,
+        checkpointer=None,
+        epoch_callback=None,
+    ):
         """The epoch loop (:class:`vqa_core.training.EpochLoop`); returns it, done.
 
         Leaves ``module`` at the best epoch. With a ``checkpointer`` it first restores the
@@ -418,16 +484,26 @@ class SequenceRegressor(RegressorMixin, BaseEstimator):
         opt_cls = torch.optim.Adam if self.optimizer == "adam" else torch.optim.AdamW
         optimizer = opt_cls(module.parameters(), lr=float(self.lr), weight_decay=float(self.weight_decay))
         # Past the planned steps (never reached) the last factor holds.
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: float(factors[min(s, factors.shape[0] - 1)])
-        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: float(factors[min(s, factors.shape[0] - 1)]))
         y_dev = y_train_scaled.to(device)
-        loop = EpochLoop(module, optimizer, scheduler=scheduler, checkpointer=checkpointer,
-                         rng=RngStreams(device, [shuffle_rng]), patience=self.patience)
+        loop = EpochLoop(
+            module,
+            optimizer,
+            scheduler=scheduler,
+            checkpointer=checkpointer,
+            rng=RngStreams(device, [shuffle_rng]),
+            patience=self.patience,
+        )
         start_epoch = loop.restore()
         if start_epoch:
-            logger.info("resuming %s training from %s after epoch %d of %d%s", self.module, checkpointer.directory,
-                        start_epoch, int(self.epochs), " (stopped early)" if loop.stopped else "")
+            logger.info(
+                "resuming %s training from %s after epoch %d of %d%s",
+                self.module,
+                checkpointer.directory,
+                start_epoch,
+                int(self.epochs),
+                " (stopped early)" if loop.stopped else "",
+            )
 
         def run_epoch(epoch: int) -> tuple[dict, float | None]:
             lr = float(optimizer.param_groups[0]["lr"])
@@ -453,19 +529,31 @@ class SequenceRegressor(RegressorMixin, BaseEstimator):
             if val_idx.size:
                 val_pred = self._forward_all(module, batcher, val_source, val_idx, device, where=val_where)
                 val_srcc = score = _safe_srcc(y_val, val_pred)  # strictly higher wins, as VSFA; NaN never
-            return {"train_loss": train_loss, "val_srcc": val_srcc, "lr": lr,
-                    "data_wait_seconds": batcher.wait_seconds - waited}, score
+            return {
+                "train_loss": train_loss,
+                "val_srcc": val_srcc,
+                "lr": lr,
+                "data_wait_seconds": batcher.wait_seconds - waited,
+            }, score
 
         def on_epoch(epochs_done: int, row: dict) -> None:
             bar.update(1)
             bar.set_postfix(loss=f"{row['train_loss']:.4g}", val_srcc=f"{row['val_srcc']:.4f}")
-            logger.debug("epoch %d: train loss %.6g, val SROCC %.4f", epochs_done - 1, row["train_loss"],
-                         row["val_srcc"])
+            logger.debug(
+                "epoch %d: train loss %.6g, val SROCC %.4f", epochs_done - 1, row["train_loss"], row["val_srcc"]
+            )
             if epoch_callback is not None:
                 epoch_callback(epochs_done)
 
-        bar = tqdm(total=int(self.epochs), initial=start_epoch, desc=f"train {self.module}", unit="epoch",
-                   file=sys.stderr, disable=not self.progress, leave=False)
+        bar = tqdm(
+            total=int(self.epochs),
+            initial=start_epoch,
+            desc=f"train {self.module}",
+            unit="epoch",
+            file=sys.stderr,
+            disable=not self.progress,
+            leave=False,
+        )
         try:
             loop.run(run_epoch, epochs=int(self.epochs), on_epoch=on_epoch)
         finally:
@@ -494,9 +582,10 @@ class SequenceRegressor(RegressorMixin, BaseEstimator):
         """Predicted MOS of videos ``X`` (N items ``[T_i, D]``, as in :meth:`fit`): ``[N]`` float64."""
         self._check_fitted()
         source, _, dims = check_source(X, "X")
-        if dims != self.n_features_in_:
+        if dims != self.n_features_in_:  # scikit-learn's wording (its estimator checks test it)
             raise InvalidInputError(
-                f"X has {dims} features per step, but this head was fitted on {self.n_features_in_}"
+                f"X has {dims} features, but {type(self).__name__} is expecting {self.n_features_in_} "
+                f"features as input (it was fitted on {self.n_features_in_} features per step)"
             )
         device = self._torch_device()
         self.module_.to(device)
@@ -524,17 +613,56 @@ class SequenceRegressor(RegressorMixin, BaseEstimator):
             arrays["x_mean"], arrays["x_std"] = self.x_mean_, self.x_std_
         return meta, arrays
 
+    #: Saved arrays that may hold NaN (no validation score in that epoch); all others are finite.
+    _nonfinite_arrays = ("history.",)
+
+    @classmethod
+    def _check_state(cls, meta: dict, shapes: dict) -> None:
+        """Before any weight is allocated (:func:`regressors.persistence.load_head`): the module
+        laid out on torch's meta device (shapes only, no memory) for the declared
+        ``n_features_in`` must have exactly the saved arrays' shapes. A tampered
+        ``n_features_in`` of 4e6 would otherwise allocate its 2 GB first layer before failing."""
+        head = cls(**meta["params"])
+        dims = meta["n_features_in"]
+        if isinstance(dims, bool) or not isinstance(dims, int) or dims < 1:
+            raise ModelFormatError(f"n_features_in must be a positive integer, got {dims!r}")
+        with torch.device("meta"):
+            module = _build(head.module, dims, dict(head.module_params or {}))
+        expected = {_ARRAY_PREFIX + k: tuple(v.shape) for k, v in module.state_dict().items()}
+        saved = {k: tuple(v) for k, v in shapes.items() if k.startswith(_ARRAY_PREFIX)}
+        if "x_mean" in shapes:
+            expected.update(x_mean=(dims,), x_std=(dims,))
+            saved.update(x_mean=tuple(shapes["x_mean"]), x_std=tuple(shapes.get("x_std", ())))
+        if saved != expected:
+            wrong = sorted(k for k in set(saved) | set(expected) if saved.get(k) != expected.get(k))
+            shown = ", ".join(
+                f"{k} {list(saved[k]) if k in saved else 'missing'} (expected "
+                f"{list(expected[k]) if k in expected else 'none'})"
+                for k in wrong[:4]
+            )
+            raise ModelFormatError(
+                f"saved arrays do not fit module {head.module!r} with n_features_in {dims}: "
+                f"{shown}{' ...' if len(wrong) > 4 else ''}"
+            )
+
     @classmethod
     def _from_state(cls, meta: dict, arrays: dict) -> SequenceRegressor:
         """Inverse of :meth:`_state`: rebuilds the module by name and loads its weights."""
         head = cls(**meta["params"])
         dims = int(meta["n_features_in"])
+        if not float(meta["label_scale"]) > 0:
+            raise ModelFormatError(f"label_scale must be positive, got {meta['label_scale']}")
+        if "x_std" in arrays and not np.all(np.asarray(arrays["x_std"]) > 0):
+            raise ModelFormatError("x_std must be positive (features are divided by it)")
         # Building initialises weights from the torch RNG: do it on a private seed so that
         # loading a head does not move the caller's random stream.
         with seeded_torch(0, "cpu"):
             module = _build(head.module, dims, dict(head.module_params or {}))
-        state = {k[len(_ARRAY_PREFIX):]: torch.from_numpy(np.array(v)) for k, v in arrays.items()
-                 if k.startswith(_ARRAY_PREFIX)}
+        state = {
+            k[len(_ARRAY_PREFIX) :]: torch.from_numpy(np.array(v))
+            for k, v in arrays.items()
+            if k.startswith(_ARRAY_PREFIX)
+        }
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as exc:  # mismatched keys or shapes
@@ -556,4 +684,3 @@ class SequenceRegressor(RegressorMixin, BaseEstimator):
                     f"x_mean/x_std have shapes {head.x_mean_.shape}/{head.x_std_.shape}, expected ({dims},)"
                 )
         return head
-

@@ -2,7 +2,15 @@
 
 ::
 
-    X: list of [T_i, D]  --pool_features(pooling)-->  [N, D']  --scale X-->  RBF SVR  --unscale y-->  [N]
+    X: list of [T_i, D]  --TemporalPooling(pooling)-->  [N, D']  --scale X-->  RBF SVR  --unscale y-->  [N]
+
+Pooling is the composable :class:`~regressors.temporal_pooling.TemporalPooling` step. With
+``pooling="mean"`` (or ``max``, ``meanmax``) the head runs it first and takes videos; with
+``pooling=None`` it takes already pooled ``[N, D']`` features, e.g. as the last step of
+``make_pipeline(TemporalPooling("meanmax"), SVRHead(pooling=None))``. Both give the same
+numbers: a protocol pools every video once (``SVRHead.split_pooling``) and refits only the
+SVR per split, and :meth:`SVRHead.with_pooling` turns the head fitted on pooled features
+back into one that takes videos (what ``vqa fit`` saves; heads saved before keep loading).
 
 Presets (REFERENCE.md, "Evaluation"):
 
@@ -25,19 +33,27 @@ predicts exactly like the one that was fitted (no pickle anywhere).
 
 from __future__ import annotations
 
+import copy
 import logging
 from numbers import Real
 
 import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin
+from joblib import parallel_config
+from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from sklearn.svm import SVR
-from sklearn.utils.validation import check_array, check_consistent_length, column_or_1d, validate_data
+from sklearn.utils.validation import check_consistent_length, column_or_1d, validate_data
 
 from regressors.errors import InvalidInputError, ModelFormatError, NotFittedError
 from regressors.persistence import register_head
-from regressors.temporal_pooling import POOLINGS, pool_features
+from regressors.temporal_pooling import (
+    POOLINGS,
+    TemporalPooling,
+    is_sequence_input,
+    require_finite,
+)
+from vqa_core.pooling import pooling_width
 
 __all__ = ["PRESETS", "SVRHead"]
 
@@ -49,53 +65,16 @@ PRESETS = {
     "bvqa": {"x_scaler": "minmax", "scale_y": False, "C": None, "epsilon": 0.1, "gamma": None},
 }
 #: BVQA_Benchmark grids: np.logspace(1, 10, 10, base=2) and np.logspace(-8, 1, 10, base=2).
-BVQA_C_GRID = tuple(2.0 ** k for k in range(1, 11))
-BVQA_GAMMA_GRID = tuple(2.0 ** k for k in range(-8, 2))
+BVQA_C_GRID = tuple(2.0**k for k in range(1, 11))
+BVQA_GAMMA_GRID = tuple(2.0**k for k in range(-8, 2))
 # Rows of the kernel matrix computed at once in predict (bounds memory to ~32 MB).
 _KERNEL_BLOCK_ELEMENTS = 4_000_000
 _LEARNED = ("x_center_", "x_scale_", "support_vectors_", "dual_coef_", "intercept_", "gamma_")
 
 
-def _ndim(x) -> int:
-    """Dimensions of an array or of nested lists (judged by their first items)."""
-    ndim = getattr(x, "ndim", None)
-    if ndim is not None:
-        return int(ndim)
-    if isinstance(x, (list, tuple)):
-        return 1 + (_ndim(x[0]) if len(x) else 0)
-    return 0
-
-
-def _is_sequence_input(X) -> bool:
-    """True for a 3-D array or a list/tuple holding at least one 2-D ``[T, D]`` item."""
-    if isinstance(X, np.ndarray):
-        return X.ndim == 3
-    if isinstance(X, (list, tuple)):
-        return any(_ndim(x) == 2 for x in X)
-    return False
-
-
-def _require_finite(videos) -> None:
-    """Refuse NaN/inf features with a message naming the videos (``X[i]``) that hold them."""
-    bad = [(i, int(np.isnan(v).sum()), int(np.isinf(v).sum()))
-           for i, v in enumerate(videos) if not np.isfinite(v).all()]
-    if bad:
-        shown = ", ".join(f"X[{i}] has {n} NaN and {k} inf" for i, n, k in bad[:5])
-        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise InvalidInputError(
-            f"features of {len(bad)} of {len(videos)} videos contain NaN or inf values ({shown}{more}); "
-            "features must be finite: re-extract those videos"
-        )
-
-
-def _check_sequence(x, index: int) -> np.ndarray:
-    """Validate one video's features; a 1-D vector counts as one step ``[1, D]``."""
-    arr = check_array(x, ensure_2d=False, dtype=np.float64, input_name=f"X[{index}]", ensure_all_finite=False)
-    if arr.ndim == 1:
-        arr = arr[None, :]
-    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise InvalidInputError(f"X[{index}] must be a non-empty [T, D] matrix, got shape {arr.shape}")
-    return arr
+# The video-input helpers live with the pooling; these names stay for the heads built on this one.
+_is_sequence_input = is_sequence_input
+_require_finite = require_finite
 
 
 @register_head("svr", version=1)
@@ -104,8 +83,9 @@ class SVRHead(RegressorMixin, BaseEstimator):
 
     Parameters
     ----------
-    pooling : {"mean", "max", "meanmax"}
-        Temporal pooling of each ``[T_i, D]`` input (``meanmax`` gives ``2D`` features).
+    pooling : {"mean", "max", "meanmax"} or None
+        Temporal pooling of each ``[T_i, D]`` input (``meanmax`` gives ``2D`` features);
+        None: ``X`` is already pooled ``[N, D']`` (after a ``TemporalPooling`` step).
     preset : {"fmc", "bvqa"}
         Scaling and hyper-parameter defaults; see the module docstring.
     C, epsilon, gamma : float, float, float or {"scale", "auto"}; None
@@ -116,13 +96,14 @@ class SVRHead(RegressorMixin, BaseEstimator):
     random_state : int or None
         Seeds the shuffling of the inner folds (the SVR itself is deterministic).
     n_jobs : int or None
-        Parallel jobs of the grid search.
+        Parallel jobs (threads) of the grid search; -1: every core this process may use.
 
     Inputs
     ------
     ``X`` is a list of ``[T_i, D]`` arrays (a 3-D ``[N, T, D]`` array also works), or a
     2-D ``[N, D]`` array, which means N one-step videos (each row is a ``[1, D]``
-    sequence, so its pooling is the row itself, duplicated for ``meanmax``). ``y [N]``.
+    sequence, so its pooling is the row itself, duplicated for ``meanmax``); with
+    ``pooling=None`` only the 2-D form, the pooled features themselves. ``y [N]``.
 
     Learned attributes
     ------------------
@@ -157,26 +138,22 @@ class SVRHead(RegressorMixin, BaseEstimator):
         """Pool and validate ``X``; returns ``(X_pooled [N, D'], y [N] or None)``."""
         if y is None and reset:
             # Same wording as scikit-learn so that its estimator checks recognise it.
-            raise InvalidInputError(
-                f"{type(self).__name__} requires y to be passed, but the target y is None"
-            )
-        if _is_sequence_input(X):
-            seqs = [_check_sequence(x, i) for i, x in enumerate(X)]
-            if not seqs:
-                raise InvalidInputError("X is empty (0 videos)")
-            _require_finite(seqs)
-            dims = {s.shape[1] for s in seqs}
-            if len(dims) > 1:
-                raise InvalidInputError(f"videos have different feature dims D: {sorted(dims)}")
-            n_features = dims.pop()
-            if reset:
-                self.n_features_in_ = n_features
-            elif n_features != self.n_features_in_:
+            raise InvalidInputError(f"{type(self).__name__} requires y to be passed, but the target y is None")
+        if is_sequence_input(X):
+            if self.pooling is None:
                 raise InvalidInputError(
-                    f"X has {n_features} features, but {type(self).__name__} is expecting "
+                    f"{type(self).__name__}(pooling=None) takes pooled [N, D] features, got videos [T_i, D]: "
+                    "set pooling='mean' (or 'max', 'meanmax'), or put TemporalPooling before it"
+                )
+            pooling = TemporalPooling(self.pooling)
+            pooled = pooling.fit_transform(X)  # validates, one video in float64 at a time
+            if reset:
+                self.n_features_in_ = pooling.n_features_in_
+            elif pooling.n_features_in_ != self.n_features_in_:
+                raise InvalidInputError(
+                    f"X has {pooling.n_features_in_} features, but {type(self).__name__} is expecting "
                     f"{self.n_features_in_} features as input"
                 )
-            pooled = np.stack([pool_features(s, self.pooling) for s in seqs])
             if y is not None:
                 y = column_or_1d(y, warn=True).astype(np.float64)
                 check_consistent_length(pooled, y)
@@ -192,11 +169,43 @@ class SVRHead(RegressorMixin, BaseEstimator):
             X = np.concatenate([X, X], axis=1)  # mean and max of a single step
         return X, y
 
+    # ------------------------------------------------------------------ pooling as a step
+    def split_pooling(self):
+        """``(TemporalPooling(pooling), unfitted copy of this head with pooling=None)``, or
+        ``(None, self)`` without pooling (:func:`regressors.temporal_pooling.split_pooling`)."""
+        if self.pooling is None:
+            return None, self
+        POOLINGS.get(self.pooling)  # unknown: InvalidInputError with a "did you mean" hint
+        return TemporalPooling(self.pooling), clone(self).set_params(pooling=None)
+
+    def with_pooling(self, method: str):
+        """This head, fitted with ``pooling=None`` on ``TemporalPooling(method)`` features, as a
+        fitted head with ``pooling=method`` that takes videos and predicts the same values.
+
+        Returns a new head (this one is not changed).
+        """
+        self._check_fitted()
+        if self.pooling is not None:
+            raise InvalidInputError(
+                f"with_pooling needs a head fitted with pooling=None, this one pools {self.pooling!r}"
+            )
+        POOLINGS.get(method)
+        width = pooling_width(method)
+        if self.n_features_in_ % width:
+            raise InvalidInputError(f"{self.n_features_in_} pooled features cannot come from {method!r} pooling")
+        head = copy.deepcopy(self)
+        head.pooling = method
+        head.n_features_in_ = self.n_features_in_ // width
+        if hasattr(head, "feature_names_in_"):
+            del head.feature_names_in_
+        return head
+
     def _settings(self) -> dict:
         """Preset values with the overrides applied; validates the parameters."""
         if self.preset not in PRESETS:
             raise InvalidInputError(f"unknown preset {self.preset!r}, expected one of {sorted(PRESETS)}")
-        POOLINGS.get(self.pooling)  # unknown: InvalidInputError with a "did you mean" hint
+        if self.pooling is not None:
+            POOLINGS.get(self.pooling)  # unknown: InvalidInputError with a "did you mean" hint
         cfg = dict(PRESETS[self.preset])
         for name in ("C", "epsilon", "gamma"):
             value = getattr(self, name)
@@ -256,7 +265,11 @@ class SVRHead(RegressorMixin, BaseEstimator):
         self.best_params_ = best
         logger.debug(
             "SVRHead fitted: %d videos, %d features, %d support vectors, C=%g gamma=%g",
-            n, Xp.shape[1], self.support_vectors_.shape[0], self.C_, self.gamma_,
+            n,
+            Xp.shape[1],
+            self.support_vectors_.shape[0],
+            self.C_,
+            self.gamma_,
         )
         return self
 
@@ -285,14 +298,14 @@ class SVRHead(RegressorMixin, BaseEstimator):
             raise InvalidInputError(f"inner_cv must be an integer >= 2, got {folds!r}")
         if Xs.shape[0] < 2 * folds:
             raise InvalidInputError(
-                f"grid search with inner_cv={folds} needs at least {2 * folds} training videos, "
-                f"got {Xs.shape[0]}"
+                f"grid search with inner_cv={folds} needs at least {2 * folds} training videos, got {Xs.shape[0]}"
             )
         cv = KFold(n_splits=folds, shuffle=True, random_state=self.random_state)
-        search = GridSearchCV(
-            SVR(kernel="rbf", epsilon=float(cfg["epsilon"])), grid, cv=cv, n_jobs=self.n_jobs
-        )
-        search.fit(Xs, ys)
+        search = GridSearchCV(SVR(kernel="rbf", epsilon=float(cfg["epsilon"])), grid, cv=cv, n_jobs=self.n_jobs)
+        # Threads: libsvm releases the GIL and draws no random numbers for SVR, so candidates run
+        # side by side, deterministically, sharing Xs, and no worker processes outlive the search.
+        with parallel_config(backend="threading"):
+            search.fit(Xs, ys)
         best = {k: float(v) for k, v in search.best_params_.items()}
         logger.info("SVRHead grid search chose C=%g gamma=%g", best["C"], best["gamma"])
         return best
@@ -301,9 +314,7 @@ class SVRHead(RegressorMixin, BaseEstimator):
     def _check_fitted(self) -> None:
         missing = [a for a in _LEARNED if not hasattr(self, a)]
         if missing:
-            raise NotFittedError(
-                f"This {type(self).__name__} instance is not fitted yet; call fit() first"
-            )
+            raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet; call fit() first")
 
     def predict(self, X) -> np.ndarray:
         """Predict MOS for ``X`` (list of ``[T_i, D]`` or ``[N, D]``); returns ``[N]`` float64.
@@ -319,11 +330,11 @@ class SVRHead(RegressorMixin, BaseEstimator):
         out = np.empty(Xs.shape[0], dtype=np.float64)
         block = max(1, _KERNEL_BLOCK_ELEMENTS // max(1, sv.shape[0]))
         for start in range(0, Xs.shape[0], block):
-            xb = Xs[start:start + block]
+            xb = Xs[start : start + block]
             # |x - s|^2 = |x|^2 + |s|^2 - 2 x.s, as libsvm computes it; clip rounding below 0.
             sq = np.einsum("ij,ij->i", xb, xb)[:, None] + sv_sq[None, :] - 2.0 * (xb @ sv.T)
             np.maximum(sq, 0.0, out=sq)
-            out[start:start + block] = np.exp(-self.gamma_ * sq) @ self.dual_coef_
+            out[start : start + block] = np.exp(-self.gamma_ * sq) @ self.dual_coef_
         return (out + self.intercept_) * self.y_scale_ + self.y_center_
 
     # ------------------------------------------------------------------ persistence
@@ -377,5 +388,16 @@ class SVRHead(RegressorMixin, BaseEstimator):
                 f"{head.x_scale_.shape}, support_vectors {head.support_vectors_.shape}, "
                 f"dual_coef {head.dual_coef_.shape}"
             )
+        # Tampered or damaged values that would give NaN/inf or misaligned predictions.
+        expected = head.n_features_in_ * (pooling_width(head.pooling) if head.pooling else 1)
+        if n_pooled != expected:
+            raise ModelFormatError(
+                f"x_center has {n_pooled} features, the head declares n_features_in "
+                f"{head.n_features_in_} ({expected} after {head.pooling!r} pooling)"
+            )
+        if not np.all(head.x_scale_ > 0):
+            raise ModelFormatError(f"x_scale must be positive; {int(np.sum(~(head.x_scale_ > 0)))} entries are not")
+        for key in ("y_scale_", "gamma_"):
+            if not getattr(head, key) > 0:
+                raise ModelFormatError(f"{key.rstrip('_')} must be positive, got {getattr(head, key)}")
         return head
-

@@ -132,8 +132,16 @@ class NystroemSVRHead(SVRHead):
         random_state=0,
         n_jobs=None,
     ):
-        super().__init__(pooling=pooling, preset=preset, C=C, epsilon=epsilon, gamma=gamma,
-                         inner_cv=inner_cv, random_state=random_state, n_jobs=n_jobs)
+        super().__init__(
+            pooling=pooling,
+            preset=preset,
+            C=C,
+            epsilon=epsilon,
+            gamma=gamma,
+            inner_cv=inner_cv,
+            random_state=random_state,
+            n_jobs=n_jobs,
+        )
         self.n_components = n_components
         self.max_iter = max_iter
         self.tol = tol
@@ -202,9 +210,17 @@ class NystroemSVRHead(SVRHead):
                 best = self._grid_search(Xs, ys, cfg)
                 cfg.update(best)
             gamma = self._numeric_gamma(cfg["gamma"], Xs)
-            fitted = _fit_nystroem_svr(Xs, ys, gamma=gamma, C=float(cfg["C"]), epsilon=float(cfg["epsilon"]),
-                                       n_components=self.n_components, max_iter=self.max_iter, tol=self.tol,
-                                       seed=self._seed())
+            fitted = _fit_nystroem_svr(
+                Xs,
+                ys,
+                gamma=gamma,
+                C=float(cfg["C"]),
+                epsilon=float(cfg["epsilon"]),
+                n_components=self.n_components,
+                max_iter=self.max_iter,
+                tol=self.tol,
+                seed=self._seed(),
+            )
         landmarks, beta, intercept, rank, n_iter, converged = fitted
 
         self.x_center_ = np.asarray(x_center, dtype=np.float64).copy()
@@ -223,12 +239,25 @@ class NystroemSVRHead(SVRHead):
         self.n_iter_ = int(n_iter)
         self.converged_ = bool(converged)
         if not converged:
-            logger.warning("Nystroem SVR: liblinear stopped at max_iter=%d before reaching tol=%g "
-                           "(C=%g); raise max_iter for a closer match to the exact SVR",
-                           self.max_iter, self.tol, self.C_)
-        logger.info("Nystroem SVR fitted in %.1f s: %d videos, %d features, %d landmarks (rank %d), "
-                    "C=%g gamma=%g, %d liblinear passes", time.perf_counter() - start, n, Xs.shape[1],
-                    self.n_components_, self.rank_, self.C_, self.gamma_, self.n_iter_)
+            logger.warning(
+                "Nystroem SVR: liblinear stopped at max_iter=%d before reaching tol=%g "
+                "(C=%g); raise max_iter for a closer match to the exact SVR",
+                self.max_iter,
+                self.tol,
+                self.C_,
+            )
+        logger.info(
+            "Nystroem SVR fitted in %.1f s: %d videos, %d features, %d landmarks (rank %d), "
+            "C=%g gamma=%g, %d liblinear passes",
+            time.perf_counter() - start,
+            n,
+            Xs.shape[1],
+            self.n_components_,
+            self.rank_,
+            self.C_,
+            self.gamma_,
+            self.n_iter_,
+        )
         return self
 
     def _seed(self) -> int:
@@ -242,44 +271,62 @@ class NystroemSVRHead(SVRHead):
         tasks run in ``n_jobs`` processes.
         """
         Cs = list(BVQA_C_GRID) if cfg["C"] is None else [float(cfg["C"])]
-        gammas = (list(BVQA_GAMMA_GRID) if cfg["gamma"] is None
-                  else [self._numeric_gamma(cfg["gamma"], Xs)])
+        gammas = list(BVQA_GAMMA_GRID) if cfg["gamma"] is None else [self._numeric_gamma(cfg["gamma"], Xs)]
         folds = self.inner_cv
         if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
             raise InvalidInputError(f"inner_cv must be an integer >= 2, got {folds!r}")
         if Xs.shape[0] < 2 * folds:
-            raise InvalidInputError(f"grid search with inner_cv={folds} needs at least {2 * folds} "
-                                    f"training videos, got {Xs.shape[0]}")
+            raise InvalidInputError(
+                f"grid search with inner_cv={folds} needs at least {2 * folds} training videos, got {Xs.shape[0]}"
+            )
         splits = list(KFold(n_splits=folds, shuffle=True, random_state=self.random_state).split(Xs))
         tasks = [(f, g) for f in range(len(splits)) for g in range(len(gammas))]
         n_jobs = max(1, min(effective_n_jobs(self.n_jobs), len(tasks)))
         # Processes, not threads: liblinear draws its coordinate order from one process-wide
         # generator, so threads would make the result depend on timing. joblib memory-maps Xs
         # for the workers and gives each a share of the BLAS threads.
-        kw = {"Cs": Cs, "epsilon": float(cfg["epsilon"]), "n_components": self.n_components,
-              "max_iter": self.max_iter, "tol": self.tol, "seed": self._seed()}
+        kw = {
+            "Cs": Cs,
+            "epsilon": float(cfg["epsilon"]),
+            "n_components": self.n_components,
+            "max_iter": self.max_iter,
+            "tol": self.tol,
+            "seed": self._seed(),
+        }
         results = Parallel(n_jobs=n_jobs)(
-            delayed(_score_cs)(Xs, ys, splits[f][0], splits[f][1], gamma=gammas[g], **kw) for f, g in tasks)
+            delayed(_score_cs)(Xs, ys, splits[f][0], splits[f][1], gamma=gammas[g], **kw) for f, g in tasks
+        )
         scores = np.zeros((len(splits), len(Cs), len(gammas)))
         for (fold, g), (per_c, _) in zip(tasks, results, strict=True):
             scores[fold, :, g] = per_c
         stopped = sum(r[1] for r in results)
         if stopped:
-            logger.info("Nystroem SVR grid search: %d of %d inner fits stopped at max_iter=%d (large C)",
-                        stopped, scores.size, self.max_iter)
+            logger.info(
+                "Nystroem SVR grid search: %d of %d inner fits stopped at max_iter=%d (large C)",
+                stopped,
+                scores.size,
+                self.max_iter,
+            )
         mean = scores.mean(axis=0)
         # First best in GridSearchCV's candidate order (C outer, gamma inner).
         c_best, g_best = np.unravel_index(int(np.argmax(mean)), mean.shape)
         best = {"C": float(Cs[c_best]), "gamma": float(gammas[g_best])}
-        logger.info("Nystroem SVR grid search (%d candidates x %d folds, %d jobs) chose C=%g gamma=%g",
-                    len(Cs) * len(gammas), len(splits), n_jobs, best["C"], best["gamma"])
+        logger.info(
+            "Nystroem SVR grid search (%d candidates x %d folds, %d jobs) chose C=%g gamma=%g",
+            len(Cs) * len(gammas),
+            len(splits),
+            n_jobs,
+            best["C"],
+            best["gamma"],
+        )
         return best
 
     # ------------------------------------------------------------------ persistence
     def _state(self) -> tuple[dict, dict]:
         meta, arrays = super()._state()
-        meta.update(n_components_used=self.n_components_, rank=self.rank_, n_iter=self.n_iter_,
-                    converged=self.converged_)
+        meta.update(
+            n_components_used=self.n_components_, rank=self.rank_, n_iter=self.n_iter_, converged=self.converged_
+        )
         return meta, arrays
 
     @classmethod
@@ -290,8 +337,10 @@ class NystroemSVRHead(SVRHead):
         head.n_iter_ = int(meta["n_iter"])
         head.converged_ = bool(meta["converged"])
         if head.support_vectors_.shape[0] != head.n_components_ or not 1 <= head.rank_ <= head.n_components_:
-            raise ModelFormatError(f"{head.support_vectors_.shape[0]} landmarks stored, the head declares "
-                                   f"{head.n_components_} (rank {head.rank_})")
+            raise ModelFormatError(
+                f"{head.support_vectors_.shape[0]} landmarks stored, the head declares "
+                f"{head.n_components_} (rank {head.rank_})"
+            )
         return head
 
 
@@ -326,8 +375,17 @@ def _features_z(Xs: np.ndarray, landmarks: np.ndarray, proj: np.ndarray, *, gamm
     return z
 
 
-def _linear_svr(z: np.ndarray, y: np.ndarray, *, C: float, epsilon: float, max_iter: int, tol: float,
-                seed: int, recentre: bool = True) -> tuple[np.ndarray, float, int, bool]:
+def _linear_svr(
+    z: np.ndarray,
+    y: np.ndarray,
+    *,
+    C: float,
+    epsilon: float,
+    max_iter: int,
+    tol: float,
+    seed: int,
+    recentre: bool = True,
+) -> tuple[np.ndarray, float, int, bool]:
     """L1-loss epsilon-SVR on ``z``; returns ``(w [r], b, liblinear passes, converged)``.
 
     libsvm's intercept is free; liblinear's is penalised like a weight, so it captures only a
@@ -342,8 +400,9 @@ def _linear_svr(z: np.ndarray, y: np.ndarray, *, C: float, epsilon: float, max_i
     """
     offset, previous, passes, converged = float(np.mean(y)), None, 0, True
     close_enough = 1e-3 * max(float(np.std(y)), np.finfo(np.float64).tiny)
-    svr = LinearSVR(C=C, epsilon=epsilon, loss="epsilon_insensitive", dual=True, tol=tol,
-                    max_iter=max_iter, random_state=seed)
+    svr = LinearSVR(
+        C=C, epsilon=epsilon, loss="epsilon_insensitive", dual=True, tol=tol, max_iter=max_iter, random_state=seed
+    )
     for _ in range(_MAX_FITS if recentre else 1):
         svr.fit(z, y - offset)
         passes += int(svr.n_iter_)
@@ -376,8 +435,9 @@ def _score_cs(Xs, ys, train, val, *, gamma, Cs, epsilon, n_components, max_iter,
     with warnings.catch_warnings():  # counted instead; one task at a time per worker process
         warnings.simplefilter("ignore", ConvergenceWarning)
         for C in Cs:
-            w, b, _, converged = _linear_svr(z_train, y_train, C=C, epsilon=epsilon, max_iter=max_iter, tol=tol,
-                                             seed=seed, recentre=False)
+            w, b, _, converged = _linear_svr(
+                z_train, y_train, C=C, epsilon=epsilon, max_iter=max_iter, tol=tol, seed=seed, recentre=False
+            )
             scores.append(float(r2_score(y_val, z_val @ w + b)))
             stopped += not converged
     return scores, stopped

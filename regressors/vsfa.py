@@ -66,8 +66,7 @@ class VSFAHead(nn.Module):
         beta: float = TP_BETA,
     ):
         super().__init__()
-        for name, value in (("input_dim", input_dim), ("reduced_size", reduced_size),
-                            ("hidden_size", hidden_size)):
+        for name, value in (("input_dim", input_dim), ("reduced_size", reduced_size), ("hidden_size", hidden_size)):
             if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
                 raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
         _check_tp_params(tau, beta)  # fail at build time, not in the first forward
@@ -84,9 +83,7 @@ class VSFAHead(nn.Module):
         Entries past a video's length are computed but meaningless.
         """
         if x.ndim != 3 or x.shape[2] != self.input_dim:
-            raise InvalidInputError(
-                f"x must be [B, T, {self.input_dim}], got shape {tuple(x.shape)}"
-            )
+            raise InvalidInputError(f"x must be [B, T, {self.input_dim}], got shape {tuple(x.shape)}")
         # Passing no h0 makes nn.GRU start from zeros, as VSFA's _get_initial_state does.
         out, _ = self.rnn(self.fc0(x))
         return self.q(out).squeeze(2)

@@ -36,8 +36,9 @@ def _write_set(store, name="resnet50", dims=16, n=30, n_groups=6, dtype="float16
         x = rng.normal(size=(int(rng.integers(8, 13)), dims)).astype(np.float32)
         x[:, 0] += rng.uniform(-2, 2)
         vid = f"{tag}{i:02d}"
-        store.write_video(set_id, vid, x, provenance={"set": {"spec": spec, "sampling": sampling, "tag": tag},
-                                                      "video": {"i": i}})
+        store.write_video(
+            set_id, vid, x, provenance={"set": {"spec": spec, "sampling": sampling, "tag": tag}, "video": {"i": i}}
+        )
         stored[vid] = store.read_video(set_id, vid)
         lines.append(f"{vid},videos/{vid}.mp4,{3 + 0.8 * float(x[:, 0].mean()):.6f},src{i % n_groups}")
     return set_id, lines, stored
@@ -76,8 +77,9 @@ def test_pooled_frame_is_indexed_named_and_joined_to_the_manifest(analysis_dir):
     assert list(df.columns[2:]) == features and df.attrs["feature_set"] == set_id
     assert df["mos"].tolist() == [e.mos for e in order] and df["group"].tolist() == [e.group for e in order]
     for vid in ("a00", "a17"):
-        np.testing.assert_array_equal(df.loc[vid, features].to_numpy(dtype=np.float64),
-                                      pool_steps(stored[vid], "meanmax"))
+        np.testing.assert_array_equal(
+            df.loc[vid, features].to_numpy(dtype=np.float64), pool_steps(stored[vid], "meanmax")
+        )
     assert (df[features].dtypes == np.float64).all()
     # without a manifest: every stored video, sorted, no label columns
     plain = store.to_frame(set_id, pooling="max")
@@ -102,8 +104,11 @@ def test_frame_errors_name_what_is_wrong(analysis_dir):
     store = FeatureStore.open(root / "features.zarr")
     with pytest.raises(InvalidMetadataError, match="unknown pooling 'maen'. Did you mean mean"):
         store.to_frame("resnet50", pooling="maen")
-    extra = [ManifestEntry("a01", Path("x.mp4"), 3.0), ManifestEntry("ghost1", Path("y.mp4")),
-             ManifestEntry("ghost2", Path("z.mp4"))]
+    extra = [
+        ManifestEntry("a01", Path("x.mp4"), 3.0),
+        ManifestEntry("ghost1", Path("y.mp4")),
+        ManifestEntry("ghost2", Path("z.mp4")),
+    ]
     with pytest.raises(FeatureNotFoundError, match="ghost1.*ghost2") as info:
         store.to_frame("resnet50", manifest=extra)
     assert {v for _, v in info.value.missing} == {"ghost1", "ghost2"}
@@ -115,8 +120,12 @@ def test_frames_refuse_videos_made_differently(tmp_path):
     store = FeatureStore(tmp_path / "s", create=True)
     set_id, _, _ = _write_set(store, n=3, tag="a")
     spec, sampling = {"name": "resnet50", "dims": 16}, {"strategy": "fps", "value": 4}
-    store.write_video(set_id, "other", np.ones((4, 16), np.float32),
-                      provenance={"set": {"spec": spec, "sampling": sampling, "tag": "b"}, "video": {}})
+    store.write_video(
+        set_id,
+        "other",
+        np.ones((4, 16), np.float32),
+        provenance={"set": {"spec": spec, "sampling": sampling, "tag": "b"}, "video": {}},
+    )
     with pytest.raises(ProvenanceMismatchError):
         store.to_frame(set_id)
     with pytest.raises(ProvenanceMismatchError):
@@ -153,8 +162,9 @@ def test_xarray_dims_coords_padding_and_selection(analysis_dir):
     assert np.isnan(values[n:]).all()
     assert float(one.mos) == pytest.approx(read_manifest(root / "manifest.csv")[7].mos)
     assert str(one.group.values) == "src1" and ds.attrs["feature_names"][3] == "resnet50_03"
-    np.testing.assert_allclose(ds.features.mean(dim="step", skipna=True).sel(video="a07").values,
-                               stored["a07"].mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(
+        ds.features.mean(dim="step", skipna=True).sel(video="a07").values, stored["a07"].mean(axis=0), rtol=1e-6
+    )
 
 
 def test_xarray_opens_a_large_set_without_reading_it(tmp_path):
@@ -165,8 +175,9 @@ def test_xarray_opens_a_large_set_without_reading_it(tmp_path):
     row = np.zeros((64, 4096), np.float32)
     for i in range(60):
         row[0, 0] = i
-        store.write_video(set_id, f"v{i:03d}", row, provenance={"set": {"spec": spec, "sampling": sampling},
-                                                                 "video": {}})
+        store.write_video(
+            set_id, f"v{i:03d}", row, provenance={"set": {"spec": spec, "sampling": sampling}, "video": {}}
+        )
     tracemalloc.start()
     ds = FeatureStore.open(tmp_path / "big").to_xarray("wide")
     _, peak = tracemalloc.get_traced_memory()
@@ -178,8 +189,10 @@ def test_xarray_opens_a_large_set_without_reading_it(tmp_path):
 
 # ---------------------------------------------------------------- read_manifest outside Prefect
 def test_read_manifest_is_public_without_prefect():
-    code = ("import sys; from feature_store import read_manifest, FeatureStore; "
-            "assert 'prefect' not in sys.modules and 'flows' not in sys.modules, sorted(sys.modules)")
+    code = (
+        "import sys; from feature_store import read_manifest, FeatureStore; "
+        "assert 'prefect' not in sys.modules and 'flows' not in sys.modules, sorted(sys.modules)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
 
 

@@ -25,10 +25,12 @@ def _store(root, *, n=24, n_groups=6, dims=(32,), dtype="float16"):
         for i in range(n):
             x = rng.normal(size=(int(lengths[i]) + k, d)).astype(np.float32)
             x[:, 0] += shift[i]
-            store.write_video(set_id, f"v{i:02d}", x, provenance={"set": {"spec": spec, "sampling": sampling},
-                                                                  "video": {}})
-    lines = ["video_id,path,mos,group"] + [f"v{i:02d},v{i:02d}.mp4,{3 + shift[i]:.5f},g{i % n_groups}"
-                                           for i in range(n)]
+            store.write_video(
+                set_id, f"v{i:02d}", x, provenance={"set": {"spec": spec, "sampling": sampling}, "video": {}}
+            )
+    lines = ["video_id,path,mos,group"] + [
+        f"v{i:02d},v{i:02d}.mp4,{3 + shift[i]:.5f},g{i % n_groups}" for i in range(n)
+    ]
     manifest = root / "manifest.csv"
     manifest.write_text("\n".join(lines) + "\n")
     return store, manifest
@@ -50,32 +52,54 @@ def count_reads(monkeypatch):
 QUICK = {"epochs": 3, "batch_size": 4}
 
 
-@pytest.mark.parametrize("head, dims, protocol, params", [
-    ("svr", (32,), "fmc", {}),
-    ("vsfa", (32,), "vsfa", QUICK),
-    ("a2inet", (16, 24), "a2inet", {**QUICK, "module_params": {"d_model": 8}}),
-])
+@pytest.mark.parametrize(
+    "head, dims, protocol, params",
+    [
+        ("svr", (32,), "fmc", {}),
+        ("vsfa", (32,), "vsfa", QUICK),
+        ("a2inet", (16, 24), "a2inet", {**QUICK, "module_params": {"d_model": 8}}),
+    ],
+)
 def test_each_video_is_read_once_per_fit_and_the_papers_protocol_is_the_default(
-        tmp_path, count_reads, head, dims, protocol, params):
+    tmp_path, count_reads, head, dims, protocol, params
+):
     store, manifest = _store(tmp_path, dims=dims)
     count_reads.clear()
-    summary = fit_job(store=store.path, manifest=manifest, features=[f"f{k}" for k in range(len(dims))],
-                      out=tmp_path / "run", head=head, head_params=params, progress=False)
+    summary = fit_job(
+        store=store.path,
+        manifest=manifest,
+        features=[f"f{k}" for k in range(len(dims))],
+        out=tmp_path / "run",
+        head=head,
+        head_params=params,
+        progress=False,
+    )
     # every split and every epoch ran on what was read once: one read per video and feature set
     assert len(count_reads) == 24 * len(dims) and len(set(count_reads)) == 24 * len(dims)
     assert summary["protocol"] == protocol
     doc = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert doc["settings"]["protocol"] == protocol and doc["n_splits"] == len(doc["per_split"])
     assert not (tmp_path / "run" / "fit-checkpoints").exists()  # the feature cache went with the state
-    scores = predict_job(model=tmp_path / "run" / "model", store=store.path, manifest=manifest,
-                         out=tmp_path / "scores.csv")
+    count_reads.clear()
+    scores = predict_job(
+        model=tmp_path / "run" / "model", store=store.path, manifest=manifest, out=tmp_path / "scores.csv"
+    )
     assert len(scores.read_text().splitlines()) == 25
+    assert len(count_reads) == 24 * len(dims)  # prediction reads each video once too
 
 
 def test_every_fit_records_what_it_was_made_of(tmp_path):
     store, manifest = _store(tmp_path)
-    summary = fit_job(store=store.path, manifest=manifest, features=["f0"], out=tmp_path / "run", head="svr",
-                      pooling="meanmax", n_repeats=2, progress=False)
+    summary = fit_job(
+        store=store.path,
+        manifest=manifest,
+        features=["f0"],
+        out=tmp_path / "run",
+        head="svr",
+        pooling="meanmax",
+        n_repeats=2,
+        progress=False,
+    )
     doc = json.loads((tmp_path / "run" / "metrics.json").read_text())
     settings = doc["settings"]
     assert settings["store"] == str(store.path) and settings["manifest"] == str(manifest)
@@ -94,8 +118,16 @@ def test_every_fit_records_what_it_was_made_of(tmp_path):
 def test_few_groups_are_adapted_and_said(tmp_path):
     store, manifest = _store(tmp_path, n=24, n_groups=3)
     messages = []
-    summary = fit_job(store=store.path, manifest=manifest, features=["f0"], out=tmp_path / "run", head="svr",
-                      n_repeats=4, progress=False, notify=messages.append)
+    summary = fit_job(
+        store=store.path,
+        manifest=manifest,
+        features=["f0"],
+        out=tmp_path / "run",
+        head="svr",
+        n_repeats=4,
+        progress=False,
+        notify=messages.append,
+    )
     assert summary["protocol_params"]["n_splits"] == 3 and summary["n_distinct_splits"] == 3
     assert any("only 3 groups, so 3-fold instead of 5-fold" in m for m in messages)
     assert any("only 3 distinct splits among the 12 drawn" in n for n in summary["notes"])
@@ -106,16 +138,32 @@ def test_too_little_data_is_refused_naming_the_flag_or_adapted(tmp_path):
     with pytest.raises(InvalidInputError, match="5 videos in 5 groups are too few.*--protocol a2inet"):
         fit_job(store=store.path, manifest=manifest, features=["f0"], out=tmp_path / "r", head="svr", progress=False)
     store, manifest = _store(tmp_path / "eight", n=8, n_groups=8)
-    summary = fit_job(store=store.path, manifest=manifest, features=["f0"], out=tmp_path / "r8", head="svr",
-                      n_repeats=3, progress=False)
+    summary = fit_job(
+        store=store.path,
+        manifest=manifest,
+        features=["f0"],
+        out=tmp_path / "r8",
+        head="svr",
+        n_repeats=3,
+        progress=False,
+    )
     assert summary["protocol_params"]["n_splits"] == 2 and summary["n_splits"] == 6
     assert any("so 2-fold instead of 5-fold" in n for n in summary["notes"])
 
 
 def test_paper_schedule_is_one_flag_away(tmp_path):
     store, manifest = _store(tmp_path)
-    fit_job(store=store.path, manifest=manifest, features=["f0"], out=tmp_path / "run", head="vsfa",
-            paper_schedule=True, head_params={"epochs": 2}, n_repeats=1, progress=False)
+    fit_job(
+        store=store.path,
+        manifest=manifest,
+        features=["f0"],
+        out=tmp_path / "run",
+        head="vsfa",
+        paper_schedule=True,
+        head_params={"epochs": 2},
+        n_repeats=1,
+        progress=False,
+    )
     settings = json.loads((tmp_path / "run" / "metrics.json").read_text())["settings"]
     assert settings["schedule"] == "paper"
     assert (settings["head_params"]["lr"], settings["head_params"]["patience"]) == (1e-5, None)

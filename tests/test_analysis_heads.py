@@ -55,8 +55,10 @@ def test_temporal_pooling_pools_each_video_in_float64():
     assert pooling.n_features_in_ == 5
     assert list(pooling.get_feature_names_out())[:2] == ["mean_x0", "mean_x1"]
     assert pooling.get_feature_names_out()[5] == "max_x0"
-    np.testing.assert_array_equal(TemporalPooling().fit_transform(np.stack([x[:3] for x in X])),
-                                  np.stack([np.asarray(x[:3], np.float64).mean(axis=0) for x in X]))  # 3-D input
+    np.testing.assert_array_equal(
+        TemporalPooling().fit_transform(np.stack([x[:3] for x in X])),
+        np.stack([np.asarray(x[:3], np.float64).mean(axis=0) for x in X]),
+    )  # 3-D input
 
 
 def test_temporal_pooling_errors():
@@ -79,8 +81,9 @@ def test_pipeline_starting_with_temporal_pooling_cross_validates():
     pipe = make_pipeline(TemporalPooling("meanmax"), StandardScaler(), Ridge())
     scores = cross_val_score(pipe, X, y, groups=groups, cv=GroupKFold(3), scoring="r2")
     assert scores.shape == (3,) and scores.min() > 0.5
-    search = GridSearchCV(pipe, {"temporalpooling__method": ["mean", "meanmax"], "ridge__alpha": [0.1, 10.0]},
-                          cv=GroupKFold(3)).fit(X, y, groups=groups)
+    search = GridSearchCV(
+        pipe, {"temporalpooling__method": ["mean", "meanmax"], "ridge__alpha": [0.1, 10.0]}, cv=GroupKFold(3)
+    ).fit(X, y, groups=groups)
     assert search.best_params_["temporalpooling__method"] in ("mean", "meanmax")
 
 
@@ -138,8 +141,11 @@ def test_make_head_presets_and_overrides():
 
 
 def test_a_module_adds_a_preset_by_registering_it():
-    preset = HeadPreset(lambda dims: make_pipeline(TemporalPooling("mean"), StandardScaler(), Ridge()), "a2inet",
-                        "pooled ridge regression")
+    preset = HeadPreset(
+        lambda dims: make_pipeline(TemporalPooling("mean"), StandardScaler(), Ridge()),
+        "a2inet",
+        "pooled ridge regression",
+    )
     with HEAD_PRESETS.override("ridge-test", preset):
         head = make_head("ridge-test", ridge__alpha=2.0)
         assert isinstance(head, Pipeline) and head.get_params()["ridge__alpha"] == 2.0
@@ -148,13 +154,27 @@ def test_a_module_adds_a_preset_by_registering_it():
 
 # ---------------------------------------------------------------- exports
 def test_regressors_exports_the_heads_lazily():
-    assert {"SVRHead", "SequenceRegressor", "TemporalPooling", "make_head", "evaluate", "HEAD_PRESETS",
-            "load_head", "save_head"} <= set(regressors.__all__) <= set(dir(regressors))
+    assert (
+        {
+            "SVRHead",
+            "SequenceRegressor",
+            "TemporalPooling",
+            "make_head",
+            "evaluate",
+            "HEAD_PRESETS",
+            "load_head",
+            "save_head",
+        }
+        <= set(regressors.__all__)
+        <= set(dir(regressors))
+    )
     assert regressors.SVRHead is SVRHead and regressors.evaluate is evaluate
     with pytest.raises(AttributeError):
         regressors.NoSuchHead  # noqa: B018
-    code = ("import sys, regressors; from regressors import SVRHead, TemporalPooling, make_head; "
-            "make_head('svr'); assert 'torch' not in sys.modules")
+    code = (
+        "import sys, regressors; from regressors import SVRHead, TemporalPooling, make_head; "
+        "make_head('svr'); assert 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
 
 
@@ -206,6 +226,7 @@ def test_evaluate_runs_a_protocol_and_returns_vqa_fits_metrics(tmp_path):
     assert list(written) == [*metrics, "settings"]  # the same structure, in the same order
     assert written["n_distinct_splits"] == metrics["n_distinct_splits"]
     # pooling is taken out of the head and done once: the same numbers as pooling by hand
-    pooled_once = evaluate(SVRHead(pooling=None), TemporalPooling().fit_transform(X), y, groups=groups,
-                           protocol="fmc", n_repeats=2)
+    pooled_once = evaluate(
+        SVRHead(pooling=None), TemporalPooling().fit_transform(X), y, groups=groups, protocol="fmc", n_repeats=2
+    )
     assert pooled_once.median == result.median

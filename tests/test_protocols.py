@@ -37,7 +37,7 @@ def _check_partition(splits, n, n_splits, n_repeats, groups=None):
     assert len(splits) == n_splits * n_repeats
     for r in range(n_repeats):
         tested = np.zeros(n, dtype=int)
-        for train, test in splits[r * n_splits: (r + 1) * n_splits]:
+        for train, test in splits[r * n_splits : (r + 1) * n_splits]:
             assert train.dtype == np.int64 and test.dtype == np.int64
             assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(n))
             assert np.intersect1d(train, test).size == 0
@@ -274,8 +274,7 @@ def test_growing_random_test_parts_keeps_the_draws():
         assert set(te0) <= set(te1) and te1.size >= 3  # the same draw, extended
         if te0.size >= 3:
             assert np.array_equal(te0, te1)
-    triples = train_val_test_splits(12, n_repeats=4, random_state=0, fractions=(0.8, 0.1, 0.1),
-                                    min_test_samples=3)
+    triples = train_val_test_splits(12, n_repeats=4, random_state=0, fractions=(0.8, 0.1, 0.1), min_test_samples=3)
     assert all(test.size == 3 and train.size >= 1 for train, _, test in triples)
     pairs = vsfa_splits(12, n_repeats=4, random_state=0, min_test_samples=3)
     assert all(np.array_equal(np.sort(np.concatenate(p)), np.arange(12)) for p in pairs)

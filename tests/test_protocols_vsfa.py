@@ -33,9 +33,9 @@ def test_default_is_ten_60_20_20_splits():
 def test_vsfa_counts_without_float_artefact():
     # lidq92/VSFA: train = first ceil(0.6 G) groups, test from ceil(0.8 G). Its float
     # arithmetic (1 - 0.2 - 0.2 = 0.6000000000000001) gives 721 of 1200; we give 720.
-    (train, val, test), = train_val_test_splits(1200, n_repeats=1)
+    ((train, val, test),) = train_val_test_splits(1200, n_repeats=1)
     assert (len(train), len(val), len(test)) == (720, 240, 240)
-    (train, val, test), = train_val_test_splits(234, n_repeats=1)  # CVD2014
+    ((train, val, test),) = train_val_test_splits(234, n_repeats=1)  # CVD2014
     assert (len(train), len(val), len(test)) == (math.ceil(0.6 * 234), 188 - 141, 234 - 188)
 
 

@@ -25,8 +25,16 @@ def _result(n=40, seed=0):
     n_tested = np.full(n, 2)
     n_tested[3] = 0
     per_split = [
-        {"srcc": 0.8 + i / 100, "krcc": 0.6, "plcc": 0.82, "plcc_raw": 0.81, "rmse": 0.4 - i / 100,
-         "split": i, "n_train": 32, "n_test": 8}
+        {
+            "srcc": 0.8 + i / 100,
+            "krcc": 0.6,
+            "plcc": 0.82,
+            "plcc_raw": 0.81,
+            "rmse": 0.4 - i / 100,
+            "split": i,
+            "n_train": 32,
+            "n_test": 8,
+        }
         for i in range(3)
     ]
     median = {k: float(np.median([m[k] for m in per_split])) for k in METRICS}
@@ -36,8 +44,15 @@ def _result(n=40, seed=0):
 def test_write_report_files_exist_and_parse(tmp_path):
     result, mos = _result()
     ids = [f"vid_{i:03d}" for i in range(40)]
-    settings = {"head": "svr", "C": np.float64(1.0), "features": Path("/data/f.zarr"), "seed": np.int64(0),
-                "missing": float("nan"), "ids": (1, 2), 3: object}
+    settings = {
+        "head": "svr",
+        "C": np.float64(1.0),
+        "features": Path("/data/f.zarr"),
+        "seed": np.int64(0),
+        "missing": float("nan"),
+        "ids": (1, 2),
+        3: object,
+    }
     backend = matplotlib.get_backend()
     paths = write_report(tmp_path / "out", result, video_ids=ids, mos=mos, settings=settings)
     assert set(paths) == {"metrics", "predictions", "scatter"}
@@ -49,8 +64,15 @@ def test_write_report_files_exist_and_parse(tmp_path):
         assert doc[key] == pytest.approx(result.median[key])
     assert doc["srcc"] == pytest.approx(0.81)
     assert doc["n_splits"] == 3 and len(doc["per_split"]) == 3
-    assert doc["settings"] == {"head": "svr", "C": 1.0, "features": "/data/f.zarr", "seed": 0,
-                               "missing": None, "ids": [1, 2], "3": "<class 'object'>"}
+    assert doc["settings"] == {
+        "head": "svr",
+        "C": 1.0,
+        "features": "/data/f.zarr",
+        "seed": 0,
+        "missing": None,
+        "ids": [1, 2],
+        "3": "<class 'object'>",
+    }
 
     with paths["predictions"].open(newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -86,13 +108,28 @@ def test_write_report_length_mismatch(tmp_path):
 
 def test_format_metrics_table():
     table = format_metrics_table(
-        {"rmse": 0.41234, "srcc": 0.8123456, "krcc": 0.6, "plcc": 0.82, "plcc_raw": 0.8,
-         "n_splits": 100, "per_split": [{}], "settings": {"a": 1}, "head": "svr"}
+        {
+            "rmse": 0.41234,
+            "srcc": 0.8123456,
+            "krcc": 0.6,
+            "plcc": 0.82,
+            "plcc_raw": 0.8,
+            "n_splits": 100,
+            "per_split": [{}],
+            "settings": {"a": 1},
+            "head": "svr",
+        }
     )
     lines = table.splitlines()
     assert lines[0].split() == ["metric", "value"]
     assert [line.split("  ")[0].strip() for line in lines[2:]] == [
-        "SRCC", "KRCC", "PLCC", "PLCC (raw)", "RMSE", "n_splits", "head"
+        "SRCC",
+        "KRCC",
+        "PLCC",
+        "PLCC (raw)",
+        "RMSE",
+        "n_splits",
+        "head",
     ]
     assert "0.8123" in lines[2] and lines[-2].endswith("100") and lines[-1].endswith("svr")
     assert len({len(line) for line in lines}) == 1  # aligned
@@ -126,13 +163,20 @@ def test_compare_runs_puts_runs_side_by_side(tmp_path):
     for name, head, srcc in (("svr-run", "svr", 0.81), ("gru-run", "vsfa", 0.77)):
         run = tmp_path / name
         run.mkdir()
-        settings = {"head": head, "protocol": "fmc", "n_videos": 20,
-                    "feature_sets": [{"id": "x", "spec": {"name": "resnet50"}}]}
-        (run / "metrics.json").write_text(json.dumps(
-            {"srcc": srcc, "krcc": 0.6, "plcc": 0.8, "plcc_raw": 0.7, "rmse": 0.4, "settings": settings}))
+        settings = {
+            "head": head,
+            "protocol": "fmc",
+            "n_videos": 20,
+            "feature_sets": [{"id": "x", "spec": {"name": "resnet50"}}],
+        }
+        (run / "metrics.json").write_text(
+            json.dumps({"srcc": srcc, "krcc": 0.6, "plcc": 0.8, "plcc_raw": 0.7, "rmse": 0.4, "settings": settings})
+        )
     rows = compare_runs([tmp_path / "svr-run", tmp_path / "gru-run"])
     assert [(r["run"], r["head"], r["features"], r["srcc"]) for r in rows] == [
-        ("svr-run", "svr", "resnet50", 0.81), ("gru-run", "vsfa", "resnet50", 0.77)]
+        ("svr-run", "svr", "resnet50", 0.81),
+        ("gru-run", "vsfa", "resnet50", 0.77),
+    ]
     paths = write_comparison(tmp_path / "cmp", rows)
     md = paths["markdown"].read_text()
     assert "| svr-run | svr | resnet50 | fmc | 20 | 0.8100 |" in md and "![gru-run](../gru-run/scatter.png)" in md
@@ -148,8 +192,11 @@ def test_scatter_title_reports_exactly_the_plotted_points(tmp_path, monkeypatch)
 
     result, mos = _result()
     drawn = {}
-    monkeypatch.setattr(report, "_scatter", lambda path, pred, m, title, footnote, pooled: drawn.update(
-        pred=pred, mos=m, title=title, footnote=footnote))
+    monkeypatch.setattr(
+        report,
+        "_scatter",
+        lambda path, pred, m, title, footnote, pooled: drawn.update(pred=pred, mos=m, title=title, footnote=footnote),
+    )
     paths = write_report(tmp_path, result, video_ids=list(range(40)), mos=mos, settings={})
     on_points = evaluate_predictions(drawn["mos"], drawn["pred"])
     assert len(drawn["pred"]) == 39  # the never-tested video is not drawn
@@ -163,8 +210,17 @@ def test_scatter_title_reports_exactly_the_plotted_points(tmp_path, monkeypatch)
 
 
 def test_format_metrics_table_lists_notes_after_the_table():
-    table = format_metrics_table({"srcc": 0.5, "krcc": 0.4, "plcc": 0.6, "plcc_raw": 0.1, "rmse": 0.3,
-                                  "n_distinct_splits": 5, "notes": ["fmc: only 5 distinct splits"]})
+    table = format_metrics_table(
+        {
+            "srcc": 0.5,
+            "krcc": 0.4,
+            "plcc": 0.6,
+            "plcc_raw": 0.1,
+            "rmse": 0.3,
+            "n_distinct_splits": 5,
+            "notes": ["fmc: only 5 distinct splits"],
+        }
+    )
     assert table.splitlines()[-1] == "note: fmc: only 5 distinct splits"
     assert "n_distinct_splits" in table
 
@@ -175,11 +231,17 @@ def test_vqa_report_lists_the_settings_that_differ(tmp_path):
     for name, lr, code in (("a", 1e-4, "abc"), ("b", 1e-3, "abc"), ("c", 1e-4, "def")):
         run = tmp_path / name
         run.mkdir()
-        settings = {"head": "vsfa", "head_params": {"lr": lr, "epochs": 40}, "protocol": "vsfa", "n_videos": 85,
-                    "feature_sets": [{"id": "r50--fps-4--1", "spec": {"name": "resnet50"}}],
-                    "code_version": {"git_commit": code}}
-        (run / "metrics.json").write_text(json.dumps(
-            {"srcc": 0.5, "krcc": 0.4, "plcc": 0.6, "plcc_raw": 0.5, "rmse": 0.4, "settings": settings}))
+        settings = {
+            "head": "vsfa",
+            "head_params": {"lr": lr, "epochs": 40},
+            "protocol": "vsfa",
+            "n_videos": 85,
+            "feature_sets": [{"id": "r50--fps-4--1", "spec": {"name": "resnet50"}}],
+            "code_version": {"git_commit": code},
+        }
+        (run / "metrics.json").write_text(
+            json.dumps({"srcc": 0.5, "krcc": 0.4, "plcc": 0.6, "plcc_raw": 0.5, "rmse": 0.4, "settings": settings})
+        )
     rows = compare_runs([tmp_path / n for n in "abc"])
     diff = dict(settings_diff(rows))
     assert diff == {"code_version.git_commit": ["abc", "abc", "def"], "head_params.lr": ["0.0001", "0.001", "0.0001"]}

@@ -52,8 +52,14 @@ def test_params_and_clone():
     head = SVRHead(pooling="max", preset="bvqa", C=8.0, inner_cv=3)
     params = head.get_params()
     assert params == {
-        "pooling": "max", "preset": "bvqa", "C": 8.0, "epsilon": None, "gamma": None,
-        "inner_cv": 3, "random_state": 0, "n_jobs": None,
+        "pooling": "max",
+        "preset": "bvqa",
+        "C": 8.0,
+        "epsilon": None,
+        "gamma": None,
+        "inner_cv": 3,
+        "random_state": 0,
+        "n_jobs": None,
     }
     twin = clone(head)
     assert twin is not head and twin.get_params() == params
@@ -109,7 +115,7 @@ def test_bvqa_grid_search_matches_gridsearchcv_on_training_set():
     assert head.best_params_ == {k: float(v) for k, v in search.best_params_.items()}
     assert (head.C_, head.gamma_) == (head.best_params_["C"], head.best_params_["gamma"])
     assert BVQA_C_GRID[0] == 2.0 and BVQA_C_GRID[-1] == 1024.0
-    assert BVQA_GAMMA_GRID[0] == 2.0 ** -8 and BVQA_GAMMA_GRID[-1] == 2.0
+    assert BVQA_GAMMA_GRID[0] == 2.0**-8 and BVQA_GAMMA_GRID[-1] == 2.0
     # A given C leaves only gamma to search.
     only_gamma = SVRHead(preset="bvqa", C=2.0, inner_cv=2).fit(X, y)
     assert only_gamma.best_params_["C"] == 2.0
@@ -248,12 +254,22 @@ def _edit_meta(directory, **changes):
         (lambda d: (d / ARRAYS_FILE).unlink(), "array file missing"),
         (lambda d: (d / ARRAYS_FILE).write_bytes(b"garbage"), "unreadable array file"),
         (lambda d: np.savez(d / ARRAYS_FILE, x=np.ones(2)), "do not match"),
-        (lambda d: np.savez(d / ARRAYS_FILE, **{k: np.ones(1) for k in
-                                                ("x_center", "x_scale", "support_vectors", "dual_coef")}),
-         "declared"),
-        (lambda d: np.savez(d / ARRAYS_FILE, x_center=np.ones(6), x_scale=np.ones(6),
-                            support_vectors=np.array([None, 1], dtype=object), dual_coef=np.ones(2)),
-         "unreadable array file"),
+        (
+            lambda d: np.savez(
+                d / ARRAYS_FILE, **{k: np.ones(1) for k in ("x_center", "x_scale", "support_vectors", "dual_coef")}
+            ),
+            "declared",
+        ),
+        (
+            lambda d: np.savez(
+                d / ARRAYS_FILE,
+                x_center=np.ones(6),
+                x_scale=np.ones(6),
+                support_vectors=np.array([None, 1], dtype=object),
+                dual_coef=np.ones(2),
+            ),
+            "unreadable array file",
+        ),
         (lambda d: _edit_meta(d, state={}), "inconsistent svr head state"),
     ],
 )

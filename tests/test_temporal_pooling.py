@@ -21,8 +21,8 @@ def _tp_loops(q, tau=12, beta=0.5):
     T = len(q)
     out = np.empty(T)
     for t in range(T):
-        memory = q[max(0, t - tau + 1): t + 1].min()
-        window = q[t: min(T, t + tau)]
+        memory = q[max(0, t - tau + 1) : t + 1].min()
+        window = q[t : min(T, t + tau)]
         w = np.exp(-(window - window.min()))  # same ratio as e^{-q}; the shift avoids overflow
         out[t] = beta * (window * w).sum() / w.sum() + (1 - beta) * memory
     return out
@@ -124,8 +124,9 @@ def test_torch_is_differentiable_and_padding_gets_no_gradient():
     assert (q.grad[0] != 0).any() and (q.grad[1, :3] != 0).any()
 
     # Finite differences on distinct values (no ties in the min).
-    x = torch.tensor([[0.31, 0.92, 0.13, 0.55, 0.74, 0.0], [0.6, 0.2, 0.45, 0.0, 0.0, 0.0]],
-                     dtype=torch.float64, requires_grad=True)
+    x = torch.tensor(
+        [[0.31, 0.92, 0.13, 0.55, 0.74, 0.0], [0.6, 0.2, 0.45, 0.0, 0.0, 0.0]], dtype=torch.float64, requires_grad=True
+    )
     lengths = torch.tensor([5, 3])
     assert torch.autograd.gradcheck(lambda t: subjective_tp_torch(t, lengths, tau=2), (x,))
 

@@ -268,7 +268,8 @@ def _checkpoints(out: Path) -> list[tuple[str, int]]:
 
 def _report(out: Path) -> tuple[dict, str, dict]:
     metrics = json.loads((out / "metrics.json").read_text())
-    metrics["settings"].pop("store"), metrics["settings"].pop("manifest")
+    # paths differ by design; the commit too when the checkout changes while the test runs
+    metrics["settings"].pop("store"), metrics["settings"].pop("manifest"), metrics["settings"].pop("code_version")
     head, _ = load_head(out / "model")
     return metrics, (out / "predictions.csv").read_text(), head.module_.state_dict()
 
