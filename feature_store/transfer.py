@@ -24,6 +24,9 @@ allocating it), every video's values (NaN/Inf, float16 range) are checked before
 written, and a write that fails part-way (disk full) removes the videos this import added and
 the set if this import created it. A killed import leaves only complete videos (a re-run skips
 them); with ``overwrite`` a video replaced before a failure stays replaced.
+
+Length (over 600 lines): HDF5 export, HDF5 import and ``.npy`` import share the size checks,
+the all-or-nothing staging and the provenance mapping that make imports safe.
 """
 
 from __future__ import annotations
