@@ -71,6 +71,9 @@ but gives no sizes, order or wiring. Choices made here:
   (``Linear, GELU, Dropout, Linear``) maps that to one score per clip.
 * Weights initialised as Swin (truncated normal, std 0.02, for linear layers and the bias
   table). No batch statistics anywhere, so a clip's score does not depend on its batch.
+
+Length (over 600 lines): one model family (torchvision style): the slow and fast paths, their
+fusion and the ASCII data-flow sketch above belong together.
 """
 
 from __future__ import annotations

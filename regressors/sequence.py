@@ -47,6 +47,9 @@ parameters, the data (lengths, labels, validation split, standardisation) and
 with :class:`CheckpointMismatchError`, never silently continued. The last checkpoint is
 kept after ``fit`` (a repeated ``fit`` with the same ``DIR`` then trains nothing);
 deleting ``DIR`` is the caller's business.
+
+Length (over 600 lines): one estimator class, most of it the documented parameters of the
+scikit-learn contract; schedules, batching and the epoch loop live apart.
 """
 
 from __future__ import annotations
